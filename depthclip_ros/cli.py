@@ -1,0 +1,43 @@
+"""``depthclip-ros``: the command-line entry (infer, evaluate, bench, demo)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .tools import bench, demo, evaluate, infer
+from .tools.common import setup_logging
+
+COMMANDS = {
+    'infer': (infer, 'depth, 16-bit PNG, preview and PLY for images, folders or videos'),
+    'evaluate': (evaluate, "the paper's metrics on RGB-D folders with ground truth"),
+    'bench': (bench, 'per-stage milliseconds on the chosen device'),
+    'demo': (demo, 'the main job without a camera: run the pipeline on given or generated '
+                   'input and say where the results are'),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog='depthclip-ros', description='Zero-shot metric depth from an RGB camera '
+        '(DepthCLIP + focal-length scaling), without ROS running.')
+    parser.add_argument('--verbose', '-v', action='store_true', help='log at INFO level')
+    sub = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
+    for name, (module, summary) in COMMANDS.items():
+        module.add_arguments(sub.add_parser(name, help=summary, description=module.__doc__,
+                                            formatter_class=argparse.RawTextHelpFormatter))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        return COMMANDS[args.command][0].run(args)
+    except KeyboardInterrupt:
+        print('interrupted', file=sys.stderr)
+        return 130
+
+
+if __name__ == '__main__':
+    sys.exit(main())

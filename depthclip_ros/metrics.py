@@ -1,0 +1,101 @@
+"""Standard monocular-depth metrics and the NYU Depth v2 evaluation protocol.
+
+numpy only. Definitions (METHOD.md), over valid pixels with prediction ``p`` and ground
+truth ``g`` in metres: ``delta<t`` is the fraction with ``max(p/g, g/p) < t``;
+``abs_rel = mean(|p-g|/g)``; ``sq_rel = mean((p-g)^2/g)``; ``rmse = sqrt(mean((p-g)^2))``;
+``rmse_log = sqrt(mean((ln p - ln g)^2))``; ``log10 = mean(|log10 p - log10 g|)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+METRIC_NAMES = ('d1', 'd2', 'd3', 'abs_rel', 'sq_rel', 'rmse', 'rmse_log', 'log10')
+# Higher is better for the deltas, lower for the errors.
+HIGHER_IS_BETTER = {'d1': True, 'd2': True, 'd3': True}
+
+# NYU Depth v2 protocol of the DepthCLIP paper (640x480 frames).
+NYU_INPUT_CROP = (60, 56, 604, 472)  # left, top, right, bottom: a 544x416 network input
+NYU_EIGEN_CROP = (41, 45, 601, 471)  # left, top, right, bottom: Eigen et al.'s valid area
+NYU_MIN_DEPTH_M = 1e-3
+NYU_MAX_DEPTH_M = 10.0
+
+# DepthCLIP, ACM MM 2022, Table 1 (NYU Depth v2 Eigen test, 654 images).
+PAPER_NYU = {'d1': 0.394, 'd2': 0.683, 'd3': 0.851, 'abs_rel': 0.388, 'log10': 0.156,
+             'rmse': 1.167}
+RANDOM_GUESS_NYU = {'d1': 0.140, 'd2': 0.297, 'd3': 0.471, 'abs_rel': 1.327, 'log10': 0.323,
+                    'rmse': 2.934}
+
+
+def depth_metrics(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray | None = None
+                  ) -> dict[str, float]:
+    """Metrics of ``pred`` against ``gt`` (both ``(H, W)`` metres) over ``mask``.
+
+    Pixels where ``gt`` or ``pred`` is non-finite or ``<= 0`` are always excluded.
+    Raises ``ValueError`` if shapes differ or no pixel is left.
+    """
+    pred = np.asarray(pred, dtype=np.float64)
+    gt = np.asarray(gt, dtype=np.float64)
+    if pred.shape != gt.shape:
+        raise ValueError(f'pred shape {pred.shape} != gt shape {gt.shape}')
+    valid = np.isfinite(gt) & (gt > 0) & np.isfinite(pred) & (pred > 0)
+    if mask is not None:
+        if mask.shape != gt.shape:
+            raise ValueError(f'mask shape {mask.shape} != gt shape {gt.shape}')
+        valid &= mask.astype(bool)
+    if not valid.any():
+        raise ValueError('no valid pixel to evaluate')
+    p = pred[valid]
+    g = gt[valid]
+    ratio = np.maximum(p / g, g / p)
+    diff = p - g
+    return {
+        'd1': float(np.mean(ratio < 1.25)),
+        'd2': float(np.mean(ratio < 1.25 ** 2)),
+        'd3': float(np.mean(ratio < 1.25 ** 3)),
+        'abs_rel': float(np.mean(np.abs(diff) / g)),
+        'sq_rel': float(np.mean(diff ** 2 / g)),
+        'rmse': float(np.sqrt(np.mean(diff ** 2))),
+        'rmse_log': float(np.sqrt(np.mean((np.log(p) - np.log(g)) ** 2))),
+        'log10': float(np.mean(np.abs(np.log10(p) - np.log10(g)))),
+    }
+
+
+def mean_metrics(per_frame: list[dict[str, float]]) -> dict[str, float]:
+    """Average of per-frame metrics (the usual per-image mean)."""
+    if not per_frame:
+        raise ValueError('no frames to average')
+    return {name: float(np.mean([m[name] for m in per_frame])) for name in METRIC_NAMES}
+
+
+def nyu_eval_mask(gt: np.ndarray) -> np.ndarray:
+    """NYU evaluation mask for a full 480x640 frame.
+
+    Valid ground truth in ``(min, max]``, inside Eigen's crop and inside the network's
+    input crop (the prediction exists only there).
+    """
+    if gt.shape != (480, 640):
+        raise ValueError(f'the NYU protocol needs 640x480 frames, got {gt.shape[1]}x{gt.shape[0]}')
+    mask = np.zeros(gt.shape, dtype=bool)
+    left, top, right, bottom = NYU_EIGEN_CROP
+    mask[top:bottom, left:right] = True
+    inside = np.zeros_like(mask)
+    left, top, right, bottom = NYU_INPUT_CROP
+    inside[top:bottom, left:right] = True
+    return mask & inside & (gt > NYU_MIN_DEPTH_M) & (gt <= NYU_MAX_DEPTH_M)
+
+
+def format_table(rows: dict[str, dict[str, float]], names=METRIC_NAMES) -> str:
+    """Plain-text table, one row per entry of ``rows``; missing metrics print as ``-``."""
+    header = ['', *names]
+    lines = [header]
+    for label, metrics in rows.items():
+        lines.append([label, *(f'{metrics[n]:.3f}' if n in metrics else '-' for n in names)])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    out = []
+    for i, line in enumerate(lines):
+        out.append('  '.join(cell.ljust(widths[j]) if j == 0 else cell.rjust(widths[j])
+                             for j, cell in enumerate(line)))
+        if i == 0:
+            out.append('  '.join('-' * w for w in widths))
+    return '\n'.join(out)

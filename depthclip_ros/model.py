@@ -1,0 +1,469 @@
+"""DepthCLIP: zero-shot metric depth from a frozen CLIP ResNet (METHOD.md).
+
+Imports torch and open_clip, nothing from ROS. Construction is cheap; :meth:`DepthCLIP.load`
+is the one call that reads weights and touches the device. Text features are computed once
+per prompt change (:meth:`DepthCLIP.set_head`), never per frame.
+
+Per frame (:meth:`DepthCLIP.predict`), for ``B`` images of one size:
+
+1. upload the uint8 RGB images once, resize to ``input_size`` (if needed) and normalise
+   with the ImageNet mean/std (the paper's evaluation code);
+2. run the CLIP image trunk without its attention pool: ``(B, C, h, w)`` tokens;
+3. ``paper`` mode: L2-normalise each token, keep every ``C / D``-th channel (``D`` the text
+   embedding size; for RN50 every other one of 2048, the authors' nearest-neighbour
+   ``interpolate(scale_factor=0.5)`` over channels); ``projected`` mode: ``c_proj(v_proj(.))``
+   of the attention pool (MaskCLIP), then L2-normalise;
+4. ``S = 100 * tokens @ T / temperature``, softmax over the ``K`` bins, weighted sum of
+   the bins: canonical depth ``(B, 1, h, w)``; with flip averaging, averaged with the
+   flipped-back prediction of the mirrored image at this resolution;
+5. multiply by ``mean(fx, fy) / canonical_focal_px`` of the intrinsics at the network
+   input (Metric3D's canonical camera), upsample bilinearly (``align_corners=True``) to the
+   output size and download once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+import logging
+import math
+import os
+import zipfile
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .geometry import Intrinsics, metric_scale
+from .timing import StageTimer, stage_or_nothing
+
+LOG = logging.getLogger(__name__)
+
+PAPER_DISTANCE_PROMPTS = ('giant', 'extremely close', 'close', 'not in distance',
+                          'a little remote', 'far', 'unseen')
+PAPER_DEPTH_BINS_M = (1.00, 1.50, 2.00, 2.25, 2.50, 2.75, 3.00)
+PAPER_PROMPT_TEMPLATE = 'This {} is {}'
+PAPER_PROMPT_OBJECTS = ('object',)
+PAPER_TEMPERATURE = 0.1
+NYU_FOCAL_PX = 518.8579  # NYU Depth v2 Kinect RGB fx: the bins' canonical camera
+DEFAULT_INPUT_SIZE = (416, 544)  # height, width: the paper's NYU crop
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CLIP_LOGIT_SCALE = 100.0
+
+FEATURE_MODES = ('paper', 'projected')
+PRECISIONS = ('auto', 'fp16', 'fp32')
+RANDOM_WEIGHTS_BANNER = ('RANDOM WEIGHTS (pretrained=none): these depths are NOT an accuracy '
+                         'result; load real CLIP weights for meaningful output.')
+
+HOW_TO_SUPPLY_WEIGHTS = (
+    'Supply weights one of three ways: (1) a pretrained tag such as openai: open_clip '
+    'downloads it once (needs the network), then uses its cache; (2) a local file: '
+    'pretrained:=/path/to/RN50.pt (OpenAI TorchScript) or an open_clip state_dict '
+    '(.pt/.bin/.safetensors); (3) pretrained:=none for random weights (tests only, '
+    'meaningless depth).')
+
+
+class WeightsError(RuntimeError):
+    """The CLIP weights could not be loaded; the message says how to supply them."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What is fixed once the model is loaded (read-only node parameters)."""
+
+    model: str = 'RN50'
+    pretrained: str = 'openai'  # open_clip tag, a local weights file, or 'none'
+    device: str = 'auto'  # auto | cpu | cuda | cuda:N
+    precision: str = 'auto'  # auto (fp16 on CUDA, fp32 on CPU) | fp16 | fp32
+    feature_mode: str = 'paper'  # paper | projected
+    input_size: tuple[int, int] = DEFAULT_INPUT_SIZE  # network input height, width (px)
+
+    def __post_init__(self):
+        if not isinstance(self.model, str) or not self.model.startswith('RN'):
+            raise ValueError(f'model must be an open_clip ResNet CLIP (RN50, RN101, RN50x4, '
+                             f'..., optionally -quickgelu), got {self.model!r}')
+        if not isinstance(self.pretrained, str) or not self.pretrained:
+            raise ValueError(f'pretrained must be a tag, a file path or "none", '
+                             f'got {self.pretrained!r}')
+        if self.precision not in PRECISIONS:
+            raise ValueError(f'precision must be one of {PRECISIONS}, got {self.precision!r}')
+        if self.feature_mode not in FEATURE_MODES:
+            raise ValueError(f'feature_mode must be one of {FEATURE_MODES}, '
+                             f'got {self.feature_mode!r}')
+        check_input_size(self.input_size)
+        parse_device(self.device)  # validates the spelling only; availability at load()
+
+    @property
+    def random_weights(self) -> bool:
+        return self.pretrained.lower() == 'none'
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """What may change while running (prompts, bins, temperature, focal, flip)."""
+
+    distance_prompts: tuple[str, ...] = PAPER_DISTANCE_PROMPTS
+    depth_bins_m: tuple[float, ...] = PAPER_DEPTH_BINS_M
+    prompt_template: str = PAPER_PROMPT_TEMPLATE
+    prompt_objects: tuple[str, ...] = PAPER_PROMPT_OBJECTS
+    temperature: float = PAPER_TEMPERATURE
+    canonical_focal_px: float = NYU_FOCAL_PX
+    flip_average: bool = False
+
+    def __post_init__(self):
+        # Normalise sequences to tuples so that configs compare and hash by value.
+        object.__setattr__(self, 'distance_prompts', tuple(self.distance_prompts))
+        object.__setattr__(self, 'depth_bins_m', tuple(float(b) for b in self.depth_bins_m))
+        object.__setattr__(self, 'prompt_objects', tuple(self.prompt_objects))
+        prompts, bins = self.distance_prompts, self.depth_bins_m
+        if len(prompts) < 2:
+            raise ValueError(f'need at least 2 distance prompts, got {len(prompts)}')
+        if any(not isinstance(p, str) or not p.strip() for p in prompts):
+            raise ValueError(f'distance prompts must be non-empty strings, got {list(prompts)}')
+        if len(bins) != len(prompts):
+            raise ValueError(f'need one depth bin per distance prompt: {len(prompts)} prompts, '
+                             f'{len(bins)} bins')
+        if any(not math.isfinite(b) or b <= 0 for b in bins):
+            raise ValueError(f'depth bins must be finite and > 0, got {list(bins)}')
+        if any(b1 <= b0 for b0, b1 in zip(bins, bins[1:])):
+            raise ValueError(f'depth bins must be strictly increasing, got {list(bins)}')
+        if not self.prompt_objects or any(not isinstance(o, str) or not o.strip()
+                                          for o in self.prompt_objects):
+            raise ValueError(f'prompt objects must be non-empty strings, '
+                             f'got {list(self.prompt_objects)}')
+        if not isinstance(self.prompt_template, str) or self.prompt_template.count('{}') != 2:
+            raise ValueError('prompt_template needs exactly two "{}" (object, then distance), '
+                             f'got {self.prompt_template!r}')
+        if not _finite_positive(self.temperature):
+            raise ValueError(f'temperature must be finite and > 0, got {self.temperature}')
+        if not _finite_positive(self.canonical_focal_px):
+            raise ValueError(f'canonical_focal_px must be finite and > 0, '
+                             f'got {self.canonical_focal_px}')
+
+    def prompts(self) -> list[list[str]]:
+        """The prompt sentences of every bin: ``K`` lists of ``len(prompt_objects)``."""
+        return [[self.prompt_template.format(obj, distance) for obj in self.prompt_objects]
+                for distance in self.distance_prompts]
+
+    @property
+    def text_key(self) -> tuple:
+        """What the text features depend on."""
+        return (self.distance_prompts, self.prompt_template, self.prompt_objects)
+
+
+def _finite_positive(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def check_input_size(size) -> tuple[int, int]:
+    """Validate a network input ``(height, width)``: positive multiples of 32."""
+    try:
+        height, width = (int(v) for v in size)
+    except (TypeError, ValueError):
+        raise ValueError(f'input_size must be (height, width), got {size!r}') from None
+    if height < 32 or width < 32 or height % 32 or width % 32:
+        raise ValueError(f"input_size must be positive multiples of 32 (the trunk's stride), "
+                         f'got {height}x{width}')
+    return height, width
+
+
+def parse_device(device: str) -> str:
+    """Check a device string's spelling: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
+    if device in ('auto', 'cpu', 'cuda'):
+        return device
+    if isinstance(device, str) and device.startswith('cuda:') and device[5:].isdigit():
+        return device
+    raise ValueError(f'device must be auto, cpu, cuda or cuda:N, got {device!r}')
+
+
+def resolve_device(device: str) -> torch.device:
+    """The torch device for ``device``; raises ``ValueError`` if CUDA is asked but absent."""
+    device = parse_device(device)
+    if device == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    if device.startswith('cuda'):
+        if not torch.cuda.is_available():
+            raise ValueError(f'device {device!r} asked for but CUDA is not available')
+        index = int(device[5:]) if ':' in device else 0
+        if index >= torch.cuda.device_count():
+            raise ValueError(f'device {device!r} asked for but only '
+                             f'{torch.cuda.device_count()} CUDA device(s) exist')
+    return torch.device(device)
+
+
+def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
+    if precision == 'auto':
+        return torch.float16 if device.type == 'cuda' else torch.float32
+    if precision == 'fp16' and device.type != 'cuda':
+        raise ValueError('precision fp16 needs a CUDA device; use fp32 (or auto) on the CPU')
+    return torch.float16 if precision == 'fp16' else torch.float32
+
+
+def _is_torchscript_archive(path: str) -> bool:
+    """True for a TorchScript zip (OpenAI's original ``RN50.pt``)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith('constants.pkl') or '/code/' in name
+                   for name in archive.namelist())
+
+
+def build_clip(config: ModelConfig) -> torch.nn.Module:
+    """Create the open_clip model of ``config`` on the CPU in fp32, weights loaded.
+
+    Raises :class:`WeightsError` with instructions when weights cannot be had.
+    """
+    import open_clip  # imported here: it is slow to import and pulls in torchvision
+
+    name = config.model
+    if name.replace('-quickgelu', '') not in {m.replace('-quickgelu', '')
+                                              for m in open_clip.list_models()}:
+        raise WeightsError(f'unknown open_clip model {name!r}')
+    pretrained = config.pretrained
+    try:
+        if config.random_weights:
+            LOG.warning(RANDOM_WEIGHTS_BANNER)
+            return open_clip.create_model(name, pretrained=None, pretrained_text=False)
+        if os.path.isfile(pretrained):
+            if _is_torchscript_archive(pretrained):
+                return _load_torchscript(pretrained)
+            return open_clip.create_model(name, pretrained=pretrained)
+        if os.sep in pretrained or pretrained.endswith(('.pt', '.bin', '.safetensors', '.pth')):
+            raise WeightsError(f'weights file {pretrained!r} does not exist')
+        if pretrained not in open_clip.list_pretrained_tags_by_model(name):
+            raise WeightsError(
+                f'{pretrained!r} is neither a weights file nor an open_clip tag of {name} '
+                f'(tags: {open_clip.list_pretrained_tags_by_model(name)})')
+        # OpenAI's weights were trained with QuickGELU (as the authors' code ran them).
+        return open_clip.create_model(name, pretrained=pretrained,
+                                      force_quick_gelu=(pretrained == 'openai'))
+    except WeightsError as error:
+        raise WeightsError(f'{error}\n{HOW_TO_SUPPLY_WEIGHTS}') from None
+    except Exception as error:  # download failures, corrupt or mismatched files
+        raise WeightsError(f'could not load CLIP weights {pretrained!r} for {name}: {error}\n'
+                           f'{HOW_TO_SUPPLY_WEIGHTS}') from error
+
+
+def _load_torchscript(path: str) -> torch.nn.Module:
+    """OpenAI's original TorchScript release (``RN50.pt``), rebuilt as a plain open_clip
+    module in fp32 (the archive itself is not run)."""
+    from open_clip.model import build_model_from_openai_state_dict
+
+    archive = torch.jit.load(path, map_location='cpu')
+    # Keep parameters and persistent buffers only: a TorchScript export may also carry
+    # attributes such as the text attention mask, which open_clip rebuilds itself.
+    state = {k: v for k, v in archive.state_dict().items() if k != 'attn_mask'}
+    return build_model_from_openai_state_dict(state).float()
+
+
+class DepthCLIP:
+    """The DepthCLIP engine: RGB images + intrinsics in, metric z-depth out."""
+
+    def __init__(self, config: ModelConfig | None = None, head: HeadConfig | None = None):
+        self.config = config or ModelConfig()
+        self.head = head or HeadConfig()
+        self.device: torch.device | None = None
+        self.dtype: torch.dtype | None = None
+        self._clip = None
+        self._text_key = None
+        self._text_features = None  # (D, K) model dtype, unit columns
+        self._bins = None  # (K,) float32 on device
+        self._mean = self._std = None
+        self.text_encodings = 0  # how often the text encoder ran (tests, diagnostics)
+
+    # ----------------------------------------------------------------- loading
+    @property
+    def loaded(self) -> bool:
+        return self._clip is not None
+
+    @property
+    def random_weights(self) -> bool:
+        return self.config.random_weights
+
+    def load(self) -> 'DepthCLIP':
+        """Read the weights, move them to the device, encode the prompts. Idempotent."""
+        if self.loaded:
+            return self
+        device = resolve_device(self.config.device)
+        dtype = resolve_dtype(self.config.precision, device)
+        clip = build_clip(self.config)
+        visual = getattr(clip, 'visual', None)
+        if not all(hasattr(visual, n) for n in ('stem', 'layer4', 'attnpool')):
+            raise WeightsError(f'{self.config.model} has no ResNet image tower; DepthCLIP '
+                               f'needs a ModifiedResNet CLIP (RN50, RN101, RN50x4, ...)')
+        clip = clip.to(device=device, dtype=dtype).eval()
+        for parameter in clip.parameters():
+            parameter.requires_grad_(False)
+        self._clip, self.device, self.dtype = clip, device, dtype
+        self._mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255.0
+        self._std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255.0
+        self._tokenizer = __import__('open_clip').get_tokenizer(
+            self.config.model.replace('-quickgelu', ''))
+        self._update_head(self.head)
+        LOG.info('DepthCLIP %s (%s) loaded on %s in %s, %s mode', self.config.model,
+                 self.config.pretrained, device, str(dtype).replace('torch.', ''),
+                 self.config.feature_mode)
+        return self
+
+    def describe_device(self) -> str:
+        """Human-readable device name, e.g. ``cuda:0 (NVIDIA H100) fp16``."""
+        if self.device is None:
+            return 'not loaded'
+        name = str(self.device)
+        if self.device.type == 'cuda':
+            name += f' ({torch.cuda.get_device_name(self.device)})'
+        return f'{name} {str(self.dtype).replace("torch.", "")}'
+
+    # ----------------------------------------------------------------- text side
+    def set_head(self, head: HeadConfig) -> None:
+        """Switch prompts, bins, temperature, focal or flip without reloading the model.
+
+        The text encoder runs only if the prompts changed. ``head`` was validated when it
+        was constructed, so a bad value never reaches a running engine.
+        """
+        if not isinstance(head, HeadConfig):
+            raise TypeError(f'head must be a HeadConfig, got {type(head).__name__}')
+        if self.loaded:
+            self._update_head(head)
+        self.head = head
+
+    def _update_head(self, head: HeadConfig) -> None:
+        if head.text_key != self._text_key:
+            self._text_features = self.encode_prompts(head.prompts())
+            self._text_key = head.text_key
+        self._bins = torch.tensor(head.depth_bins_m, dtype=torch.float32, device=self.device)
+
+    @torch.inference_mode()
+    def encode_prompts(self, prompts: list[list[str]]) -> torch.Tensor:
+        """Text classifier ``(D, K)``: per bin, the mean of its L2-normalised prompt
+        embeddings, normalised again (open_clip's zero-shot classifier recipe)."""
+        self._require_loaded()
+        flat = [sentence for group in prompts for sentence in group]
+        tokens = self._tokenizer(flat).to(self.device)
+        embeddings = F.normalize(self._clip.encode_text(tokens).float(), dim=-1)
+        per_bin = embeddings.view(len(prompts), len(prompts[0]), -1).mean(dim=1)
+        self.text_encodings += 1
+        return F.normalize(per_bin, dim=-1).t().contiguous().to(self.dtype)
+
+    @property
+    def text_features(self) -> torch.Tensor:
+        self._require_loaded()
+        return self._text_features
+
+    # ----------------------------------------------------------------- image side
+    def preprocess(self, images: np.ndarray) -> torch.Tensor:
+        """``(B, H, W, 3)`` uint8 RGB (host) -> ``(B, 3, h, w)`` normalised network input."""
+        self._require_loaded()
+        x = torch.from_numpy(images).to(self.device, non_blocking=True)
+        x = x.permute(0, 3, 1, 2).float()
+        if tuple(x.shape[-2:]) != tuple(self.config.input_size):
+            x = F.interpolate(x, size=self.config.input_size, mode='bilinear',
+                              align_corners=False, antialias=True)
+        x = (x - self._mean) / self._std
+        return x.to(self.dtype)
+
+    def image_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """CLIP image trunk without its final pooling: ``(B, C, h, w)`` last-stage map."""
+        visual = self._clip.visual
+        x = visual.stem(x)
+        x = visual.layer1(x)
+        x = visual.layer2(x)
+        x = visual.layer3(x)
+        return visual.layer4(x)
+
+    def token_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``(B, C, h, w)`` trunk output -> ``(B, h*w, D)`` tokens comparable with text."""
+        x = tokens.flatten(2).transpose(1, 2)  # (B, HW, C)
+        text_dim = self._text_features.shape[0]
+        if self.config.feature_mode == 'projected':
+            pool = self._clip.visual.attnpool
+            return F.normalize(pool.c_proj(pool.v_proj(x)), dim=-1)
+        x = x / x.norm(dim=-1, keepdim=True)
+        ratio, remainder = divmod(x.shape[-1], text_dim)
+        if remainder:
+            raise ValueError(f'paper mode needs the trunk width ({x.shape[-1]}) to be a '
+                             f'multiple of the text width ({text_dim})')
+        # == F.interpolate(x, scale_factor=1/ratio) (nearest) over the channel axis
+        return x[..., ::ratio]
+
+    def canonical_depth(self, embeddings: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """``(B, h*w, D)`` token embeddings -> ``(B, 1, h, w)`` float32 canonical depth."""
+        logits = CLIP_LOGIT_SCALE * (embeddings @ self._text_features)  # (B, HW, K)
+        weights = torch.softmax(logits.float() / self.head.temperature, dim=-1)
+        depth = weights @ self._bins  # (B, HW)
+        return depth.view(-1, 1, *grid)
+
+    @torch.inference_mode()
+    def predict(self, images: np.ndarray, intrinsics: Intrinsics | list[Intrinsics],
+                output_size: tuple[int, int] | None = None,
+                timer: StageTimer | None = None) -> np.ndarray:
+        """Metric z-depth of a batch of RGB images.
+
+        ``images``: ``(H, W, 3)`` or ``(B, H, W, 3)`` uint8 RGB. ``intrinsics``: of the
+        images as given (one for all, or one per image). ``output_size``: ``(height,
+        width)`` of the returned depth, default the input image size.
+        Returns ``(H', W')`` or ``(B, H', W')`` float32 metres.
+        """
+        self._require_loaded()
+        batch, single = _as_batch(images)
+        height, width = batch.shape[1:3]
+        cameras = [intrinsics] * len(batch) if isinstance(intrinsics, Intrinsics) \
+            else list(intrinsics)
+        if len(cameras) != len(batch):
+            raise ValueError(f'{len(batch)} images but {len(cameras)} intrinsics')
+        for camera in cameras:
+            if not isinstance(camera, Intrinsics):
+                raise TypeError(f'intrinsics must be Intrinsics, got {type(camera).__name__}')
+            if camera.size != (height, width):
+                raise ValueError(f'intrinsics are for {camera.width}x{camera.height}, '
+                                 f'images are {width}x{height}')
+        output_size = (height, width) if output_size is None else tuple(output_size)
+        if len(output_size) != 2 or min(output_size) < 1:
+            raise ValueError(f'output_size must be (height, width) > 0, got {output_size}')
+        stage = stage_or_nothing(timer)
+        net_h, net_w = self.config.input_size
+        scales = torch.tensor([metric_scale(c.resized(net_h, net_w), self.head.canonical_focal_px)
+                               for c in cameras], dtype=torch.float32, device=self.device)
+
+        with stage('preprocess'):
+            x = self.preprocess(batch)
+            if self.head.flip_average:
+                x = torch.cat([x, x.flip(-1)])
+        with stage('network'):
+            tokens = self.image_tokens(x)
+        with stage('head'):
+            grid = tuple(tokens.shape[-2:])
+            depth = self.canonical_depth(self.token_embeddings(tokens), grid)
+            if self.head.flip_average:
+                depth = 0.5 * (depth[:len(batch)] + depth[len(batch):].flip(-1))
+            depth = depth * scales.view(-1, 1, 1, 1)
+        with stage('upsample'):
+            depth = F.interpolate(depth, size=output_size, mode='bilinear', align_corners=True)
+            out = depth[:, 0].cpu().numpy()
+        return out[0] if single else out
+
+    def _require_loaded(self) -> None:
+        if not self.loaded:
+            raise RuntimeError('DepthCLIP.load() has not been called')
+
+
+def _as_batch(images) -> tuple[np.ndarray, bool]:
+    if not isinstance(images, np.ndarray):
+        raise TypeError(f'images must be a numpy array, got {type(images).__name__}')
+    single = images.ndim == 3
+    batch = images[None] if single else images
+    if batch.ndim != 4 or batch.shape[-1] != 3 or min(batch.shape[:3]) < 1:
+        raise ValueError(f'images must be (H, W, 3) or (B, H, W, 3) RGB, got {images.shape}')
+    if batch.dtype != np.uint8:
+        raise TypeError(f'images must be uint8, got {batch.dtype}')
+    return np.ascontiguousarray(batch), single
+
+
+def head_with(head: HeadConfig, **changes) -> HeadConfig:
+    """A validated copy of ``head`` with ``changes`` applied (raises ``ValueError``)."""
+    return replace(head, **changes)
+
+
+__all__ = ['DepthCLIP', 'ModelConfig', 'HeadConfig', 'WeightsError', 'head_with',
+           'PAPER_DISTANCE_PROMPTS', 'PAPER_DEPTH_BINS_M', 'NYU_FOCAL_PX',
+           'RANDOM_WEIGHTS_BANNER']

@@ -1,0 +1,1 @@
+"""Command-line tools on the DepthCLIP engine: infer, evaluate, bench, bag, demo."""

@@ -1,0 +1,138 @@
+"""``depthclip-ros demo``: the main job without a camera.
+
+Runs the engine on the given images/folders/videos, or, with no input, on a scene this
+project renders itself (a textured corridor with exact metric depth, from a camera with
+a 60 degree horizontal field of view). Writes depth (.npy, 16-bit PNG), previews and PLY
+clouds, and says where they are and how to look at them.
+
+Weights: as ``--pretrained`` says (default: OpenAI's RN50, downloaded by open_clip on first
+use). If they cannot be had, the demo stops with instructions, or with
+``--fallback-random`` carries on with random weights and labels every output as such.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+import sys
+
+import numpy as np
+
+from ..dataset import expand_inputs, iter_images
+from ..geometry import Intrinsics, pixel_rays
+from ..metrics import depth_metrics, format_table
+from ..model import RANDOM_WEIGHTS_BANNER, DepthCLIP, WeightsError
+from .common import add_model_arguments, configs_from_args, warn_random_weights
+from .infer import write_outputs
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--input', nargs='+', type=Path,
+                        help='images, folders or videos (default: a generated scene)')
+    parser.add_argument('--intrinsics', type=float, nargs=4, metavar=('FX', 'FY', 'CX', 'CY'),
+                        help='intrinsics of --input (default: 60 degree horizontal FOV)')
+    parser.add_argument('--output', '-o', type=Path, default=Path('depthclip_demo'),
+                        help='output folder (default ./depthclip_demo)')
+    parser.add_argument('--fallback-random', action='store_true',
+                        help='if the weights cannot be loaded, go on with random weights '
+                             '(every output is labelled)')
+    add_model_arguments(parser)
+
+
+def render_corridor(height: int = 480, width: int = 640, hfov_deg: float = 60.0
+                    ) -> tuple[np.ndarray, np.ndarray, Intrinsics]:
+    """A textured corridor seen from inside: ``(rgb (H, W, 3) uint8, depth (H, W) m, K)``.
+
+    Ray-cast against floor (y = 1.2 m), ceiling (y = -1.3 m), walls (x = +-1.6 m) and an
+    end wall (z = 9 m), in the optical frame. The depth is exact z-depth.
+    """
+    focal = 0.5 * width / math.tan(math.radians(hfov_deg) / 2)
+    camera = Intrinsics(focal, focal, (width - 1) / 2, (height - 1) / 2, width, height)
+    x_over_z, y_over_z = pixel_rays(camera)
+    x_over_z = np.broadcast_to(x_over_z, (height, width))
+    y_over_z = np.broadcast_to(y_over_z, (height, width))
+    with np.errstate(divide='ignore'):
+        candidates = {
+            'floor': np.where(y_over_z > 0, 1.2 / y_over_z, np.inf),
+            'ceiling': np.where(y_over_z < 0, -1.3 / y_over_z, np.inf),
+            'right': np.where(x_over_z > 0, 1.6 / x_over_z, np.inf),
+            'left': np.where(x_over_z < 0, -1.6 / x_over_z, np.inf),
+            'end': np.full((height, width), 9.0),
+        }
+    names = list(candidates)
+    stack = np.stack([candidates[n] for n in names])
+    which = stack.argmin(axis=0)
+    depth = stack.min(axis=0).astype(np.float32)
+    x, y, z = x_over_z * depth, y_over_z * depth, depth
+    base = {'floor': (150, 110, 70), 'ceiling': (230, 230, 225), 'right': (120, 150, 190),
+            'left': (190, 170, 120), 'end': (90, 140, 90)}
+    # A 0.5 m checker on each surface, in the two coordinates that span it.
+    span = {'floor': (x, z), 'ceiling': (x, z), 'right': (y, z), 'left': (y, z),
+            'end': (x, y)}
+    rgb = np.zeros((height, width, 3), dtype=np.float32)
+    for index, name in enumerate(names):
+        a, b = span[name]
+        checker = ((np.floor(a / 0.5) + np.floor(b / 0.5)) % 2)[..., None]
+        colour = np.array(base[name], dtype=np.float32) * (0.75 + 0.25 * checker)
+        rgb = np.where((which == index)[..., None], colour, rgb)
+    shade = np.clip(1.3 - depth / 12.0, 0.4, 1.0)[..., None]  # darker far away
+    return (rgb * shade).astype(np.uint8), depth, camera
+
+
+def load_or_fallback(args: argparse.Namespace) -> DepthCLIP:
+    model, head = configs_from_args(args)
+    try:
+        return DepthCLIP(model, head).load()
+    except WeightsError as error:
+        print(f'depthclip-ros demo: {error}', file=sys.stderr)
+        if not args.fallback_random:
+            sys.exit(1)
+        print('--fallback-random: continuing with RANDOM weights; every output below is '
+              'labelled and meaningless as depth.', file=sys.stderr)
+        model = type(model)(**{**model.__dict__, 'pretrained': 'none'})
+        return DepthCLIP(model, head).load()
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        engine = load_or_fallback(args)
+    except ValueError as error:
+        sys.exit(f'depthclip-ros demo: {error}')
+    if engine.random_weights:
+        warn_random_weights()
+    args.output.mkdir(parents=True, exist_ok=True)
+    print(f'engine: {engine.config.model} ({engine.config.pretrained}) on '
+          f'{engine.describe_device()}, {engine.config.feature_mode} mode')
+    if args.input:
+        for path in expand_inputs(args.input):
+            for stem, rgb in iter_images(path):
+                height, width = rgb.shape[:2]
+                if args.intrinsics:
+                    camera = Intrinsics(*args.intrinsics, width, height)
+                else:
+                    focal = 0.5 * width / math.tan(math.radians(30.0))
+                    camera = Intrinsics(focal, focal, (width - 1) / 2, (height - 1) / 2,
+                                        width, height)
+                depth = engine.predict(rgb, camera)
+                write_outputs(args.output, stem, rgb, depth, camera, engine.random_weights,
+                              20.0)
+                print(f'  {stem}: median depth {np.nanmedian(depth):.2f} m')
+    else:
+        rgb, truth, camera = render_corridor()
+        depth = engine.predict(rgb, camera)
+        write_outputs(args.output, 'corridor', rgb, depth, camera, engine.random_weights, 20.0)
+        np.save(args.output / 'corridor_truth_depth.npy', truth)
+        label = 'DepthCLIP (RANDOM WEIGHTS)' if engine.random_weights else 'DepthCLIP'
+        print('generated scene: a corridor rendered by this project, exact depth 1.4-9.0 m')
+        print(format_table({label: depth_metrics(depth, truth)}))
+    print(f'\noutputs in {args.output.resolve()}/:')
+    print('  *_preview.png   image | coloured depth | colour bar in metres (any image viewer)')
+    print('  *_depth.npy     float32 metres;  *_depth.png  uint16 millimetres')
+    print('  *.ply           coloured point cloud, optical frame (MeshLab, CloudCompare, '
+          'Open3D, Foxglove)')
+    print('live camera: ros2 launch depthclip_ros depth.launch.py image:=/camera/image_raw '
+          'camera_info:=/camera/camera_info rviz:=true')
+    if engine.random_weights:
+        print(RANDOM_WEIGHTS_BANNER)
+    return 0

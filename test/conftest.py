@@ -1,0 +1,52 @@
+"""Test-wide set-up.
+
+Network safety (PLATFORM.md): before anything can start rclpy, keep DDS discovery on
+this machine and pick a random domain so that parallel runs never hear each other.
+"""
+
+import os
+from pathlib import Path
+import random
+
+os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+os.environ.setdefault('ROS_DOMAIN_ID', str(random.randint(1, 101)))
+os.environ.setdefault('HF_HUB_OFFLINE', '1')  # tests never download weights
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _shared_data() -> Path:
+    if os.environ.get('DEPTHCLIP_SHARED_DATA'):
+        return Path(os.environ['DEPTHCLIP_SHARED_DATA'])
+    # A fresh clone has ../shared beside it; colcon runs the tests from build/, so also
+    # look beside the source tree the package was built from.
+    for base in (REPO, Path.cwd(), *Path.cwd().parents):
+        candidate = base.parent / 'shared' / 'data'
+        if candidate.is_dir():
+            return candidate
+    return REPO.parent / 'shared' / 'data'
+
+
+SHARED_DATA = _shared_data()
+
+
+def shared_data(*parts: str) -> Path:
+    """Path inside ../shared/data, or skip the test with the reason."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f'real data not available: {path} is absent (set DEPTHCLIP_SHARED_DATA)')
+    return path
+
+
+@pytest.fixture(scope='session')
+def engine():
+    """One random-weights RN50 on the CPU for the whole run (random weights: tests
+    check computation, never accuracy)."""
+    import torch
+
+    from depthclip_ros.model import DepthCLIP, ModelConfig
+
+    torch.manual_seed(0)
+    return DepthCLIP(ModelConfig(pretrained='none', device='cpu')).load()

@@ -1,0 +1,91 @@
+"""The command-line tools end to end (CPU, random weights)."""
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from depthclip_ros.cli import main
+from depthclip_ros.visualize import read_ply
+
+from conftest import shared_data
+
+FAST = ['--pretrained', 'none', '--device', 'cpu']
+
+
+def test_evaluate_runs_the_nyu_protocol_on_real_frames(tmp_path, capsys):
+    folder = shared_data('nyu_v2_eigen_test_sg10')
+    out = tmp_path / 'nyu.json'
+    assert main(['evaluate', str(folder), '--json', str(out), *FAST]) == 0
+    text = capsys.readouterr().out
+    assert 'NYU (DepthCLIP crop, Eigen mask, 10 m)' in text
+    assert 'DepthCLIP paper (654 frames)' in text and '0.394' in text
+    assert 'RANDOM WEIGHTS' in text
+    results = json.loads(out.read_text())
+    data = results['datasets']['nyu_v2_eigen_test_sg10']
+    assert data['frames'] == 10 and results['random_weights'] is True
+    for name in ('d1', 'd2', 'd3', 'abs_rel', 'sq_rel', 'rmse', 'rmse_log', 'log10'):
+        assert np.isfinite(data['mean'][name])
+    assert 0.0 <= data['mean']['d1'] <= data['mean']['d2'] <= data['mean']['d3'] <= 1.0
+
+
+def test_evaluate_other_cameras(tmp_path, capsys):
+    folder = shared_data('realsense_d435_librealsense')
+    assert main(['evaluate', str(folder), *FAST, '--input-size', '224', '288']) == 0
+    assert 'whole image, GT <= 80 m' in capsys.readouterr().out
+
+
+def test_infer_writes_depth_png_preview_and_ply(tmp_path, capsys):
+    rgb = np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    folder = tmp_path / 'images'
+    folder.mkdir()
+    cv2.imwrite(str(folder / 'a.png'), rgb)
+    cv2.imwrite(str(folder / 'b.jpg'), rgb)
+    out = tmp_path / 'out'
+    assert main(['infer', str(folder), '--intrinsics', '150', '150', '80', '60',
+                 '--output', str(out), *FAST, '--input-size', '96', '128']) == 0
+    for stem in ('a', 'b'):
+        depth = np.load(out / f'{stem}_depth.npy')
+        assert depth.shape == (120, 160) and depth.dtype == np.float32
+        png = cv2.imread(str(out / f'{stem}_depth.png'), cv2.IMREAD_UNCHANGED)
+        assert png.dtype == np.uint16
+        np.testing.assert_allclose(png / 1000.0, depth, atol=6e-4)
+        preview = cv2.imread(str(out / f'{stem}_preview.png'))
+        assert preview.shape[1] > 2 * 160  # image | depth | colour bar
+        cloud = read_ply(out / f'{stem}.ply')
+        assert len(cloud) == 120 * 160
+        np.testing.assert_allclose(np.sort(cloud['z']), np.sort(depth.ravel()), rtol=1e-6)
+    assert 'RANDOM WEIGHTS' in capsys.readouterr().out
+
+
+def test_infer_needs_intrinsics_or_fov(tmp_path):
+    with pytest.raises(SystemExit):
+        main(['infer', str(tmp_path), '--output', str(tmp_path), *FAST])
+
+
+def test_bench_prints_every_stage_and_the_device(capsys):
+    assert main(['bench', '--device', 'cpu', '--warmup', '0', '--repeat', '1',
+                 '--image-size', '120', '160', '--input-size', '96', '128']) == 0
+    text = capsys.readouterr().out
+    for stage in ('preprocess', 'network', 'head', 'upsample', 'backproject', 'total'):
+        assert f'\n{stage}' in text
+    assert 'device: cpu' in text and 'everything but the network' in text
+
+
+def test_demo_without_weights_stops_with_instructions(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(['demo', '--output', str(tmp_path), '--pretrained', str(tmp_path / 'no.pt'),
+              '--device', 'cpu'])
+    assert stop.value.code == 1
+    err = capsys.readouterr().err
+    assert 'does not exist' in err and 'Supply weights' in err
+
+
+def test_demo_on_the_generated_scene(tmp_path, capsys):
+    assert main(['demo', '--output', str(tmp_path), *FAST, '--input-size', '224', '288']) == 0
+    text = capsys.readouterr().out
+    assert 'RANDOM WEIGHTS' in text and str(tmp_path) in text
+    truth = np.load(tmp_path / 'corridor_truth_depth.npy')
+    assert truth.shape == (480, 640) and 1.0 < truth.min() and truth.max() <= 9.0
+    assert (tmp_path / 'corridor_preview.png').is_file() and (tmp_path / 'corridor.ply').is_file()

@@ -1,0 +1,198 @@
+"""numpy <-> sensor_msgs, one copy per message, never per point (no rclpy here).
+
+cv_bridge and sensor_msgs_py are the reference semantics but are not installable from
+PyPI; this module does the same conversions with numpy (PLATFORM.md):
+``msg.data`` is filled from an ``array.array('B')`` built from the numpy buffer.
+"""
+
+from __future__ import annotations
+
+import array
+import math
+
+import numpy as np
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
+
+from .encodings import decode_to_rgb, ImageFormatError
+from .geometry import backproject, Intrinsics
+
+ASPECT_TOLERANCE = 0.01  # relative; a CameraInfo of another size is scaled within this
+
+
+class CameraInfoError(ValueError):
+    """A CameraInfo that cannot give usable intrinsics; the message says why."""
+
+
+def _bytes(array_like: np.ndarray) -> array.array:
+    out = array.array('B')
+    out.frombytes(np.ascontiguousarray(array_like).view(np.uint8).reshape(-1))
+    return out
+
+
+def rgb_from_image(msg: Image) -> np.ndarray:
+    """``sensor_msgs/Image`` -> ``(H, W, 3)`` uint8 RGB; raises ``ImageFormatError``."""
+    return decode_to_rgb(msg.encoding, msg.height, msg.width, msg.step, msg.is_bigendian,
+                         msg.data)
+
+
+def rgb_from_compressed(msg) -> np.ndarray:
+    """``sensor_msgs/CompressedImage`` (jpeg, png) -> ``(H, W, 3)`` uint8 RGB."""
+    import cv2
+    buffer = np.frombuffer(msg.data, dtype=np.uint8)
+    if buffer.size == 0:
+        raise ImageFormatError('compressed image has no data')
+    decoded = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    if decoded is None:
+        raise ImageFormatError(f'cannot decode compressed image (format {msg.format!r})')
+    return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
+
+
+def intrinsics_from_camera_info(msg: CameraInfo, height: int, width: int,
+                                source: str = 'K') -> Intrinsics:
+    """Intrinsics for an image of ``height`` x ``width`` from ``msg``.
+
+    ``source`` is ``'K'`` (raw images) or ``'P'`` (rectified images, as depth_image_proc).
+    A CameraInfo of another size with the same aspect ratio is scaled; one of another
+    aspect, uncalibrated (zero focal) or non-finite raises :class:`CameraInfoError`.
+    """
+    if source == 'P':
+        fx, fy, cx, cy = msg.p[0], msg.p[5], msg.p[2], msg.p[6]
+    else:
+        fx, fy, cx, cy = msg.k[0], msg.k[4], msg.k[2], msg.k[5]
+    values = (fx, fy, cx, cy)
+    if not all(math.isfinite(v) for v in values):
+        raise CameraInfoError(f'CameraInfo {source} has non-finite values {list(values)}')
+    if fx == 0 and fy == 0:
+        raise CameraInfoError(f'CameraInfo is uncalibrated ({source} has zero focal lengths)')
+    if fx <= 0 or fy <= 0:
+        raise CameraInfoError(f'CameraInfo {source} has non-positive focal lengths fx={fx}, '
+                              f'fy={fy}')
+    if msg.width <= 0 or msg.height <= 0:
+        raise CameraInfoError(f'CameraInfo size {msg.width}x{msg.height} is invalid')
+    info = Intrinsics(float(fx), float(fy), float(cx), float(cy), int(msg.width),
+                      int(msg.height))
+    if (msg.height, msg.width) == (height, width):
+        return info
+    if abs((width / height) / (msg.width / msg.height) - 1.0) > ASPECT_TOLERANCE:
+        raise CameraInfoError(f'CameraInfo is for {msg.width}x{msg.height}, the image is '
+                              f'{width}x{height}: different aspect ratio, cannot scale')
+    return info.resized(height, width)
+
+
+def intrinsics_from_hfov(height: int, width: int, hfov_deg: float) -> Intrinsics:
+    """Square-pixel intrinsics with a centred principal point and a horizontal FOV."""
+    focal = 0.5 * width / math.tan(math.radians(hfov_deg) / 2)
+    return Intrinsics(focal, focal, (width - 1) / 2, (height - 1) / 2, width, height)
+
+
+def camera_info_for(intrinsics: Intrinsics, header, template: CameraInfo | None = None
+                    ) -> CameraInfo:
+    """CameraInfo that matches an image of ``intrinsics.size`` exactly.
+
+    Keeps ``template``'s distortion model, D and R; K and P come from ``intrinsics``
+    (P with the template's Tx, Ty scaled like fx, fy).
+    """
+    msg = CameraInfo()
+    msg.header = header
+    msg.height, msg.width = intrinsics.height, intrinsics.width
+    k = intrinsics.matrix()
+    msg.k = k.reshape(-1).tolist()
+    p = np.zeros((3, 4))
+    p[:, :3] = k
+    msg.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    msg.distortion_model = 'plumb_bob'
+    msg.d = [0.0] * 5
+    if template is not None:
+        msg.distortion_model = template.distortion_model
+        msg.d = list(template.d)
+        if any(template.r):
+            msg.r = list(template.r)
+        if template.p[0] and template.width:
+            p[0, 3] = template.p[3] * intrinsics.width / template.width
+            p[1, 3] = template.p[7] * intrinsics.height / template.height
+    msg.p = p.reshape(-1).tolist()
+    return msg
+
+
+def depth_image(depth: np.ndarray, header) -> Image:
+    """``(H, W)`` float metres -> 32FC1 Image (REP 118: NaN where invalid)."""
+    depth = np.ascontiguousarray(depth, dtype=np.float32)
+    msg = Image()
+    msg.header = header
+    msg.height, msg.width = depth.shape
+    msg.encoding = '32FC1'
+    msg.is_bigendian = 0
+    msg.step = depth.shape[1] * 4
+    msg.data = _bytes(depth)
+    return msg
+
+
+def depth_from_image(msg: Image) -> np.ndarray:
+    """32FC1 Image -> ``(H, W)`` float32 view of its data (zero-copy)."""
+    if msg.encoding != '32FC1':
+        raise ImageFormatError(f'expected 32FC1, got {msg.encoding!r}')
+    dtype = '>f4' if msg.is_bigendian else '<f4'
+    rows = np.frombuffer(msg.data, dtype=np.uint8).reshape(msg.height, msg.step)
+    return rows[:, :msg.width * 4].copy().view(dtype).reshape(msg.height, msg.width)
+
+
+def rgb_image(rgb: np.ndarray, header) -> Image:
+    """``(H, W, 3)`` uint8 -> rgb8 Image."""
+    msg = Image()
+    msg.header = header
+    msg.height, msg.width = rgb.shape[:2]
+    msg.encoding = 'rgb8'
+    msg.step = rgb.shape[1] * 3
+    msg.data = _bytes(rgb)
+    return msg
+
+
+def _cloud_fields(with_rgb: bool) -> list[PointField]:
+    names = ['x', 'y', 'z'] + (['rgb'] if with_rgb else [])
+    return [PointField(name=n, offset=4 * i, datatype=PointField.FLOAT32, count=1)
+            for i, n in enumerate(names)]
+
+
+def pack_rgb(rgb: np.ndarray) -> np.ndarray:
+    """``(..., 3)`` uint8 -> ``(...,)`` float32 holding 0x00RRGGBB (PCL/rviz packing)."""
+    rgb = rgb.astype(np.uint32)
+    packed = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+    return packed.view(np.float32)
+
+
+def pointcloud(depth: np.ndarray, intrinsics: Intrinsics, header, stride: int = 1,
+               min_depth_m: float = 0.0, max_depth_m: float = math.inf,
+               rgb: np.ndarray | None = None) -> PointCloud2:
+    """Organised PointCloud2 (x, y, z float32 [, rgb]) of a z-depth image.
+
+    ``depth (H, W)`` metres at the size of ``intrinsics``; every ``stride``-th row and
+    column; NaN for invalid or out-of-range depth; ``rgb (H, W, 3)`` uint8 optional.
+    """
+    height, width = depth[::stride, ::stride].shape
+    fields = 4 if rgb is not None else 3
+    buffer = np.empty((height, width, fields), dtype=np.float32)
+    backproject(depth, intrinsics, stride, min_depth_m, max_depth_m, out=buffer[..., :3])
+    if rgb is not None:
+        if rgb.shape[:2] != depth.shape:
+            raise ValueError(f'rgb is {rgb.shape[1]}x{rgb.shape[0]}, depth is '
+                             f'{depth.shape[1]}x{depth.shape[0]}')
+        buffer[..., 3] = pack_rgb(rgb[::stride, ::stride])
+    msg = PointCloud2()
+    msg.header = header
+    msg.height, msg.width = height, width
+    msg.fields = _cloud_fields(rgb is not None)
+    msg.is_bigendian = False
+    msg.point_step = 4 * fields
+    msg.row_step = msg.point_step * width
+    msg.is_dense = False
+    msg.data = _bytes(buffer)
+    return msg
+
+
+def cloud_array(msg: PointCloud2) -> np.ndarray:
+    """PointCloud2 with float32 fields -> ``(H, W)`` structured array (a copy)."""
+    dtype = np.dtype({'names': [f.name for f in msg.fields],
+                      'formats': ['<f4'] * len(msg.fields),
+                      'offsets': [f.offset for f in msg.fields],
+                      'itemsize': msg.point_step})
+    return np.frombuffer(msg.data, dtype=dtype).reshape(msg.height, msg.width).copy()

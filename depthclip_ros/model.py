@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from .geometry import Intrinsics, metric_scale
-from .timing import StageTimer, stage_or_nothing
+from .timing import stage_or_nothing, StageTimer
 
 LOG = logging.getLogger(__name__)
 

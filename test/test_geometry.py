@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from depthclip_ros.geometry import (
-    Intrinsics,
     backproject,
+    Intrinsics,
     metric_scale,
     pixel_rays,
     project,

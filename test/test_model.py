@@ -10,12 +10,12 @@ import torch.nn.functional as F
 
 from depthclip_ros.geometry import Intrinsics
 from depthclip_ros.model import (
+    head_with,
+    HeadConfig,
+    ModelConfig,
     NYU_FOCAL_PX,
     PAPER_DEPTH_BINS_M,
     PAPER_DISTANCE_PROMPTS,
-    HeadConfig,
-    ModelConfig,
-    head_with,
 )
 
 NYU_CROP = Intrinsics(518.8579, 519.4696, 325.5824 - 60, 253.7362 - 56, 544, 416)

@@ -16,7 +16,7 @@ import platform
 import numpy as np
 import torch
 
-from ..geometry import Intrinsics, backproject
+from ..geometry import backproject, Intrinsics
 from ..timing import StageTimer
 from .common import add_model_arguments, load_engine
 

@@ -7,14 +7,14 @@ import logging
 import sys
 
 from ..model import (
+    DepthCLIP,
+    HeadConfig,
+    ModelConfig,
     NYU_FOCAL_PX,
     PAPER_DEPTH_BINS_M,
     PAPER_DISTANCE_PROMPTS,
     PAPER_TEMPERATURE,
     RANDOM_WEIGHTS_BANNER,
-    DepthCLIP,
-    HeadConfig,
-    ModelConfig,
     WeightsError,
 )
 

@@ -22,7 +22,7 @@ import numpy as np
 from ..dataset import expand_inputs, iter_images
 from ..geometry import Intrinsics, pixel_rays
 from ..metrics import depth_metrics, format_table
-from ..model import RANDOM_WEIGHTS_BANNER, DepthCLIP, WeightsError
+from ..model import DepthCLIP, RANDOM_WEIGHTS_BANNER, WeightsError
 from .common import add_model_arguments, configs_from_args, warn_random_weights
 from .infer import write_outputs
 

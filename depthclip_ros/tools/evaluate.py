@@ -17,17 +17,17 @@ import numpy as np
 
 from ..dataset import RGBDFolder
 from ..metrics import (
+    depth_metrics,
+    format_table,
+    mean_metrics,
+    nyu_eval_mask,
     NYU_INPUT_CROP,
     NYU_MAX_DEPTH_M,
     NYU_MIN_DEPTH_M,
     PAPER_NYU,
     RANDOM_GUESS_NYU,
-    depth_metrics,
-    format_table,
-    mean_metrics,
-    nyu_eval_mask,
 )
-from ..model import RANDOM_WEIGHTS_BANNER, DepthCLIP
+from ..model import DepthCLIP, RANDOM_WEIGHTS_BANNER
 from .common import add_model_arguments, load_engine
 
 

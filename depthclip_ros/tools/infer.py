@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from ..dataset import expand_inputs, iter_images
-from ..geometry import Intrinsics, backproject
-from ..model import RANDOM_WEIGHTS_BANNER, DepthCLIP
+from ..geometry import backproject, Intrinsics
+from ..model import DepthCLIP, RANDOM_WEIGHTS_BANNER
 from ..visualize import preview, write_depth_png, write_ply, write_rgb_png
 from .common import add_model_arguments, load_engine
 

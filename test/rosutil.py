@@ -1,0 +1,66 @@
+"""Helpers for tests that run real rclpy (conftest has set the network-safe environment)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+from sensor_msgs.msg import CameraInfo, Image
+
+
+def wait_for(predicate, timeout=20.0, period=0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(period)
+    return predicate()
+
+
+class Spinner:
+    """Spins an executor with the given nodes on a background thread."""
+
+    def __init__(self, context, *nodes):
+        from rclpy.executors import MultiThreadedExecutor
+        self.executor = MultiThreadedExecutor(num_threads=2, context=context)
+        for node in nodes:
+            self.executor.add_node(node)
+        self.thread = threading.Thread(target=self._spin, daemon=True)
+        self.thread.start()
+
+    def _spin(self):
+        try:
+            self.executor.spin()
+        except Exception:  # noqa: BLE001 - executor shut down under us
+            pass
+
+    def add(self, node):
+        self.executor.add_node(node)
+
+    def stop(self):
+        self.executor.shutdown(timeout_sec=2.0)
+        self.thread.join(timeout=5.0)
+
+
+def rgb8_image(rgb: np.ndarray, frame_id='camera_optical', sec=100, nanosec=0) -> Image:
+    msg = Image()
+    msg.header.frame_id = frame_id
+    msg.header.stamp.sec, msg.header.stamp.nanosec = sec, nanosec
+    msg.height, msg.width = rgb.shape[:2]
+    msg.encoding = 'rgb8'
+    msg.step = rgb.shape[1] * 3
+    msg.data = np.ascontiguousarray(rgb).tobytes()
+    return msg
+
+
+def camera_info(height, width, fx, fy, cx, cy, frame_id='camera_optical') -> CameraInfo:
+    msg = CameraInfo()
+    msg.header.frame_id = frame_id
+    msg.height, msg.width = height, width
+    msg.k = [fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0]
+    msg.p = [fx, 0.0, cx, 0.0, 0.0, fy, cy, 0.0, 0.0, 0.0, 1.0, 0.0]
+    msg.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    msg.distortion_model = 'plumb_bob'
+    msg.d = [0.0] * 5
+    return msg

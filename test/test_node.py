@@ -1,0 +1,246 @@
+"""depth_node in-process over real rclpy / Fast DDS (CPU, random weights, small input)."""
+
+import math
+import time
+
+import numpy as np
+import pytest
+import rclpy
+from rclpy.parameter import Parameter
+from rclpy.qos import qos_profile_sensor_data, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+
+from depthclip_ros.geometry import backproject, Intrinsics
+from depthclip_ros.messages import cloud_array, depth_from_image
+from depthclip_ros.node import DepthNode
+
+from rosutil import camera_info, rgb8_image, Spinner, wait_for
+
+H, W = 96, 128
+FX, FY, CX, CY = 110.0, 112.0, 63.5, 47.5
+RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+SMALL = [Parameter('pretrained', value='none'), Parameter('device', value='cpu'),
+         Parameter('input_size', value=[64, 96])]
+
+
+class Harness:
+    """A camera (publishers) and a consumer (subscribers) around one DepthNode."""
+
+    def __init__(self, context, namespace='', overrides=()):
+        self.node = DepthNode(context=context, namespace=namespace,
+                              parameter_overrides=[*SMALL, *overrides])
+        self.node.load()
+        self.peer = rclpy.create_node('peer', namespace=namespace, context=context)
+        self.image_pub = self.peer.create_publisher(Image, 'image', qos_profile_sensor_data)
+        self.info_pub = self.peer.create_publisher(CameraInfo, 'camera_info',
+                                                   qos_profile_sensor_data)
+        self.got = {'depth': [], 'depth/camera_info': [], 'points': []}
+        for topic, kind in (('depth', Image), ('depth/camera_info', CameraInfo),
+                            ('points', PointCloud2)):
+            self.peer.create_subscription(kind, topic, self.got[topic].append, RELIABLE)
+
+    def send(self, rgb=None, sec=100, info=True, image=None):
+        if info:
+            self.info_pub.publish(camera_info(H, W, FX, FY, CX, CY))
+        if image is None:
+            rgb = rgb if rgb is not None else np.random.default_rng(sec).integers(
+                0, 256, (H, W, 3), dtype=np.uint8)
+            image = rgb8_image(rgb, sec=sec)
+        self.image_pub.publish(image)
+
+    def wait_outputs(self, count=1, timeout=30.0):
+        return wait_for(lambda: all(len(v) >= count for v in self.got.values()), timeout)
+
+    def connected(self):
+        return wait_for(lambda: self.node.count_subscribers('image') > 0
+                        and self.node.pub_points.get_subscription_count() > 0, 10)
+
+    def close(self):
+        self.node.stop()
+        self.node.destroy_node()
+        self.peer.destroy_node()
+
+
+@pytest.fixture
+def ros():
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    yield context
+    rclpy.try_shutdown(context=context)
+
+
+@pytest.fixture
+def harness(ros):
+    h = Harness(ros)
+    spinner = Spinner(ros, h.node, h.peer)
+    assert h.connected()
+    yield h
+    spinner.stop()
+    h.close()
+
+
+def send_until_output(h, count=1, **kwargs):
+    """Best-effort input may lose the first messages while discovery settles: resend."""
+    for attempt in range(20):
+        h.send(sec=100 + attempt, **kwargs)
+        if h.wait_outputs(count, timeout=3.0):
+            return True
+    return False
+
+
+def test_outputs_match_the_input_and_each_other(harness):
+    assert send_until_output(harness)
+    depth_msg = harness.got['depth'][-1]
+    info = harness.got['depth/camera_info'][-1]
+    cloud = harness.got['points'][-1]
+    assert depth_msg.encoding == '32FC1' and (depth_msg.height, depth_msg.width) == (H, W)
+    for msg in (depth_msg, info, cloud):
+        assert msg.header.frame_id == 'camera_optical' and msg.header.stamp.sec >= 100
+    assert depth_msg.header.stamp == info.header.stamp == cloud.header.stamp
+    assert (info.height, info.width) == (H, W) and info.k[0] == FX and info.k[5] == CY
+    depth = depth_from_image(depth_msg)
+    assert np.isfinite(depth).all() and depth.min() > 0
+    # The cloud is the back-projection of the published depth with the published K.
+    camera = Intrinsics(info.k[0], info.k[4], info.k[2], info.k[5], info.width, info.height)
+    points = cloud_array(cloud)
+    expected = backproject(depth, camera, 1, 0.1, 10.0)
+    assert (cloud.height, cloud.width) == (H, W) and not cloud.is_dense
+    for i, axis in enumerate('xyz'):
+        np.testing.assert_array_equal(points[axis], expected[..., i])
+
+
+def test_metric_scale_follows_the_camera_focal(harness):
+    rgb = np.random.default_rng(5).integers(0, 256, (H, W, 3), dtype=np.uint8)
+    assert send_until_output(harness, rgb=rgb)
+    first = depth_from_image(harness.got['depth'][-1]).copy()
+    n = len(harness.got['depth'])
+    harness.info_pub.publish(camera_info(H, W, 2 * FX, 2 * FY, CX, CY))
+    assert wait_for(lambda: harness.node._latest_info is not None
+                    and harness.node._latest_info.k[0] == 2 * FX, 5)
+    harness.send(rgb=rgb, info=False, sec=200)
+    assert wait_for(lambda: len(harness.got['depth']) > n, 20)
+    np.testing.assert_allclose(depth_from_image(harness.got['depth'][-1]), 2 * first, rtol=1e-6)
+
+
+def test_stride_rgb_and_range_parameters_apply_live(harness):
+    result = harness.node.set_parameters([Parameter('cloud_stride', value=2),
+                                          Parameter('cloud_rgb', value=True),
+                                          Parameter('max_depth_m', value=1.0)])
+    assert all(r.successful for r in result)
+    assert send_until_output(harness)
+    cloud = harness.got['points'][-1]
+    assert (cloud.height, cloud.width) == (H // 2, W // 2)
+    assert [f.name for f in cloud.fields] == ['x', 'y', 'z', 'rgb']
+    # Random-weight depths are >= 1 m canonical * ~0.21 focal ratio: some exceed 1.0 m or
+    # not; either way every point beyond max_depth_m is NaN.
+    z = cloud_array(cloud)['z']
+    assert np.all(np.isnan(z) | (z <= 1.0))
+
+
+def test_bad_frames_are_rejected_counted_and_the_next_good_one_processed(harness):
+    assert send_until_output(harness)
+    bad = rgb8_image(np.zeros((H, W, 3), np.uint8))
+    bad.encoding = 'weird16'
+    short = rgb8_image(np.zeros((H, W, 3), np.uint8))
+    short.data = bytes(10)
+    before = harness.node.counts['rejected']
+    for msg in (bad, short):
+        harness.send(image=msg)
+        assert wait_for(lambda seen=before: harness.node.counts['rejected'] > seen, 10)
+        before = harness.node.counts['rejected']
+    n = len(harness.got['depth'])
+    assert send_until_output(harness, count=n + 1)
+
+
+def test_missing_camera_info_is_reported_or_uses_the_fallback_fov(ros):
+    h = Harness(ros, namespace='nocal')
+    spinner = Spinner(ros, h.node, h.peer)
+    try:
+        assert h.connected()
+        for attempt in range(20):
+            h.send(info=False, sec=10 + attempt)
+            if wait_for(lambda: h.node.counts['rejected'] > 0, 1.0):
+                break
+        assert h.node.counts['rejected'] > 0 and not h.got['depth']
+        assert h.node.set_parameters([Parameter('fallback_hfov_deg', value=60.0)])[0].successful
+        assert send_until_output(h, info=False)
+        info = h.got['depth/camera_info'][-1]
+        assert info.k[0] == pytest.approx(0.5 * W / math.tan(math.radians(30)))
+    finally:
+        spinner.stop()
+        h.close()
+
+
+def test_parameter_services_accept_and_reject_with_reasons(harness, ros):
+    from rclpy.parameter_client import AsyncParameterClient
+    client_node = rclpy.create_node('param_client', context=ros)
+    harness_spinner = Spinner(ros, client_node)
+    try:
+        client = AsyncParameterClient(client_node, 'depth_node')
+        assert client.wait_for_services(timeout_sec=10.0)
+
+        def set_one(name, value):
+            future = client.set_parameters([Parameter(name, value=value)])
+            assert wait_for(future.done, 10)
+            return future.result().results[0]
+
+        texts = harness.node.engine.text_encodings
+        assert set_one('temperature', 0.2).successful
+        assert set_one('depth_bins_m', [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]).successful
+        for name, value, reason in [
+                ('depth_bins_m', [1.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 'strictly increasing'),
+                ('depth_bins_m', [1.0, 2.0], 'one depth bin per distance prompt'),
+                ('distance_prompts', ['near', 'far'], 'one depth bin per distance prompt'),
+                ('temperature', 0.0, ''), ('temperature', math.nan, ''),
+                ('temperature', 'warm', ''), ('model', 'RN101', ''),
+                ('min_depth_m', 50.0, 'min_depth_m'), ('prompt_template', 'no slots', 'two')]:
+            result = set_one(name, value)
+            assert not result.successful, (name, value)
+            assert reason in result.reason
+        values = {name: harness.node.get_parameter(name).value
+                  for name in ('temperature', 'depth_bins_m', 'model')}
+        assert values['temperature'] == 0.2 and values['model'] == 'RN50'
+        assert list(values['depth_bins_m']) == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
+        assert send_until_output(harness)
+        assert harness.node.engine.head.temperature == 0.2
+        assert harness.node.engine.text_encodings == texts  # no re-encoding for bins
+    finally:
+        harness_spinner.stop()
+        client_node.destroy_node()
+
+
+def test_two_namespaced_nodes_do_not_interfere(ros):
+    left, right = Harness(ros, 'left'), Harness(ros, 'right')
+    spinner = Spinner(ros, left.node, left.peer, right.node, right.peer)
+    try:
+        assert left.connected() and right.connected()
+        assert send_until_output(left)
+        assert right.node.counts['received'] == 0 and not right.got['depth']
+        assert send_until_output(right)
+        assert left.node.get_fully_qualified_name() == '/left/depth_node'
+    finally:
+        spinner.stop()
+        left.close()
+        right.close()
+
+
+def test_newest_frame_wins_and_counts_add_up(harness, monkeypatch):
+    assert send_until_output(harness)
+    engine = harness.node.engine
+    real_predict = engine.predict
+
+    def slow_predict(*args, **kwargs):  # a camera faster than the network
+        time.sleep(0.2)
+        return real_predict(*args, **kwargs)
+
+    monkeypatch.setattr(engine, 'predict', slow_predict)
+    for i in range(30):
+        time.sleep(0.01)
+        harness.send(sec=1000 + i, info=(i == 0))
+    counts = harness.node.counts
+    assert wait_for(lambda: harness.node._slot is None and counts['received']
+                    == counts['processed'] + counts['dropped'] + counts['rejected']
+                    + counts['failed'] + counts['skipped_no_subscribers'], 30)
+    assert counts['dropped'] > 0
+    # The last frame sent is the last one processed.
+    assert wait_for(lambda: harness.got['depth'][-1].header.stamp.sec == 1029, 10)

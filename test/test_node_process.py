@@ -1,0 +1,119 @@
+"""depth_node as its own process over real DDS, fed the real RealSense frame from the
+bag in ../shared/data (CPU, random weights), then stopped with SIGINT and SIGTERM."""
+
+import os
+from pathlib import Path
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import rclpy
+from rclpy.qos import qos_profile_sensor_data, QoSProfile, ReliabilityPolicy
+from rclpy.serialization import deserialize_message
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+
+from depthclip_ros.geometry import backproject, Intrinsics
+from depthclip_ros.messages import cloud_array, depth_from_image, rgb_from_image
+
+from conftest import shared_data
+from rosutil import Spinner, wait_for
+
+HERE = Path(__file__).resolve().parent
+BAG = ('bags', 'realsense_d435_single_frame_ros2')
+
+
+def read_realsense_frame():
+    from rosbags.highlevel import AnyReader
+    path = shared_data(*BAG)
+    found = {}
+    with AnyReader([path]) as reader:
+        for connection, _, raw in reader.messages():
+            kind = {'/camera/color/image_raw': Image,
+                    '/camera/color/camera_info': CameraInfo}.get(connection.topic)
+            if kind:
+                found[connection.topic] = deserialize_message(bytes(raw), kind)
+    return found['/camera/color/image_raw'], found['/camera/color/camera_info']
+
+
+def start_node(tmp_path, extra=()):
+    params = tmp_path / 'params.yaml'
+    params.write_text('/**:\n  ros__parameters:\n    pretrained: none\n    device: cpu\n'
+                      '    cloud_rgb: true\n    cloud_stride: 2\n    max_depth_m: 20.0\n')
+    env = dict(os.environ, FASTRTPS_DEFAULT_PROFILES_FILE=str(HERE / 'fastdds_localhost.xml'),
+               PYTHONUNBUFFERED='1')
+    command = [sys.executable, '-m', 'depthclip_ros.node', '--ros-args', '--params-file',
+               str(params), '-r', 'image:=/camera/color/image_raw',
+               '-r', 'camera_info:=/camera/color/camera_info', *extra]
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=HERE.parent)
+
+
+@pytest.mark.parametrize('stop_signal', [signal.SIGINT, signal.SIGTERM])
+def test_real_frame_through_the_node_process(tmp_path, stop_signal):
+    image, info = read_realsense_frame()
+    rgb = rgb_from_image(image)
+    process = start_node(tmp_path)
+    os.environ['FASTRTPS_DEFAULT_PROFILES_FILE'] = str(HERE / 'fastdds_localhost.xml')
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    peer = rclpy.create_node('replay', context=context)
+    got = {'depth': [], 'info': [], 'points': []}
+    reliable = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+    peer.create_subscription(Image, '/depth', got['depth'].append, reliable)
+    peer.create_subscription(CameraInfo, '/depth/camera_info', got['info'].append, reliable)
+    peer.create_subscription(PointCloud2, '/points', got['points'].append, reliable)
+    image_pub = peer.create_publisher(Image, '/camera/color/image_raw', qos_profile_sensor_data)
+    info_pub = peer.create_publisher(CameraInfo, '/camera/color/camera_info',
+                                     qos_profile_sensor_data)
+    spinner = Spinner(context, peer)
+    try:
+        assert wait_for(lambda: peer.count_subscribers('/camera/color/image_raw') > 0, 60), \
+            process.stderr.read() if process.poll() is not None else 'node never subscribed'
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not all(got.values()):
+            info_pub.publish(info)
+            image_pub.publish(image)
+            wait_for(lambda: all(got.values()), 2.0)
+        assert all(got.values()), {k: len(v) for k, v in got.items()}
+        depth_msg, depth_info, cloud = got['depth'][0], got['info'][0], got['points'][0]
+        for msg in (depth_msg, depth_info, cloud):
+            assert msg.header == image.header  # the camera's stamp and frame_id
+        assert image.header.frame_id == 'camera_color_optical_frame'
+        assert (depth_msg.encoding, depth_msg.height, depth_msg.width) == ('32FC1', 480, 640)
+        assert (depth_info.height, depth_info.width) == (480, 640)
+        assert list(depth_info.k) == list(info.k)
+        depth = depth_from_image(depth_msg)
+        assert np.isfinite(depth).all() and depth.min() > 0
+        camera = Intrinsics(info.k[0], info.k[4], info.k[2], info.k[5], 640, 480)
+        points = cloud_array(cloud)
+        assert (cloud.height, cloud.width) == (240, 320)
+        assert [f.name for f in cloud.fields] == ['x', 'y', 'z', 'rgb']
+        expected = backproject(depth, camera, 2, 0.1, 20.0)
+        for i, axis in enumerate('xyz'):
+            np.testing.assert_array_equal(points[axis], expected[..., i])
+        packed = points['rgb'].view(np.uint32)
+        assert ((packed >> 16) & 0xFF)[10, 10] == rgb[20, 20, 0]
+    finally:
+        spinner.stop()
+        peer.destroy_node()
+        rclpy.try_shutdown(context=context)
+        started = time.monotonic()
+        process.send_signal(stop_signal)
+        try:
+            out, err = process.communicate(timeout=10)
+        finally:
+            process.kill()
+    assert process.returncode == 0, err
+    assert time.monotonic() - started < 2.0 + 1.0  # 2 s budget, 1 s slack for process exit
+    assert 'Traceback' not in err, err
+
+
+def test_missing_weights_end_the_node_with_one_clear_message(tmp_path):
+    process = start_node(tmp_path, ['-p', f'pretrained:={tmp_path / "RN50.pt"}'])
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 1
+    assert 'does not exist' in err and 'Supply weights' in err
+    assert 'Traceback' not in err

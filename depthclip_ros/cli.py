@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .tools import bench, demo, evaluate, infer
+from .tools import bench, bench_node, demo, evaluate, infer
 from .tools.common import setup_logging
 
 COMMANDS = {
     'infer': (infer, 'depth, 16-bit PNG, preview and PLY for images, folders or videos'),
     'evaluate': (evaluate, "the paper's metrics on RGB-D folders with ground truth"),
     'bench': (bench, 'per-stage milliseconds on the chosen device'),
+    'bench-node': (bench_node, 'end-to-end latency of depth_node as its own process'),
     'demo': (demo, 'the main job without a camera: run the pipeline on given or generated '
                    'input and say where the results are'),
 }

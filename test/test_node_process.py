@@ -22,6 +22,7 @@ from conftest import shared_data
 from rosutil import Spinner, wait_for
 
 HERE = Path(__file__).resolve().parent
+LOOPBACK_PROFILE = str(HERE.parent / 'config' / 'fastdds_localhost.xml')
 BAG = ('bags', 'realsense_d435_single_frame_ros2')
 
 
@@ -42,7 +43,7 @@ def start_node(tmp_path, extra=()):
     params = tmp_path / 'params.yaml'
     params.write_text('/**:\n  ros__parameters:\n    pretrained: none\n    device: cpu\n'
                       '    cloud_rgb: true\n    cloud_stride: 2\n    max_depth_m: 20.0\n')
-    env = dict(os.environ, FASTRTPS_DEFAULT_PROFILES_FILE=str(HERE / 'fastdds_localhost.xml'),
+    env = dict(os.environ, FASTRTPS_DEFAULT_PROFILES_FILE=LOOPBACK_PROFILE,
                PYTHONUNBUFFERED='1')
     command = [sys.executable, '-m', 'depthclip_ros.node', '--ros-args', '--params-file',
                str(params), '-r', 'image:=/camera/color/image_raw',
@@ -56,7 +57,7 @@ def test_real_frame_through_the_node_process(tmp_path, stop_signal):
     image, info = read_realsense_frame()
     rgb = rgb_from_image(image)
     process = start_node(tmp_path)
-    os.environ['FASTRTPS_DEFAULT_PROFILES_FILE'] = str(HERE / 'fastdds_localhost.xml')
+    os.environ['FASTRTPS_DEFAULT_PROFILES_FILE'] = LOOPBACK_PROFILE
     context = rclpy.Context()
     rclpy.init(context=context)
     peer = rclpy.create_node('replay', context=context)

@@ -1,0 +1,179 @@
+"""``depthclip-ros bench-node``: end-to-end latency of depth_node as its own process.
+
+Starts ``python -m depthclip_ros.node`` with the given model options, publishes a camera
+frame and its CameraInfo, and times frame-in to depth-and-cloud-out, one frame at a time
+(closed loop) and then as a stream. In the same run it times the bare network forward of
+the same engine in this process, so the overhead of everything around the network
+(decode, messages, DDS) is a ratio from one run.
+
+Traffic stays on this machine: discovery is limited to localhost in a random domain and
+Fast DDS uses the shipped loopback profile (large shared-memory segment).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+import torch
+
+from ..geometry import Intrinsics
+from ..timing import StageTimer
+from .bench import cpu_name
+from .common import add_model_arguments, load_engine
+
+PROFILE = Path(__file__).resolve().parents[2] / 'config' / 'fastdds_localhost.xml'
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--image-size', type=int, nargs=2, default=(480, 640),
+                        metavar=('H', 'W'))
+    parser.add_argument('--frames', type=int, default=10, help='timed frames (closed loop)')
+    parser.add_argument('--stream-hz', type=float, default=30.0,
+                        help='camera rate of the streaming phase')
+    parser.add_argument('--stream-seconds', type=float, default=5.0)
+    parser.add_argument('--timeout', type=float, default=300.0, help='give up after (s)')
+    add_model_arguments(parser)
+    parser.set_defaults(pretrained='none')
+
+
+def _network_ms(args, height, width, frames) -> tuple[float, str]:
+    engine = load_engine(args)
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    camera = Intrinsics(0.96 * width, 0.96 * width, width / 2, height / 2, width, height)
+    timer = StageTimer(torch.cuda.synchronize if engine.device.type == 'cuda' else None)
+    for i in range(frames + 2):
+        if i == 2:
+            timer.clear()
+        engine.predict(image, camera, timer=timer)
+    device = engine.describe_device()
+    if engine.device.type == 'cpu':
+        device += f' - {cpu_name()}, {torch.get_num_threads()} threads'
+    return timer.medians()['network'], device
+
+
+def run(args: argparse.Namespace) -> int:
+    os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+    os.environ.setdefault('ROS_DOMAIN_ID', str(random.randint(1, 101)))
+    os.environ['FASTRTPS_DEFAULT_PROFILES_FILE'] = str(PROFILE)
+    height, width = args.image_size
+    network_ms, device = _network_ms(args, height, width, args.frames)
+
+    import rclpy
+    from rclpy.qos import qos_profile_sensor_data, QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+
+    params = Path(tempfile.mkdtemp()) / 'params.yaml'
+    params.write_text('/**:\n  ros__parameters:\n'
+                      f'    pretrained: "{args.pretrained}"\n    device: "{args.device}"\n'
+                      f'    model: "{args.model}"\n    precision: "{args.precision}"\n'
+                      f'    feature_mode: "{args.feature_mode}"\n'
+                      f'    input_size: [{args.input_size[0]}, {args.input_size[1]}]\n')
+    node = subprocess.Popen([sys.executable, '-m', 'depthclip_ros.node', '--ros-args',
+                             '--params-file', str(params)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    rclpy.init()
+    peer = rclpy.create_node('bench_node_peer')
+    arrived: dict[int, dict[str, float]] = {}
+    lock = threading.Lock()
+
+    def on_output(kind):
+        def callback(msg):
+            with lock:
+                arrived.setdefault(msg.header.stamp.nanosec, {})[kind] = time.perf_counter()
+        return callback
+
+    reliable = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+    peer.create_subscription(Image, 'depth', on_output('depth'), reliable)
+    peer.create_subscription(PointCloud2, 'points', on_output('points'), reliable)
+    image_pub = peer.create_publisher(Image, 'image', qos_profile_sensor_data)
+    info_pub = peer.create_publisher(CameraInfo, 'camera_info', qos_profile_sensor_data)
+    spin = threading.Thread(target=rclpy.spin, args=(peer,), daemon=True)
+    spin.start()
+
+    rng = np.random.default_rng(1)
+    frame = Image(height=height, width=width, encoding='rgb8', step=width * 3)
+    frame.data = rng.integers(0, 256, (height, width, 3), dtype=np.uint8).tobytes()
+    frame.header.frame_id = 'camera_optical_frame'
+    info = CameraInfo(height=height, width=width)
+    info.header.frame_id = frame.header.frame_id
+    focal = 0.96 * width
+    info.k = [focal, 0.0, width / 2, 0.0, focal, height / 2, 0.0, 0.0, 1.0]
+    deadline = time.monotonic() + args.timeout
+    sent: dict[int, float] = {}
+
+    def send(index: int) -> None:
+        frame.header.stamp.sec, frame.header.stamp.nanosec = 1, index
+        info.header.stamp = frame.header.stamp
+        info_pub.publish(info)
+        sent[index] = time.perf_counter()
+        image_pub.publish(frame)
+
+    def complete(index: int) -> bool:
+        with lock:
+            return len(arrived.get(index, {})) == 2
+
+    try:
+        index = 0
+        # Warm-up: resend until the node answers (discovery, model load, first frames).
+        while not any(complete(i) for i in range(index)) and time.monotonic() < deadline:
+            if node.poll() is not None:
+                raise SystemExit(f'depth_node exited: {node.stderr.read()}')
+            send(index)
+            index += 1
+            time.sleep(1.0)
+        latencies = []
+        for _ in range(args.frames + 2):
+            index += 1
+            send(index)
+            while not complete(index) and time.monotonic() < deadline:
+                time.sleep(0.0005)
+            if not complete(index):
+                break
+            latencies.append((max(arrived[index].values()) - sent[index]) * 1e3)
+        latencies = latencies[2:]
+        # Streaming at the camera rate: the node keeps the newest frame, so latency stays
+        # bounded while frames are dropped.
+        first = index + 1
+        stop_at = time.monotonic() + args.stream_seconds
+        while time.monotonic() < stop_at:
+            index += 1
+            send(index)
+            time.sleep(1.0 / args.stream_hz)
+        time.sleep(2 * network_ms / 1e3 + 0.5)
+        streamed = [(max(arrived[i].values()) - sent[i]) * 1e3
+                    for i in range(first, index + 1) if complete(i)]
+    finally:
+        node.send_signal(2)
+        try:
+            node.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            node.kill()
+        peer.destroy_node()
+        rclpy.try_shutdown()
+    if not latencies:
+        raise SystemExit('no frame came back in time')
+    median = statistics.median(latencies)
+    print(f'device: {device}; {args.model} {args.feature_mode} mode; camera {height}x{width} '
+          f'-> network {args.input_size[0]}x{args.input_size[1]}; depth + xyz cloud; '
+          f'random weights (cost is the same)' if args.pretrained == 'none' else '')
+    print(f'bare network forward (in process, median):   {network_ms:8.1f} ms')
+    print(f'node frame-in -> depth+cloud-out (median of {len(latencies)}): {median:8.1f} ms'
+          f'  (overhead {median - network_ms:+.1f} ms, '
+          f'{100 * (median - network_ms) / network_ms:+.1f}% of the network)')
+    if streamed:
+        print(f'streaming {args.stream_hz:g} Hz for {args.stream_seconds:g} s: '
+              f'{len(streamed)} of {index - first + 1} frames processed '
+              f'({len(streamed) / args.stream_seconds:.1f} frames/s), latency median '
+              f'{statistics.median(streamed):.1f} ms, max {max(streamed):.1f} ms')
+    return 0

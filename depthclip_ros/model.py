@@ -422,8 +422,9 @@ class DepthCLIP:
             raise ValueError(f'output_size must be (height, width) > 0, got {output_size}')
         stage = stage_or_nothing(timer)
         net_h, net_w = self.config.input_size
-        scales = torch.tensor([metric_scale(c.resized(net_h, net_w), self.head.canonical_focal_px)
-                               for c in cameras], dtype=torch.float32, device=self.device)
+        # Python floats: applied as kernel scalars, no host-to-device copy per frame.
+        scales = [metric_scale(c.resized(net_h, net_w), self.head.canonical_focal_px)
+                  for c in cameras]
 
         with stage('preprocess'):
             x = self.preprocess(batch)
@@ -436,7 +437,10 @@ class DepthCLIP:
             depth = self.canonical_depth(self.token_embeddings(tokens), grid)
             if self.head.flip_average:
                 depth = 0.5 * (depth[:len(batch)] + depth[len(batch):].flip(-1))
-            depth = depth * scales.view(-1, 1, 1, 1)
+            if len(set(scales)) == 1:
+                depth = depth * scales[0]
+            else:
+                depth = torch.stack([d * s for d, s in zip(depth, scales)])
         with stage('upsample'):
             depth = F.interpolate(depth, size=output_size, mode='bilinear', align_corners=True)
             out = depth[:, 0].cpu().numpy()

@@ -244,3 +244,38 @@ def test_newest_frame_wins_and_counts_add_up(harness, monkeypatch):
     assert counts['dropped'] > 0
     # The last frame sent is the last one processed.
     assert wait_for(lambda: harness.got['depth'][-1].header.stamp.sec == 1029, 10)
+
+
+def test_output_size_colormap_and_diagnostics(ros):
+    from diagnostic_msgs.msg import DiagnosticArray
+    h = Harness(ros, 'extras', [Parameter('publish_colormap', value=True),
+                                Parameter('output_size', value=[48, 64])])
+    colormaps, diagnostics = [], []
+    h.peer.create_subscription(Image, 'depth/colormap', colormaps.append, RELIABLE)
+    h.peer.create_subscription(DiagnosticArray, '/diagnostics', diagnostics.append, 10)
+    spinner = Spinner(ros, h.node, h.peer)
+    try:
+        assert h.connected()
+        assert send_until_output(h)
+        depth, info = h.got['depth'][-1], h.got['depth/camera_info'][-1]
+        assert (depth.height, depth.width) == (info.height, info.width) == (48, 64)
+        assert info.k[0] == pytest.approx(FX / 2) and info.k[5] == pytest.approx(CY / 2)
+        assert wait_for(lambda: colormaps, 10)
+        assert colormaps[-1].encoding == 'rgb8' and (colormaps[-1].height,
+                                                     colormaps[-1].width) == (48, 64)
+
+        def after_a_frame():  # the 1 Hz status published once a frame was processed
+            return [s for a in diagnostics for s in a.status
+                    if s.name == '/extras/depth_node: depth'
+                    and any(kv.key == 'frames processed' and kv.value != '0'
+                            for kv in s.values)]
+        assert wait_for(after_a_frame, 5)
+        status = after_a_frame()[-1]
+        values = {kv.key: kv.value for kv in status.values}
+        assert values['random weights'] == 'True' and values['model'] == 'RN50 (none)'
+        for key in ('input rate (Hz)', 'output rate (Hz)', 'frames dropped',
+                    'latency end-to-end median (ms)', 'stage network median (ms)', 'device'):
+            assert key in values, key
+    finally:
+        spinner.stop()
+        h.close()

@@ -69,14 +69,16 @@ def intrinsics_from_camera_info(msg: CameraInfo, height: int, width: int,
                               f'fy={fy}')
     if msg.width <= 0 or msg.height <= 0:
         raise CameraInfoError(f'CameraInfo size {msg.width}x{msg.height} is invalid')
-    info = Intrinsics(float(fx), float(fy), float(cx), float(cy), int(msg.width),
-                      int(msg.height))
-    if (msg.height, msg.width) == (height, width):
-        return info
-    if abs((width / height) / (msg.width / msg.height) - 1.0) > ASPECT_TOLERANCE:
+    if (msg.height, msg.width) != (height, width) and \
+            abs((width / height) / (msg.width / msg.height) - 1.0) > ASPECT_TOLERANCE:
         raise CameraInfoError(f'CameraInfo is for {msg.width}x{msg.height}, the image is '
                               f'{width}x{height}: different aspect ratio, cannot scale')
-    return info.resized(height, width)
+    try:
+        info = Intrinsics(float(fx), float(fy), float(cx), float(cy), int(msg.width),
+                          int(msg.height))
+        return info if info.size == (height, width) else info.resized(height, width)
+    except ValueError as error:  # e.g. values that overflow when scaled
+        raise CameraInfoError(f'CameraInfo {source} is unusable: {error}') from None
 
 
 def intrinsics_from_hfov(height: int, width: int, hfov_deg: float) -> Intrinsics:

@@ -279,3 +279,22 @@ def test_output_size_colormap_and_diagnostics(ros):
     finally:
         spinner.stop()
         h.close()
+
+
+def test_an_inference_error_drops_one_frame_and_the_node_goes_on(harness, monkeypatch):
+    assert send_until_output(harness)
+    engine = harness.node.engine
+    real_predict = engine.predict
+    calls = {'n': 0}
+
+    def fail_once(*args, **kwargs):
+        calls['n'] += 1
+        if calls['n'] == 1:
+            raise RuntimeError('CUDA out of memory (simulated)')
+        return real_predict(*args, **kwargs)
+
+    monkeypatch.setattr(engine, 'predict', fail_once)
+    harness.send(sec=500)
+    assert wait_for(lambda: harness.node.counts['failed'] == 1, 10)
+    n = len(harness.got['depth'])
+    assert send_until_output(harness, count=n + 1)

@@ -21,7 +21,7 @@ setup(
     maintainer_email='maintainers@depthclip-ros.invalid',
     description='Zero-shot metric depth (DepthCLIP) for ROS 2 cameras',
     license='Apache-2.0',
-    tests_require=['pytest'],
+    extras_require={'test': ['pytest']},  # colcon test runs pytest when this names it
     entry_points={
         'console_scripts': [
             'depth_node = depthclip_ros.node:main',

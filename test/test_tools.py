@@ -89,3 +89,11 @@ def test_demo_on_the_generated_scene(tmp_path, capsys):
     truth = np.load(tmp_path / 'corridor_truth_depth.npy')
     assert truth.shape == (480, 640) and 1.0 < truth.min() and truth.max() <= 9.0
     assert (tmp_path / 'corridor_preview.png').is_file() and (tmp_path / 'corridor.ply').is_file()
+
+
+def test_demo_falls_back_to_labelled_random_weights(tmp_path, capsys):
+    assert main(['demo', '--output', str(tmp_path), '--pretrained', str(tmp_path / 'no.pt'),
+                 '--fallback-random', '--device', 'cpu', '--input-size', '224', '288']) == 0
+    captured = capsys.readouterr()
+    assert 'Supply weights' in captured.err and 'continuing with RANDOM weights' in captured.err
+    assert 'engine: RN50 (none)' in captured.out and 'RANDOM WEIGHTS' in captured.out

@@ -13,6 +13,7 @@ use). If they cannot be had, the demo stops with instructions, or with
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 import math
 from pathlib import Path
 import sys
@@ -90,7 +91,7 @@ def load_or_fallback(args: argparse.Namespace) -> DepthCLIP:
             sys.exit(1)
         print('--fallback-random: continuing with RANDOM weights; every output below is '
               'labelled and meaningless as depth.', file=sys.stderr)
-        model = type(model)(**{**model.__dict__, 'pretrained': 'none'})
+        model = replace(model, pretrained='none')
         return DepthCLIP(model, head).load()
 
 

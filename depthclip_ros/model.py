@@ -223,7 +223,9 @@ def build_clip(config: ModelConfig) -> torch.nn.Module:
     try:
         if config.random_weights:
             LOG.warning(RANDOM_WEIGHTS_BANNER)
-            return open_clip.create_model(name, pretrained=None, pretrained_text=False)
+            with torch.random.fork_rng(devices=[]):  # the same random model every run
+                torch.manual_seed(0)
+                return open_clip.create_model(name, pretrained=None, pretrained_text=False)
         if os.path.isfile(pretrained):
             if _is_torchscript_archive(pretrained):
                 return _load_torchscript(pretrained)

@@ -81,6 +81,15 @@ class Intrinsics:
                           width=int(width), height=int(height))
 
 
+def intrinsics_from_hfov(height: int, width: int, hfov_deg: float) -> Intrinsics:
+    """Square-pixel intrinsics with a centred principal point and a horizontal field of
+    view of ``hfov_deg`` degrees (for cameras without a calibration)."""
+    if not 0 < hfov_deg < 180:
+        raise ValueError(f'horizontal field of view must be in (0, 180) degrees, got {hfov_deg}')
+    focal = 0.5 * width / math.tan(math.radians(hfov_deg) / 2)
+    return Intrinsics(focal, focal, (width - 1) / 2, (height - 1) / 2, width, height)
+
+
 def metric_scale(intrinsics_net: Intrinsics, canonical_focal_px: float) -> float:
     """Factor turning canonical-camera depth into metric depth (Metric3D).
 

@@ -81,12 +81,6 @@ def intrinsics_from_camera_info(msg: CameraInfo, height: int, width: int,
         raise CameraInfoError(f'CameraInfo {source} is unusable: {error}') from None
 
 
-def intrinsics_from_hfov(height: int, width: int, hfov_deg: float) -> Intrinsics:
-    """Square-pixel intrinsics with a centred principal point and a horizontal FOV."""
-    focal = 0.5 * width / math.tan(math.radians(hfov_deg) / 2)
-    return Intrinsics(focal, focal, (width - 1) / 2, (height - 1) / 2, width, height)
-
-
 def camera_info_for(intrinsics: Intrinsics, header, template: CameraInfo | None = None
                     ) -> CameraInfo:
     """CameraInfo that matches an image of ``intrinsics.size`` exactly.

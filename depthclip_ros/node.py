@@ -28,13 +28,12 @@ from rclpy.qos import qos_profile_sensor_data, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
 from .encodings import ImageFormatError
-from .geometry import Intrinsics
+from .geometry import Intrinsics, intrinsics_from_hfov
 from .messages import (
     camera_info_for,
     CameraInfoError,
     depth_image,
     intrinsics_from_camera_info,
-    intrinsics_from_hfov,
     pointcloud,
     rgb_from_compressed,
     rgb_from_image,

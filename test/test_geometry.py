@@ -102,3 +102,13 @@ def test_bad_shapes_raise_clear_errors():
         backproject(np.zeros((10, 10)), K)
     with pytest.raises(ValueError, match='stride'):
         backproject(np.zeros((480, 640)), K, stride=0)
+
+
+def test_intrinsics_from_hfov():
+    from depthclip_ros.geometry import intrinsics_from_hfov
+    camera = intrinsics_from_hfov(480, 640, 90.0)  # tan(45 deg) = 1: focal = width / 2
+    assert camera.fx == pytest.approx(320.0) and camera.fy == camera.fx
+    assert (camera.cx, camera.cy, camera.size) == (319.5, 239.5, (480, 640))
+    for bad in (0.0, 180.0, -5.0):
+        with pytest.raises(ValueError, match='field of view'):
+            intrinsics_from_hfov(480, 640, bad)

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import replace
-import math
 from pathlib import Path
 import sys
 
 import numpy as np
 
 from ..dataset import expand_inputs, iter_images
-from ..geometry import Intrinsics, pixel_rays
+from ..geometry import Intrinsics, intrinsics_from_hfov, pixel_rays
 from ..metrics import depth_metrics, format_table
 from ..model import DepthCLIP, RANDOM_WEIGHTS_BANNER, WeightsError
 from .common import add_model_arguments, configs_from_args, warn_random_weights
@@ -48,8 +47,7 @@ def render_corridor(height: int = 480, width: int = 640, hfov_deg: float = 60.0
     Ray-cast against floor (y = 1.2 m), ceiling (y = -1.3 m), walls (x = +-1.6 m) and an
     end wall (z = 9 m), in the optical frame. The depth is exact z-depth.
     """
-    focal = 0.5 * width / math.tan(math.radians(hfov_deg) / 2)
-    camera = Intrinsics(focal, focal, (width - 1) / 2, (height - 1) / 2, width, height)
+    camera = intrinsics_from_hfov(height, width, hfov_deg)
     x_over_z, y_over_z = pixel_rays(camera)
     x_over_z = np.broadcast_to(x_over_z, (height, width))
     y_over_z = np.broadcast_to(y_over_z, (height, width))
@@ -112,9 +110,7 @@ def run(args: argparse.Namespace) -> int:
                 if args.intrinsics:
                     camera = Intrinsics(*args.intrinsics, width, height)
                 else:
-                    focal = 0.5 * width / math.tan(math.radians(30.0))
-                    camera = Intrinsics(focal, focal, (width - 1) / 2, (height - 1) / 2,
-                                        width, height)
+                    camera = intrinsics_from_hfov(height, width, 60.0)
                 depth = engine.predict(rgb, camera)
                 write_outputs(args.output, stem, rgb, depth, camera, engine.random_weights,
                               20.0)

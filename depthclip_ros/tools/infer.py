@@ -7,13 +7,12 @@ the images as given (all from one camera).
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 import numpy as np
 
 from ..dataset import expand_inputs, iter_images
-from ..geometry import backproject, Intrinsics
+from ..geometry import backproject, Intrinsics, intrinsics_from_hfov
 from ..model import DepthCLIP, RANDOM_WEIGHTS_BANNER
 from ..visualize import preview, write_depth_png, write_ply, write_rgb_png
 from .common import add_model_arguments, load_engine
@@ -37,10 +36,7 @@ def intrinsics_for(args: argparse.Namespace, height: int, width: int) -> Intrins
     if args.intrinsics is not None:
         fx, fy, cx, cy = args.intrinsics
         return Intrinsics(fx, fy, cx, cy, width, height)
-    if not 0 < args.hfov_deg < 180:
-        raise ValueError(f'--hfov-deg must be in (0, 180), got {args.hfov_deg}')
-    focal = 0.5 * width / math.tan(math.radians(args.hfov_deg) / 2)
-    return Intrinsics(focal, focal, (width - 1) / 2, (height - 1) / 2, width, height)
+    return intrinsics_from_hfov(height, width, args.hfov_deg)
 
 
 def write_outputs(output: Path, stem: str, rgb: np.ndarray, depth: np.ndarray,

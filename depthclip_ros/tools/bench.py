@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..geometry import backproject, Intrinsics
+from ..model import DepthCLIP
 from ..timing import StageTimer
 from .common import add_model_arguments, load_engine
 
@@ -44,27 +45,40 @@ def cpu_name() -> str:
     return platform.processor() or 'unknown CPU'
 
 
-def run(args: argparse.Namespace) -> int:
-    engine = load_engine(args)
-    height, width = args.image_size
+def device_description(engine: DepthCLIP) -> str:
+    """The engine's device, with the CPU's name and thread count on the CPU."""
+    device = engine.describe_device()
+    if engine.device.type == 'cpu':
+        device += f' - {cpu_name()}, {torch.get_num_threads()} threads'
+    return device
+
+
+def time_engine(engine: DepthCLIP, height: int, width: int, batch: int = 1, warmup: int = 3,
+                repeat: int = 10) -> dict[str, float]:
+    """Median milliseconds per stage (``ENGINE_STAGES`` and ``total``) of ``repeat`` runs
+    after ``warmup``, on random ``batch`` x ``height`` x ``width`` frames."""
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (args.batch, height, width, 3), dtype=np.uint8)
+    images = rng.integers(0, 256, (batch, height, width, 3), dtype=np.uint8)
     camera = Intrinsics(0.96 * width, 0.96 * width, width / 2, height / 2, width, height)
     sync = torch.cuda.synchronize if engine.device.type == 'cuda' else None
     timer = StageTimer(sync)
-    for i in range(args.warmup + args.repeat):
-        if i == args.warmup:
+    for i in range(warmup + repeat):
+        if i == warmup:
             timer.clear()
         with timer.stage('total'):
             depth = engine.predict(images, camera, timer=timer)
             with timer.stage('backproject'):
                 for frame in depth:
                     backproject(frame, camera)
-    medians = timer.medians()
+    return timer.medians()
+
+
+def run(args: argparse.Namespace) -> int:
+    engine = load_engine(args)
+    height, width = args.image_size
+    medians = time_engine(engine, height, width, args.batch, args.warmup, args.repeat)
     total = medians['total']
-    device = engine.describe_device()
-    if engine.device.type == 'cpu':
-        device += f' - {cpu_name()}, {torch.get_num_threads()} threads'
+    device = device_description(engine)
     print(f'device: {device}; torch {torch.__version__}; {engine.config.model} '
           f'{engine.config.feature_mode} mode; input {height}x{width} -> network '
           f'{engine.config.input_size[0]}x{engine.config.input_size[1]}; batch {args.batch}; '

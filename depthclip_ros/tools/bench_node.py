@@ -24,11 +24,8 @@ import threading
 import time
 
 import numpy as np
-import torch
 
-from ..geometry import Intrinsics
-from ..timing import StageTimer
-from .bench import cpu_name
+from .bench import device_description, time_engine
 from .common import add_model_arguments, load_engine
 
 PROFILE = Path(__file__).resolve().parents[2] / 'config' / 'fastdds_localhost.xml'
@@ -46,28 +43,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(pretrained='none')
 
 
-def _network_ms(args, height, width, frames) -> tuple[float, str]:
-    engine = load_engine(args)
-    rng = np.random.default_rng(0)
-    image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
-    camera = Intrinsics(0.96 * width, 0.96 * width, width / 2, height / 2, width, height)
-    timer = StageTimer(torch.cuda.synchronize if engine.device.type == 'cuda' else None)
-    for i in range(frames + 2):
-        if i == 2:
-            timer.clear()
-        engine.predict(image, camera, timer=timer)
-    device = engine.describe_device()
-    if engine.device.type == 'cpu':
-        device += f' - {cpu_name()}, {torch.get_num_threads()} threads'
-    return timer.medians()['network'], device
-
-
 def run(args: argparse.Namespace) -> int:
     os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
     os.environ.setdefault('ROS_DOMAIN_ID', str(random.randint(1, 101)))
     os.environ['FASTRTPS_DEFAULT_PROFILES_FILE'] = str(PROFILE)
     height, width = args.image_size
-    network_ms, device = _network_ms(args, height, width, args.frames)
+    engine = load_engine(args)
+    network_ms = time_engine(engine, height, width, warmup=2, repeat=args.frames)['network']
+    device = device_description(engine)
+    del engine  # the node process loads its own
 
     import rclpy
     from rclpy.qos import qos_profile_sensor_data, QoSProfile, ReliabilityPolicy
@@ -165,8 +149,8 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit('no frame came back in time')
     median = statistics.median(latencies)
     print(f'device: {device}; {args.model} {args.feature_mode} mode; camera {height}x{width} '
-          f'-> network {args.input_size[0]}x{args.input_size[1]}; depth + xyz cloud; '
-          f'random weights (cost is the same)' if args.pretrained == 'none' else '')
+          f'-> network {args.input_size[0]}x{args.input_size[1]}; depth + xyz cloud'
+          + ('; random weights (cost is the same)' if args.pretrained == 'none' else ''))
     print(f'bare network forward (in process, median):   {network_ms:8.1f} ms')
     print(f'node frame-in -> depth+cloud-out (median of {len(latencies)}): {median:8.1f} ms'
           f'  (overhead {median - network_ms:+.1f} ms, '

@@ -191,8 +191,7 @@ class DepthNode(Node):
             except ImageFormatError as error:
                 return self._reject(f'bad image on {self._topic(topic)}: {error}')
         height, width = rgb.shape[:2]
-        if not self._check_stamp(msg.header):
-            return
+        self._warn_on_odd_header(msg.header)
         try:
             camera, template = self._camera_for(height, width)
         except CameraInfoError as error:
@@ -225,7 +224,8 @@ class DepthNode(Node):
         for name, values in timer.samples.items():
             self._stage_ms.setdefault(name, deque(maxlen=STATS_WINDOW)).append(sum(values))
 
-    def _check_stamp(self, header) -> bool:
+    def _warn_on_odd_header(self, header) -> None:
+        """Stamps going backwards or an empty frame_id: warned, the frame still processed."""
         stamp = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
         if self._last_stamp_ns is not None and stamp < self._last_stamp_ns:
             self.get_logger().warning(
@@ -236,7 +236,6 @@ class DepthNode(Node):
         if not header.frame_id:
             self.get_logger().warning(f'empty frame_id on {self._topic("image")}; outputs '
                                       f'carry it unchanged', throttle_duration_sec=THROTTLE_S)
-        return True
 
     def _camera_for(self, height: int, width: int) -> tuple[Intrinsics, CameraInfo | None]:
         info = self._infos.get((height, width)) or self._latest_info

@@ -79,6 +79,17 @@ def harness(ros):
     h.close()
 
 
+def wrap_predict(monkeypatch, engine, before):
+    """Make ``engine.predict`` call ``before()`` first (to slow it down or make it fail)."""
+    real_predict = engine.predict
+
+    def predict(*args, **kwargs):
+        before()
+        return real_predict(*args, **kwargs)
+
+    monkeypatch.setattr(engine, 'predict', predict)
+
+
 def send_until_output(h, count=1, **kwargs):
     """Best-effort input may lose the first messages while discovery settles: resend."""
     for attempt in range(20):
@@ -226,14 +237,8 @@ def test_two_namespaced_nodes_do_not_interfere(ros):
 
 def test_newest_frame_wins_and_counts_add_up(harness, monkeypatch):
     assert send_until_output(harness)
-    engine = harness.node.engine
-    real_predict = engine.predict
-
-    def slow_predict(*args, **kwargs):  # a camera faster than the network
-        time.sleep(0.2)
-        return real_predict(*args, **kwargs)
-
-    monkeypatch.setattr(engine, 'predict', slow_predict)
+    # A camera faster than the network.
+    wrap_predict(monkeypatch, harness.node.engine, lambda: time.sleep(0.2))
     for i in range(30):
         time.sleep(0.01)
         harness.send(sec=1000 + i, info=(i == 0))
@@ -283,17 +288,14 @@ def test_output_size_colormap_and_diagnostics(ros):
 
 def test_an_inference_error_drops_one_frame_and_the_node_goes_on(harness, monkeypatch):
     assert send_until_output(harness)
-    engine = harness.node.engine
-    real_predict = engine.predict
-    calls = {'n': 0}
+    calls = []
 
-    def fail_once(*args, **kwargs):
-        calls['n'] += 1
-        if calls['n'] == 1:
+    def fail_once():
+        calls.append(1)
+        if len(calls) == 1:
             raise RuntimeError('CUDA out of memory (simulated)')
-        return real_predict(*args, **kwargs)
 
-    monkeypatch.setattr(engine, 'predict', fail_once)
+    wrap_predict(monkeypatch, harness.node.engine, fail_once)
     harness.send(sec=500)
     assert wait_for(lambda: harness.node.counts['failed'] == 1, 10)
     n = len(harness.got['depth'])

@@ -10,7 +10,8 @@ Topics (relative, remappable):
 
 Inference runs on a worker thread: the subscription callbacks only store the newest frame
 (an older one still waiting is dropped and counted), so the executor never stalls and
-latency cannot grow without bound. Outputs nobody subscribes to are not computed.
+latency cannot grow without bound. Outputs nobody subscribes to are not computed. The
+per-frame work is :class:`~depthclip_ros.pipeline.DepthPipeline`, shared with the bag tool.
 """
 
 from __future__ import annotations
@@ -27,22 +28,10 @@ from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
-from .encodings import ImageFormatError
-from .geometry import Intrinsics, intrinsics_from_hfov
-from .messages import (
-    camera_info_for,
-    CameraInfoError,
-    depth_image,
-    intrinsics_from_camera_info,
-    pointcloud,
-    rgb_from_compressed,
-    rgb_from_image,
-    rgb_image,
-)
 from .model import DepthCLIP, HeadConfig, ModelConfig, RANDOM_WEIGHTS_BANNER, WeightsError
 from .parameters import declare_parameters, HEAD_PARAMETERS, PARAMETER_NAMES, validate_change
+from .pipeline import DepthPipeline, FrameRejected, OutputSettings, Wanted
 from .timing import StageTimer
-from .visualize import colorize_depth
 
 THROTTLE_S = 5.0
 STATS_WINDOW = 100
@@ -79,9 +68,13 @@ class DepthNode(Node):
         from diagnostic_msgs.msg import DiagnosticArray
         self.pub_diagnostics = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
 
-        self._infos: dict[tuple[int, int], CameraInfo] = {}
-        self._latest_info: CameraInfo | None = None
-        self.create_subscription(CameraInfo, 'camera_info', self._on_camera_info, sub_qos)
+        self.pipeline = DepthPipeline(
+            self.engine, OutputSettings.from_parameters(p),
+            topics={name: self.resolve_topic_name(name)
+                    for name in ('image', 'image/compressed', 'camera_info')},
+            warn=self._warn)
+        self.create_subscription(CameraInfo, 'camera_info', self.pipeline.on_camera_info,
+                                 sub_qos)
         self.create_subscription(Image, 'image', self._on_image, sub_qos)
         if p['use_compressed']:
             self.create_subscription(CompressedImage, 'image/compressed', self._on_image,
@@ -95,7 +88,6 @@ class DepthNode(Node):
         self._latency_ms = deque(maxlen=STATS_WINDOW)
         self._stage_ms: dict[str, deque] = {}
         self._rate_marks = {'received': (time.monotonic(), 0), 'processed': (time.monotonic(), 0)}
-        self._last_stamp_ns: int | None = None
         self._worker = threading.Thread(target=self._work, name='depthclip_inference',
                                         daemon=True)
         self.create_timer(1.0, self._publish_diagnostics)
@@ -121,10 +113,6 @@ class DepthNode(Node):
             self._worker.join(timeout=10.0)
 
     # ------------------------------------------------------------------ callbacks
-    def _on_camera_info(self, msg: CameraInfo) -> None:
-        self._infos[(msg.height, msg.width)] = msg
-        self._latest_info = msg
-
     def _on_image(self, msg) -> None:
         with self._lock:
             self.counts['received'] += 1
@@ -143,6 +131,7 @@ class DepthNode(Node):
         except (ValueError, TypeError) as error:
             return SetParametersResult(successful=False, reason=str(error))
         self._params = proposed
+        self.pipeline.settings = OutputSettings.from_parameters(proposed)
         if any(param.name in HEAD_PARAMETERS for param in parameters):
             with self._lock:
                 self._pending_head = head  # applied by the worker between frames
@@ -168,88 +157,38 @@ class DepthNode(Node):
                                         f'{type(error).__name__}: {error}',
                                         throttle_duration_sec=THROTTLE_S)
 
-    def _reject(self, problem: str) -> None:
-        self.counts['rejected'] += 1
-        self.get_logger().error(f'{problem}; frame dropped', throttle_duration_sec=THROTTLE_S)
-
     def _process(self, msg, received: float) -> None:
-        want_depth = self.pub_depth.get_subscription_count() > 0
-        want_info = self.pub_info.get_subscription_count() > 0
-        want_points = self.pub_points.get_subscription_count() > 0
-        want_colormap = (self.pub_colormap is not None
-                         and self.pub_colormap.get_subscription_count() > 0)
-        if not (want_depth or want_info or want_points or want_colormap):
+        want = Wanted(
+            depth=self.pub_depth.get_subscription_count() > 0,
+            camera_info=self.pub_info.get_subscription_count() > 0,
+            points=self.pub_points.get_subscription_count() > 0,
+            colormap=(self.pub_colormap is not None
+                      and self.pub_colormap.get_subscription_count() > 0))
+        if not want.any():
             self.counts['skipped_no_subscribers'] += 1
             return
-        p = self._params
         timer = StageTimer()
-        topic = 'image/compressed' if isinstance(msg, CompressedImage) else 'image'
-        with timer.stage('decode'):
-            try:
-                rgb = (rgb_from_compressed(msg) if isinstance(msg, CompressedImage)
-                       else rgb_from_image(msg))
-            except ImageFormatError as error:
-                return self._reject(f'bad image on {self._topic(topic)}: {error}')
-        height, width = rgb.shape[:2]
-        self._warn_on_odd_header(msg.header)
         try:
-            camera, template = self._camera_for(height, width)
-        except CameraInfoError as error:
-            return self._reject(f'{self._topic("camera_info")}: {error}')
-        out_h, out_w = p['output_size']
-        out_size = (height, width) if out_h <= 0 else (out_h, out_w)
-        out_camera = camera if out_size == (height, width) else camera.resized(*out_size)
-
-        depth = self.engine.predict(rgb, camera, output_size=out_size, timer=timer)
-        header = msg.header
+            out = self.pipeline.process(msg, want, timer)
+        except FrameRejected as error:
+            self.counts['rejected'] += 1
+            self.get_logger().error(f'{error}; frame dropped',
+                                    throttle_duration_sec=THROTTLE_S)
+            return
         with timer.stage('publish'):
-            if want_depth:
-                self.pub_depth.publish(depth_image(depth, header))
-            if want_depth or want_info:
-                self.pub_info.publish(camera_info_for(out_camera, header, template))
-            if want_colormap:
-                coloured, _, _ = colorize_depth(depth, p['min_depth_m'], p['max_depth_m'])
-                self.pub_colormap.publish(rgb_image(coloured, header))
-        if want_points:
-            with timer.stage('cloud'):
-                colours = None
-                if p['cloud_rgb']:
-                    colours = rgb if out_size == (height, width) else _resize_rgb(rgb, out_size)
-                cloud = pointcloud(depth, out_camera, header, p['cloud_stride'],
-                                   p['min_depth_m'], p['max_depth_m'], colours)
-            with timer.stage('publish'):
-                self.pub_points.publish(cloud)
+            for publisher, message in ((self.pub_depth, out.depth),
+                                       (self.pub_info, out.camera_info),
+                                       (self.pub_colormap, out.colormap),
+                                       (self.pub_points, out.points)):
+                if message is not None:
+                    publisher.publish(message)
         self.counts['processed'] += 1
         self._latency_ms.append((time.monotonic() - received) * 1e3)
         for name, values in timer.samples.items():
             self._stage_ms.setdefault(name, deque(maxlen=STATS_WINDOW)).append(sum(values))
 
-    def _warn_on_odd_header(self, header) -> None:
-        """Stamps going backwards or an empty frame_id: warned, the frame still processed."""
-        stamp = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
-        if self._last_stamp_ns is not None and stamp < self._last_stamp_ns:
-            self.get_logger().warning(
-                f'image stamps went backwards on {self._topic("image")} '
-                f'({self._last_stamp_ns * 1e-9:.3f} s -> {stamp * 1e-9:.3f} s): bag loop or '
-                f'clock reset; continuing', throttle_duration_sec=THROTTLE_S)
-        self._last_stamp_ns = stamp
-        if not header.frame_id:
-            self.get_logger().warning(f'empty frame_id on {self._topic("image")}; outputs '
-                                      f'carry it unchanged', throttle_duration_sec=THROTTLE_S)
-
-    def _camera_for(self, height: int, width: int) -> tuple[Intrinsics, CameraInfo | None]:
-        info = self._infos.get((height, width)) or self._latest_info
-        source = self._params['intrinsics_source']
-        if info is not None:
-            return intrinsics_from_camera_info(info, height, width, source), info
-        hfov = self._params['fallback_hfov_deg']
-        if hfov > 0:
-            return intrinsics_from_hfov(height, width, hfov), None
-        raise CameraInfoError('no CameraInfo received yet (set fallback_hfov_deg to run '
-                              'without one)')
-
-    def _topic(self, name: str) -> str:
-        return self.resolve_topic_name(name)
+    def _warn(self, text: str) -> None:
+        self.get_logger().warning(text, throttle_duration_sec=THROTTLE_S)
 
     # ------------------------------------------------------------------ diagnostics
     def _rate(self, key: str) -> float:
@@ -300,11 +239,6 @@ def head_from_parameters(p: dict) -> HeadConfig:
                       temperature=p['temperature'],
                       canonical_focal_px=p['canonical_focal_px'],
                       flip_average=p['flip_average'])
-
-
-def _resize_rgb(rgb, size):
-    import cv2
-    return cv2.resize(rgb, (size[1], size[0]), interpolation=cv2.INTER_AREA)
 
 
 def main(args=None) -> int:

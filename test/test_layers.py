@@ -12,6 +12,7 @@ CASES = [
     ('depthclip_ros.model', ('rclpy', 'sensor_msgs', 'open_clip')),  # open_clip: at load()
     ('depthclip_ros.messages', ('rclpy', 'torch')),
     ('depthclip_ros.encodings', ('rclpy', 'torch', 'sensor_msgs')),
+    ('depthclip_ros.pipeline', ('rclpy',)),
 ]
 
 

@@ -126,8 +126,8 @@ def test_metric_scale_follows_the_camera_focal(harness):
     first = depth_from_image(harness.got['depth'][-1]).copy()
     n = len(harness.got['depth'])
     harness.info_pub.publish(camera_info(H, W, 2 * FX, 2 * FY, CX, CY))
-    assert wait_for(lambda: harness.node._latest_info is not None
-                    and harness.node._latest_info.k[0] == 2 * FX, 5)
+    assert wait_for(lambda: harness.node.pipeline.latest_info is not None
+                    and harness.node.pipeline.latest_info.k[0] == 2 * FX, 5)
     harness.send(rgb=rgb, info=False, sec=200)
     assert wait_for(lambda: len(harness.got['depth']) > n, 20)
     np.testing.assert_allclose(depth_from_image(harness.got['depth'][-1]), 2 * first, rtol=1e-6)

@@ -1,15 +1,17 @@
-"""``depthclip-ros``: the command-line entry (infer, evaluate, bench, demo)."""
+"""``depthclip-ros``: the command-line entry (infer, bag, evaluate, bench, bench-node, demo)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from .tools import bench, bench_node, demo, evaluate, infer
+from .tools import bag, bench, bench_node, demo, evaluate, infer
 from .tools.common import setup_logging
 
 COMMANDS = {
     'infer': (infer, 'depth, 16-bit PNG, preview and PLY for images, folders or videos'),
+    'bag': (bag, 'a recorded bag (rosbag2 .mcap/.db3, ROS 1 .bag) through the node '
+                 'pipeline into a new MCAP bag'),
     'evaluate': (evaluate, "the paper's metrics on RGB-D folders with ground truth"),
     'bench': (bench, 'per-stage milliseconds on the chosen device'),
     'bench-node': (bench_node, 'end-to-end latency of depth_node as its own process'),

@@ -63,6 +63,9 @@ class BagReport:
     unreadable: int = 0
     interrupted: bool = False
     skipped_topics: list[str] = field(default_factory=list)
+    image_topic: str = ''
+    output_topics: dict[str, str] = field(default_factory=dict)
+    frame_id: str | None = None  # of the first image
     problems: Counter = field(default_factory=Counter)
     timer: StageTimer = field(default_factory=StageTimer)
     seconds: float = 0.0
@@ -197,7 +200,7 @@ def process_bag(source: Path, destination: Path, pipeline: DepthPipeline, *,
     if destination.exists():
         if not overwrite:
             raise BagError(f'{destination} exists (pass --overwrite to replace it)')
-        _remove_bag_folder(destination)
+        remove_bag_folder(destination)
     report = BagReport()
     problem = on_problem or (lambda text: log.warning(text))
     start = time.perf_counter()
@@ -211,6 +214,7 @@ def process_bag(source: Path, destination: Path, pipeline: DepthPipeline, *,
                                                             info_topic)
         outputs = output_topics(namespace or output_namespace(image_topic, image_type),
                                 colormap)
+        report.image_topic, report.output_topics = image_topic, outputs
         clash = sorted(set(outputs.values()) & {c.topic for c in reader.connections})
         if clash:
             raise BagError(f'the bag already has {", ".join(clash)}; choose another '
@@ -291,6 +295,8 @@ class _Run:
             return is_image
         outputs = {}
         if is_image:
+            if self.report.frame_id is None:
+                self.report.frame_id = msg.header.frame_id
             try:
                 outputs = _by_topic(self.pipeline.process(msg, self.want, self.report.timer))
             except FrameRejected as error:
@@ -317,7 +323,7 @@ def _by_topic(out: Outputs) -> dict:
             'points': out.points, 'depth/colormap': out.colormap}
 
 
-def _remove_bag_folder(path: Path) -> None:
+def remove_bag_folder(path: Path) -> None:
     """Remove a previous output: only a rosbag2 folder (metadata.yaml and storage files)."""
     if not path.is_dir():
         raise BagError(f'{path} exists and is not a bag folder; not replacing it')

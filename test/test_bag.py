@@ -293,6 +293,7 @@ def test_cli_prints_progress_summary_and_how_to_view(tmp_path, capsys):
     assert 'done: 3 of 3 frames with depth' in captured.out
     assert 'ms per frame:' in captured.out and 'network' in captured.out
     assert 'Foxglove' in captured.out and 'ros2 bag play' in captured.out
+    assert '-f camera_optical --ros-args -r __ns:=/cam -r image:=image_raw' in captured.out
     assert 'RANDOM WEIGHTS' in captured.out
     got = by_topic(mcap_messages(out))
     assert got['/cam/points'][0].ros_msg.width == 32  # --cloud-stride reached the pipeline

@@ -5,8 +5,10 @@ import json
 import cv2
 import numpy as np
 import pytest
+from rosbags.highlevel import AnyReader
 
 from depthclip_ros.cli import main
+from depthclip_ros.tools.demo import render_corridor
 from depthclip_ros.visualize import read_ply
 
 from conftest import shared_data
@@ -59,6 +61,22 @@ def test_infer_writes_depth_png_preview_and_ply(tmp_path, capsys):
     assert 'RANDOM WEIGHTS' in capsys.readouterr().out
 
 
+def test_infer_takes_a_video_frame_by_frame(tmp_path, capsys):
+    video = tmp_path / 'clip.avi'
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*'MJPG'), 10, (64, 48))
+    assert writer.isOpened()
+    for level in (40, 120, 200):
+        writer.write(np.full((48, 64, 3), level, np.uint8))
+    writer.release()
+    out = tmp_path / 'out'
+    assert main(['infer', str(video), '--hfov-deg', '60', '--output', str(out), *FAST,
+                 '--input-size', '64', '96']) == 0
+    for index in range(3):
+        depth = np.load(out / f'clip_{index:06d}_depth.npy')
+        assert depth.shape == (48, 64) and np.isfinite(depth).all()
+        assert (out / f'clip_{index:06d}_preview.png').is_file()
+
+
 def test_infer_needs_intrinsics_or_fov(tmp_path):
     with pytest.raises(SystemExit):
         main(['infer', str(tmp_path), '--output', str(tmp_path), *FAST])
@@ -83,12 +101,47 @@ def test_demo_without_weights_stops_with_instructions(tmp_path, capsys):
 
 
 def test_demo_on_the_generated_scene(tmp_path, capsys):
-    assert main(['demo', '--output', str(tmp_path), *FAST, '--input-size', '224', '288']) == 0
+    args = ['demo', '--output', str(tmp_path), *FAST, '--input-size', '64', '96',
+            '--frames', '3']
+    assert main(args) == 0
     text = capsys.readouterr().out
     assert 'RANDOM WEIGHTS' in text and str(tmp_path) in text
     truth = np.load(tmp_path / 'corridor_truth_depth.npy')
     assert truth.shape == (480, 640) and 1.0 < truth.min() and truth.max() <= 9.0
     assert (tmp_path / 'corridor_preview.png').is_file() and (tmp_path / 'corridor.ply').is_file()
+    # the generated recording, processed like `depthclip-ros bag`, with viewing help
+    assert 'done: 3 of 3 frames with depth' in text and 'Foxglove' in text
+    with AnyReader([tmp_path / 'corridor_depth']) as reader:
+        counts = {c.topic: c.msgcount for c in reader.connections}
+    assert counts == {'/camera/color/image_raw': 3, '/camera/color/camera_info': 3,
+                      '/camera/color/depth': 3, '/camera/color/depth/camera_info': 3,
+                      '/camera/color/points': 3, '/camera/color/depth/colormap': 3}
+    assert main(args) == 0  # a second run replaces its own bags
+
+
+def test_corridor_recording_moves_forward():
+    _, near, _ = render_corridor(48, 64, forward_m=0.0)
+    _, far, _ = render_corridor(48, 64, forward_m=2.0)
+    assert near.max() == pytest.approx(9.0) and far.max() == pytest.approx(7.0)
+
+
+def test_demo_takes_a_bag_with_one_argument_changed(tmp_path, capsys):
+    source = shared_data('bags', 'realsense_d435_single_frame_ros2')
+    assert main(['demo', '--input', str(source), '--output', str(tmp_path), *FAST,
+                 '--input-size', '64', '96']) == 0
+    text = capsys.readouterr().out
+    assert 'done: 1 of 1 frames with depth' in text
+    assert 'rviz2 -d' in text and '__ns:=/camera/color -r image:=image_raw' in text
+    assert (tmp_path / 'realsense_d435_single_frame_ros2_depth' / 'metadata.yaml').is_file()
+
+
+def test_bench_bag_prints_both_timings_and_the_overhead(capsys):
+    assert main(['bench-bag', '--frames', '2', '--image-size', '48', '64', *FAST,
+                 '--input-size', '64', '64']) == 0
+    text = capsys.readouterr().out
+    assert 'device: cpu' in text and 'bare engine.predict' in text
+    assert 'bag stages (ms/frame): read' in text and 'write' in text
+    assert 'overhead of the bag around inference' in text
 
 
 def test_demo_falls_back_to_labelled_random_weights(tmp_path, capsys):

@@ -10,9 +10,9 @@ Without --image-topic the bag's one colour image topic is used; without
 --camera-info-topic the CameraInfo topic nearest to it. Bad or unreadable messages are
 reported and skipped. Ctrl-C stops after the current frame and leaves a valid bag.
 
-Look at the result: open OUTPUT/*.mcap in Foxglove, or
-  ros2 bag play OUTPUT --loop   and   rviz2 -d <share>/depthclip_ros/config/depthclip.rviz
-  --ros-args -r __ns:=<image namespace> -r image:=<image topic name>
+Look at the result: open OUTPUT/*.mcap in Foxglove, or replay it with
+``ros2 bag play OUTPUT --loop`` (Jazzy or newer) next to rviz2 with the shipped config;
+the command prints the exact rviz2 line for the bag's topics and frame.
 """
 
 from __future__ import annotations
@@ -120,6 +120,16 @@ class ProblemLog:
             print(f'bag: {text}{suffix}', file=self.stream, flush=True)
 
 
+def rviz_command(report: BagReport) -> str:
+    """rviz2 with the shipped config, its relative topics pointed at the bag's."""
+    namespace = report.output_topics.get('depth', '/depth').rsplit('/', 1)[0] or '/'
+    image = report.image_topic
+    image = image[len(namespace.rstrip('/')) + 1:] if image.startswith(namespace) else image
+    frame = f' -f {report.frame_id}' if report.frame_id else ''
+    return (f'rviz2 -d "$(ros2 pkg prefix depthclip_ros)/share/depthclip_ros/config/'
+            f'depthclip.rviz"{frame} --ros-args -r __ns:={namespace} -r image:={image}')
+
+
 def print_summary(report: BagReport, output: Path, random_weights: bool) -> None:
     state = 'INTERRUPTED, the bag holds the frames done so far' if report.interrupted \
         else 'done'
@@ -136,10 +146,11 @@ def print_summary(report: BagReport, output: Path, random_weights: bool) -> None
         print(f'not copied (names ROS 2 does not allow): {len(report.skipped_topics)} topics, '
               f'e.g. {report.skipped_topics[0]!r}')
     print(f'output: {output.resolve()}  (rosbag2, MCAP storage)')
-    print(f'  Foxglove: open {output.resolve()}/*.mcap  (Image panel on depth/colormap or '
-          f'depth, 3D panel on points)')
-    print(f'  ROS 2:    ros2 bag info {output}; ros2 bag play {output} --loop, then rviz2 -d '
-          f'"$(ros2 pkg prefix depthclip_ros)/share/depthclip_ros/config/depthclip.rviz"')
+    print(f'  topics: {", ".join(report.output_topics.values())}')
+    print(f'  Foxglove: open {output.resolve()}/*.mcap; Image panel on depth/colormap or '
+          f'depth, 3D panel on points')
+    print(f'  ROS 2 (Jazzy or newer): ros2 bag play {output} --loop  and  '
+          f'{rviz_command(report)}')
     if random_weights:
         print(RANDOM_WEIGHTS_BANNER)
 

@@ -19,6 +19,7 @@ import io
 import logging
 import os
 from pathlib import Path
+import queue
 import signal
 import threading
 import time
@@ -46,6 +47,7 @@ OUTPUT_TYPES = {'depth': 'sensor_msgs/msg/Image',
 BAG_SUFFIXES = ('.bag', '.mcap', '.db3')
 # rosbag2 metadata version 8 is read by Jazzy and newer; Foxglove reads the MCAP itself.
 METADATA_VERSION = 8
+WRITE_QUEUE = 32  # messages waiting for the writer thread (a few frames)
 
 
 class BagError(ValueError):
@@ -67,7 +69,8 @@ class BagReport:
     output_topics: dict[str, str] = field(default_factory=dict)
     frame_id: str | None = None  # of the first image
     problems: Counter = field(default_factory=Counter)
-    timer: StageTimer = field(default_factory=StageTimer)
+    timer: StageTimer = field(default_factory=StageTimer)  # main thread
+    write_thread_ms: float = 0.0  # time the writer thread spent writing (overlapped)
     seconds: float = 0.0
 
 
@@ -156,9 +159,8 @@ def _valid_ros2_topic(name: str) -> bool:
 
 
 class _StopRequest:
-    """SIGINT/SIGTERM set a flag checked between frames, so every written frame is whole
-    and the writer is closed normally; a second signal interrupts at once (the writer is
-    still closed by its context manager)."""
+    """SIGINT/SIGTERM set a flag checked between messages, so every written frame is whole
+    and the writer is drained and closed normally (at most one frame's inference later)."""
 
     def __init__(self):
         self.requested = False
@@ -171,13 +173,46 @@ class _StopRequest:
         return self
 
     def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
         self.requested = True
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+class _WriterThread:
+    """Writes to the bag on a thread of its own, so that file I/O overlaps the next
+    frame's inference. The queue is bounded (back pressure, bounded memory); an error on
+    the thread is raised at the next ``write`` or at ``close``."""
+
+    def __init__(self, writer: Writer, depth: int = WRITE_QUEUE):
+        self._writer = writer
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self.busy_ms = 0.0
+        self._thread = threading.Thread(target=self._drain, name='bag_writer', daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is None:
+                start = time.perf_counter()
+                try:
+                    self._writer.write(*item)
+                except BaseException as error:  # noqa: BLE001 - handed to the main thread
+                    self._error = error
+                self.busy_ms += (time.perf_counter() - start) * 1e3
+
+    def write(self, connection, stamp: int, data) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put((connection, stamp, data))
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
 
 
 def process_bag(source: Path, destination: Path, pipeline: DepthPipeline, *,
@@ -239,16 +274,22 @@ def process_bag(source: Path, destination: Path, pipeline: DepthPipeline, *,
             out_conns = {name: writer.add_connection(topic, OUTPUT_TYPES[name],
                                                      typestore=ros2)
                          for name, topic in outputs.items()}
-            run = _Run(pipeline, writer, report, problem, image_topic, image_type,
+            background = _WriterThread(writer)
+            run = _Run(pipeline, background, report, problem, image_topic, image_type,
                        info_topic, Wanted(colormap=colormap), out_conns, connmap, convert)
             messages = reader.messages(connections=copied)
-            while not stop.requested:
-                with report.timer.stage('read'):
-                    item = next(messages, None)
-                if item is None:
-                    break
-                if run.message(*item) and on_frame:
-                    on_frame(report)
+            try:
+                while not stop.requested:
+                    with report.timer.stage('read'):
+                        item = next(messages, None)
+                    if item is None:
+                        break
+                    if run.message(*item) and on_frame:
+                        on_frame(report)
+            finally:
+                with report.timer.stage('write'):
+                    background.close()  # everything queued is written before the bag closes
+                report.write_thread_ms = background.busy_ms
             report.interrupted = stop.requested
     except KeyboardInterrupt:
         report.interrupted = True
@@ -264,7 +305,7 @@ class _Run:
     write the input followed by its outputs at the image's log time."""
 
     pipeline: DepthPipeline
-    writer: Writer
+    writer: _WriterThread
     report: BagReport
     problem: Callable[[str], None]
     image_topic: str

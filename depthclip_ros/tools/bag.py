@@ -141,7 +141,8 @@ def print_summary(report: BagReport, output: Path, random_weights: bool) -> None
     totals = {name: sum(values) for name, values in report.timer.samples.items()}
     if totals:
         stages = ', '.join(f'{name} {ms / frames:.1f}' for name, ms in totals.items())
-        print(f'ms per frame: {stages}')
+        print(f'ms per frame: {stages}; writer thread {report.write_thread_ms / frames:.1f} '
+              f'(overlapped)')
     if report.skipped_topics:
         print(f'not copied (names ROS 2 does not allow): {len(report.skipped_topics)} topics, '
               f'e.g. {report.skipped_topics[0]!r}')

@@ -76,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
     print(f'bag:                 {per_frame:.1f} ms/frame, {1e3 / per_frame:.2f} frames/s '
           f'(whole run incl. opening and closing, {report.seconds:.2f} s)')
     totals = {name: sum(values) / frames for name, values in report.timer.samples.items()}
-    print('bag stages (ms/frame): ' + ', '.join(f'{k} {v:.2f}' for k, v in totals.items()))
+    print('bag stages (ms/frame): ' + ', '.join(f'{k} {v:.2f}' for k, v in totals.items())
+          + f'; writer thread {report.write_thread_ms / frames:.2f} (overlaps the above)')
     outside = sum(v for k, v in totals.items() if k not in INFERENCE_STAGES)
     print(f'bag stages outside inference: {outside:.1f} ms/frame '
           f'({100 * outside / bare_mean:.1f}% of the bare frame)')

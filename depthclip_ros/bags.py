@@ -28,7 +28,7 @@ from typing import Callable
 from rclpy.serialization import deserialize_message, serialize_message
 from rosbags.convert.converter import create_connections_converters
 from rosbags.highlevel import AnyReader
-from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.rosbag2 import StoragePlugin, Writer, WriterError
 from rosbags.typesys import get_typestore, Stores
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
@@ -62,6 +62,7 @@ class BagReport:
     frames_seen: int = 0
     frames_written: int = 0
     frames_rejected: int = 0
+    frames_failed: int = 0
     unreadable: int = 0
     interrupted: bool = False
     skipped_topics: list[str] = field(default_factory=list)
@@ -293,6 +294,8 @@ def process_bag(source: Path, destination: Path, pipeline: DepthPipeline, *,
             report.interrupted = stop.requested
     except KeyboardInterrupt:
         report.interrupted = True
+    except (OSError, WriterError) as error:
+        raise BagError(f'cannot write {destination}: {error}') from error
     finally:
         reader.close()
         report.seconds = time.perf_counter() - start
@@ -344,6 +347,11 @@ class _Run:
                 self.report.frames_rejected += 1
                 self.report.problems[str(error)] += 1
                 self.problem(f'{error}; frame at {stamp} ns has no outputs (input copied)')
+            except Exception as error:  # noqa: BLE001 - e.g. CUDA out of memory: as the node
+                self.report.frames_failed += 1
+                self.problem(f'inference failed on {conn.topic} at {stamp} ns: '
+                             f'{type(error).__name__}: {error}; frame has no outputs (input '
+                             f'copied)')
         elif msg is not None:
             self.pipeline.on_camera_info(msg)
         with self.report.timer.stage('serialize'):

@@ -331,3 +331,37 @@ def test_interrupting_leaves_a_readable_bag_with_whole_frames(tmp_path, sig):
     assert stamps == list(range(10, 10 + written))
     with AnyReader([out]) as reader:  # metadata.yaml was written on the way out
         assert reader.message_count == sum(len(v) for v in got.values())
+
+
+def test_an_inference_failure_skips_that_frame_only(small, tmp_path, monkeypatch):
+    source = write_bag(tmp_path / 'in', stream(frames(3)))
+    predict = small.predict
+    calls = []
+
+    def fail_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError('CUDA out of memory (simulated)')
+        return predict(*args, **kwargs)
+
+    monkeypatch.setattr(small, 'predict', fail_second)
+    problems = []
+    report = process_bag(source, tmp_path / 'out', DepthPipeline(small),
+                         on_problem=problems.append)
+    assert (report.frames_written, report.frames_failed) == (2, 1)
+    assert any('inference failed' in p and 'simulated' in p for p in problems)
+    got = by_topic(mcap_messages(tmp_path / 'out'))
+    assert [m.ros_msg.header.stamp.sec for m in got['/cam/depth']] == [10, 12]
+
+
+def test_a_write_error_on_the_writer_thread_reaches_the_caller():
+    from depthclip_ros.bags import _WriterThread
+
+    class Broken:
+        def write(self, *args):
+            raise OSError('disk full (simulated)')
+
+    background = _WriterThread(Broken())
+    background.write('conn', 0, b'x')
+    with pytest.raises(OSError, match='disk full'):
+        background.close()

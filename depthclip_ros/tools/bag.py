@@ -135,7 +135,8 @@ def print_summary(report: BagReport, output: Path, random_weights: bool) -> None
         else 'done'
     rate = report.frames_written / report.seconds if report.seconds > 0 else 0.0
     print(f'{state}: {report.frames_written} of {report.frames_total} frames with depth '
-          f'({report.frames_rejected} rejected, {report.unreadable} unreadable messages) in '
+          f'({report.frames_rejected} rejected, {report.frames_failed} failed, '
+          f'{report.unreadable} unreadable messages) in '
           f'{report.seconds:.1f} s, {rate:.2f} frames/s')
     frames = max(report.frames_seen, 1)
     totals = {name: sum(values) for name, values in report.timer.samples.items()}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .tools import bag, bench, bench_bag, bench_node, demo, evaluate, infer
+from .tools import bag, bench, bench_bag, bench_node, demo, evaluate, infer, soak
 from .tools.common import setup_logging
 
 COMMANDS = {
@@ -16,6 +16,8 @@ COMMANDS = {
     'bench': (bench, 'per-stage milliseconds on the chosen device'),
     'bench-bag': (bench_bag, 'frames/s of bag processing against the bare engine'),
     'bench-node': (bench_node, 'end-to-end latency of depth_node as its own process'),
+    'soak': (soak, 'depth_node as its own process under a long stream: memory, threads, '
+                   'fds, counts, shutdown'),
     'demo': (demo, 'the main job without a camera: run the pipeline on given or generated '
                    'input and say where the results are'),
 }

@@ -1,0 +1,20 @@
+"""A long stream into depth_node as its own process: flat memory, no thread or fd growth,
+counts that add up, clean SIGINT while frames arrive (CPU, random weights, small frames).
+The full-length run is ``depthclip-ros soak`` (README, Speed)."""
+
+import re
+
+from depthclip_ros.cli import main
+
+
+def test_soak_memory_threads_fds_counts_and_shutdown(capsys):
+    code = main(['soak', '--frames', '1500', '--warmup-frames', '300', '--rate-hz', '100',
+                 '--bad-every', '25'])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert 'soak: all checks passed' in out
+    counts = {k: int(v) for k, v in re.findall(r'(\w+) (\d+)', out.split('counts: ')[1]
+                                                  .splitlines()[0])}
+    assert counts['received'] >= 1000 and counts['processed'] >= 100
+    assert counts['rejected'] >= 1 and counts['failed'] == 0
+    assert counts['received'] == sum(v for k, v in counts.items() if k != 'received')

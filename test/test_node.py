@@ -3,13 +3,17 @@
 import math
 import time
 
+import cv2
+from hypothesis import given, HealthCheck, settings
+from hypothesis import strategies as st
 import numpy as np
 import pytest
 import rclpy
 from rclpy.parameter import Parameter
 from rclpy.qos import qos_profile_sensor_data, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
+from depthclip_ros.encodings import ENCODINGS
 from depthclip_ros.geometry import backproject, Intrinsics
 from depthclip_ros.messages import cloud_array, depth_from_image
 from depthclip_ros.node import DepthNode
@@ -300,3 +304,79 @@ def test_an_inference_error_drops_one_frame_and_the_node_goes_on(harness, monkey
     assert wait_for(lambda: harness.node.counts['failed'] == 1, 10)
     n = len(harness.got['depth'])
     assert send_until_output(harness, count=n + 1)
+
+
+def test_compressed_images_when_enabled(ros):
+    h = Harness(ros, 'jpeg', [Parameter('use_compressed', value=True)])
+    pub = h.peer.create_publisher(CompressedImage, 'image/compressed', qos_profile_sensor_data)
+    spinner = Spinner(ros, h.node, h.peer)
+    rgb = np.random.default_rng(7).integers(0, 256, (H, W, 3), dtype=np.uint8)
+    ok, png = cv2.imencode('.png', cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    assert ok
+
+    def compressed(data, sec):
+        msg = CompressedImage(format='png', data=bytes(data))
+        msg.header.frame_id, msg.header.stamp.sec = 'camera_optical', sec
+        return msg
+
+    try:
+        assert wait_for(lambda: h.node.count_subscribers('image/compressed') > 0, 10)
+        assert h.connected()
+        for attempt in range(20):
+            h.info_pub.publish(camera_info(H, W, FX, FY, CX, CY))
+            pub.publish(compressed(png.tobytes(), 300 + attempt))
+            if h.wait_outputs(1, timeout=3.0):
+                break
+        depth_msg = h.got['depth'][-1]
+        assert depth_msg.header.stamp.sec >= 300 and depth_msg.header.frame_id == \
+            'camera_optical'
+        expected = h.node.engine.predict(rgb, Intrinsics(FX, FY, CX, CY, W, H))
+        np.testing.assert_allclose(depth_from_image(depth_msg), expected, rtol=1e-5)
+        before = h.node.counts['rejected']
+        pub.publish(compressed(b'not a png at all', 400))  # corrupt: rejected, node goes on
+        assert wait_for(lambda: h.node.counts['rejected'] > before, 10)
+        n = len(h.got['depth'])
+        for attempt in range(20):
+            pub.publish(compressed(png.tobytes(), 500 + attempt))
+            if h.wait_outputs(n + 1, timeout=3.0):
+                break
+        assert len(h.got['depth']) > n
+    finally:
+        spinner.stop()
+        h.close()
+
+
+field_text = st.text(max_size=10)
+fuzz_floats = st.one_of(st.floats(allow_nan=True, allow_infinity=True),
+                        st.integers(-5, 200).map(float))
+
+
+@settings(max_examples=120, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(encoding=st.one_of(st.sampled_from(sorted(ENCODINGS)), field_text),
+       height=st.integers(0, 40), width=st.integers(0, 40), step=st.integers(0, 200),
+       length=st.integers(0, 6000), big=st.booleans(),
+       info_size=st.tuples(st.integers(0, 60), st.integers(0, 60)),
+       k=st.lists(fuzz_floats, min_size=9, max_size=9), model=field_text,
+       d=st.lists(fuzz_floats, max_size=8), frame_id=field_text,
+       stamp=st.integers(0, 2**31 - 1), compressed=st.booleans())
+def test_fuzzed_messages_through_the_node_callbacks(harness, encoding, height, width, step,
+                                                    length, big, info_size, k, model, d,
+                                                    frame_id, stamp, compressed):
+    """Whatever the fields, the CameraInfo callback and the worker's per-frame function
+    never raise: each frame ends processed or rejected with a reason, counted once."""
+    info = CameraInfo(height=info_size[0], width=info_size[1], distortion_model=model)
+    info.k, info.d = k, d
+    harness.node.pipeline.on_camera_info(info)  # the camera_info subscription's callback
+    data = np.random.default_rng(length).integers(0, 256, length, dtype=np.uint8).tobytes()
+    if compressed:
+        msg = CompressedImage(format=encoding, data=data)
+    else:
+        msg = Image(height=height, width=width, encoding=encoding, step=step,
+                    is_bigendian=int(big), data=data)
+    msg.header.frame_id, msg.header.stamp.sec = frame_id, stamp
+    counts = harness.node.counts
+    before = counts['processed'] + counts['rejected']
+    harness.node._process(msg, time.monotonic())  # what the worker thread runs per frame
+    assert counts['processed'] + counts['rejected'] == before + 1
+    assert counts['failed'] == 0

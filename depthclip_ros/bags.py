@@ -257,6 +257,7 @@ def process_bag(source: Path, destination: Path, pipeline: DepthPipeline, *,
                            f'--output-namespace')
         pipeline.topics.update({'image': image_topic, 'image/compressed': image_topic,
                                 'camera_info': info_topic or '(no CameraInfo topic)'})
+        pipeline.warn = problem  # warnings about frames that are still processed
         copied = [c for c in reader.connections if _valid_ros2_topic(c.topic)]
         report.skipped_topics = sorted({c.topic for c in reader.connections} -
                                        {c.topic for c in copied})

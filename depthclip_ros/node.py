@@ -31,7 +31,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from .model import DepthCLIP, HeadConfig, ModelConfig, RANDOM_WEIGHTS_BANNER, WeightsError
 from .parameters import declare_parameters, HEAD_PARAMETERS, PARAMETER_NAMES, validate_change
 from .pipeline import DepthPipeline, FrameRejected, OutputSettings, Wanted
-from .timing import StageTimer
+from .timing import StageTimer, Throttle
 
 THROTTLE_S = 5.0
 STATS_WINDOW = 100
@@ -88,6 +88,7 @@ class DepthNode(Node):
         self._latency_ms = deque(maxlen=STATS_WINDOW)
         self._stage_ms: dict[str, deque] = {}
         self._rate_marks = {'received': (time.monotonic(), 0), 'processed': (time.monotonic(), 0)}
+        self._throttle = Throttle(THROTTLE_S)
         self._worker = threading.Thread(target=self._work, name='depthclip_inference',
                                         daemon=True)
         self.create_timer(1.0, self._publish_diagnostics)
@@ -153,9 +154,8 @@ class DepthNode(Node):
                 self._process(msg, received)
             except Exception as error:  # noqa: BLE001 - one bad frame must not kill the node
                 self.counts['failed'] += 1
-                self.get_logger().error(f'inference failed, frame dropped: '
-                                        f'{type(error).__name__}: {error}',
-                                        throttle_duration_sec=THROTTLE_S)
+                self._log('error', f'inference failed, frame dropped: '
+                                   f'{type(error).__name__}: {error}')
 
     def _process(self, msg, received: float) -> None:
         want = Wanted(
@@ -172,8 +172,7 @@ class DepthNode(Node):
             out = self.pipeline.process(msg, want, timer)
         except FrameRejected as error:
             self.counts['rejected'] += 1
-            self.get_logger().error(f'{error}; frame dropped',
-                                    throttle_duration_sec=THROTTLE_S)
+            self._log('error', f'{error}; frame dropped')
             return
         with timer.stage('publish'):
             for publisher, message in ((self.pub_depth, out.depth),
@@ -188,7 +187,13 @@ class DepthNode(Node):
             self._stage_ms.setdefault(name, deque(maxlen=STATS_WINDOW)).append(sum(values))
 
     def _warn(self, text: str) -> None:
-        self.get_logger().warning(text, throttle_duration_sec=THROTTLE_S)
+        self._log('warning', text)
+
+    def _log(self, level: str, text: str) -> None:
+        """Log ``text`` at most once per THROTTLE_S for each kind of problem (rclpy's own
+        throttle is per call site, which would let one problem hide another)."""
+        if self._throttle(text):
+            getattr(self.get_logger(), level)(text)
 
     # ------------------------------------------------------------------ diagnostics
     def _rate(self, key: str) -> float:

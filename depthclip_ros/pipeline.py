@@ -31,6 +31,9 @@ from .timing import stage_or_nothing, StageTimer
 from .visualize import colorize_depth
 
 _DEFAULTS = {p.name: p.default for p in PARAMETERS}
+# image_geometry's models; the node honours none of them (it does not undistort), but an
+# unknown name is reported as such.
+KNOWN_DISTORTION_MODELS = ('plumb_bob', 'rational_polynomial', 'equidistant')
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,7 @@ class DepthPipeline:
         self.settings = settings or OutputSettings()
         self.topics = {'image': 'image', 'image/compressed': 'image/compressed',
                        'camera_info': 'camera_info', **(topics or {})}
-        self._warn = warn or (lambda text: None)
+        self.warn = warn or (lambda text: None)
         self._infos: dict[tuple[int, int], CameraInfo] = {}
         self.latest_info: CameraInfo | None = None
         self._last_stamp_ns: int | None = None
@@ -106,6 +109,14 @@ class DepthPipeline:
         """Remember ``msg``; an image uses the CameraInfo of its size, else the newest."""
         self._infos[(msg.height, msg.width)] = msg
         self.latest_info = msg
+        if self.settings.intrinsics_source == 'K' and any(
+                value != 0 for value in msg.d):
+            known = msg.distortion_model in KNOWN_DISTORTION_MODELS
+            self.warn(f'{self.topics["camera_info"]} has {"" if known else "unknown "}'
+                      f'distortion model {msg.distortion_model!r} with non-zero '
+                      f'coefficients; the image is not undistorted, so depth and points use '
+                      f'the pinhole K only (feed the rectified image with '
+                      f'intrinsics_source P for exact geometry); continuing')
 
     def process(self, msg: Image | CompressedImage, want: Wanted = Wanted(),
                 timer: StageTimer | None = None) -> Outputs:
@@ -153,12 +164,12 @@ class DepthPipeline:
         stamp = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
         topic = self.topics['image']
         if self._last_stamp_ns is not None and stamp < self._last_stamp_ns:
-            self._warn(f'image stamps went backwards on {topic} '
+            self.warn(f'image stamps went backwards on {topic} '
                        f'({self._last_stamp_ns * 1e-9:.3f} s -> {stamp * 1e-9:.3f} s): bag '
                        f'loop or clock reset; continuing')
         self._last_stamp_ns = stamp
         if not header.frame_id:
-            self._warn(f'empty frame_id on {topic}; outputs carry it unchanged')
+            self.warn(f'empty frame_id on {topic}; outputs carry it unchanged')
 
     def _camera_for(self, height: int, width: int) -> tuple[Intrinsics, CameraInfo | None]:
         info = self._infos.get((height, width)) or self.latest_info

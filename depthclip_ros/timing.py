@@ -1,8 +1,10 @@
-"""Per-stage wall-clock timing shared by the engine, the node and the benchmarks."""
+"""Per-stage wall-clock timing shared by the engine, the node and the benchmarks, and the
+node's per-kind log throttle."""
 
 from __future__ import annotations
 
 from contextlib import contextmanager
+import re
 import statistics
 import time
 from typing import Callable, Iterator
@@ -49,3 +51,26 @@ def _no_timing(name: str) -> Iterator[None]:
 def stage_or_nothing(timer: StageTimer | None):
     """``timer.stage`` when a timer is given, else a context manager that does nothing."""
     return timer.stage if timer is not None else _no_timing
+
+
+class Throttle:
+    """``throttle(text)`` is True at most once per ``period_s`` for each kind of message;
+    the kind is the text with its numbers blanked, so 'data has 10 bytes' and 'data has 12
+    bytes' are one kind. At most ``max_kinds`` are remembered (then it starts afresh), so
+    a stream of ever-new texts cannot grow it without bound."""
+
+    def __init__(self, period_s: float, max_kinds: int = 256,
+                 clock: Callable[[], float] = time.monotonic):
+        self.period_s, self.max_kinds, self._clock = period_s, max_kinds, clock
+        self._last: dict[str, float] = {}
+
+    def __call__(self, text: str) -> bool:
+        kind = re.sub(r'[-+]?\d[\d.e+-]*', '#', text)
+        now = self._clock()
+        last = self._last.get(kind)
+        if last is not None and now - last < self.period_s:
+            return False
+        if len(self._last) >= self.max_kinds:
+            self._last.clear()
+        self._last[kind] = now
+        return True

@@ -50,3 +50,11 @@ def engine():
 
     torch.manual_seed(0)
     return DepthCLIP(ModelConfig(pretrained='none', device='cpu')).load()
+
+
+@pytest.fixture(scope='session')
+def small_engine():
+    """Random weights and a small network input: for pipeline and bag mechanics."""
+    from depthclip_ros.model import DepthCLIP, ModelConfig
+
+    return DepthCLIP(ModelConfig(pretrained='none', device='cpu', input_size=(64, 96))).load()

@@ -33,7 +33,6 @@ from depthclip_ros.bags import (
 from depthclip_ros.cli import main
 from depthclip_ros.geometry import Intrinsics
 from depthclip_ros.messages import cloud_array, rgb_from_image
-from depthclip_ros.model import DepthCLIP, ModelConfig
 from depthclip_ros.pipeline import DepthPipeline
 
 from conftest import REPO, shared_data
@@ -46,10 +45,9 @@ OUTPUTS = ('depth', 'depth/camera_info', 'points')
 TYPESTORE = get_typestore(Stores.ROS2_JAZZY)
 
 
-@pytest.fixture(scope='module')
-def small():
-    """A random-weights engine with a small network input: bag mechanics, not accuracy."""
-    return DepthCLIP(ModelConfig(pretrained='none', device='cpu', input_size=(64, 96))).load()
+@pytest.fixture
+def small(small_engine):
+    return small_engine
 
 
 class Decoded:

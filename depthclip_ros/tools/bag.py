@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+import re
 import sys
 import time
 
@@ -112,7 +113,7 @@ class ProblemLog:
         self.seen: dict[str, int] = {}
 
     def __call__(self, text: str) -> None:
-        kind = text.split(' at ', 1)[0]
+        kind = re.split(r' at | \(|; ', text, maxsplit=1)[0]
         count = self.seen[kind] = self.seen.get(kind, 0) + 1
         if count <= SHOWN_PER_PROBLEM:
             suffix = ' (further ones are counted, not shown)' if count == SHOWN_PER_PROBLEM \

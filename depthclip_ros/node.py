@@ -192,8 +192,12 @@ class DepthNode(Node):
     def _log(self, level: str, text: str) -> None:
         """Log ``text`` at most once per THROTTLE_S for each kind of problem (rclpy's own
         throttle is per call site, which would let one problem hide another)."""
-        if self._throttle(text):
-            getattr(self.get_logger(), level)(text)
+        if not self._throttle(text):
+            return
+        if level == 'error':  # rclpy fixes a call site's severity: one call per level
+            self.get_logger().error(text)
+        else:
+            self.get_logger().warning(text)
 
     # ------------------------------------------------------------------ diagnostics
     def _rate(self, key: str) -> float:

@@ -65,6 +65,7 @@ class BagReport:
     frames_failed: int = 0
     unreadable: int = 0
     interrupted: bool = False
+    read_error: str | None = None  # the input could not be read to its end
     skipped_topics: list[str] = field(default_factory=list)
     image_topic: str = ''
     output_topics: dict[str, str] = field(default_factory=dict)
@@ -258,6 +259,8 @@ def process_bag(source: Path, destination: Path, pipeline: DepthPipeline, *,
         pipeline.topics.update({'image': image_topic, 'image/compressed': image_topic,
                                 'camera_info': info_topic or '(no CameraInfo topic)'})
         pipeline.warn = problem  # warnings about frames that are still processed
+        if not _valid_ros2_topic(image_topic):
+            raise BagError(f'{image_topic!r} is not a valid ROS 2 topic name')
         copied = [c for c in reader.connections if _valid_ros2_topic(c.topic)]
         report.skipped_topics = sorted({c.topic for c in reader.connections} -
                                        {c.topic for c in copied})
@@ -282,8 +285,14 @@ def process_bag(source: Path, destination: Path, pipeline: DepthPipeline, *,
             messages = reader.messages(connections=copied)
             try:
                 while not stop.requested:
-                    with report.timer.stage('read'):
-                        item = next(messages, None)
+                    try:
+                        with report.timer.stage('read'):
+                            item = next(messages, None)
+                    except Exception as error:  # noqa: BLE001 - a damaged file, any kind
+                        report.read_error = f'{type(error).__name__}: {error}'
+                        problem(f'cannot read further in {source} ({report.read_error}); '
+                                f'the output holds everything before it')
+                        break
                     if item is None:
                         break
                     if run.message(*item) and on_frame:

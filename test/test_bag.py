@@ -363,3 +363,28 @@ def test_a_write_error_on_the_writer_thread_reaches_the_caller():
     background.write('conn', 0, b'x')
     with pytest.raises(OSError, match='disk full'):
         background.close()
+
+
+def test_a_bag_that_cannot_be_read_to_its_end(small, tmp_path, monkeypatch):
+    source = write_bag(tmp_path / 'in', stream(frames(4)))
+    original = AnyReader.messages
+
+    def breaks_after_five(self, *args, **kwargs):  # as a damaged chunk would
+        for index, item in enumerate(original(self, *args, **kwargs)):
+            if index == 5:
+                raise ValueError('chunk CRC mismatch (simulated)')
+            yield item
+
+    monkeypatch.setattr(AnyReader, 'messages', breaks_after_five)
+    problems = []
+    report = process_bag(source, tmp_path / 'out', DepthPipeline(small),
+                         on_problem=problems.append)
+    monkeypatch.undo()
+    assert 'CRC mismatch' in report.read_error and report.frames_written == 2
+    assert any('cannot read further' in p for p in problems)
+    assert len(by_topic(mcap_messages(tmp_path / 'out'))['/cam/depth']) == 2
+    truncated = write_bag(tmp_path / 'cut', stream(frames(4)))
+    (file,) = truncated.glob('*.mcap')
+    file.write_bytes(file.read_bytes()[:3000])  # a recording cut off by a crash
+    with pytest.raises(BagError, match='cannot read'):
+        process_bag(truncated, tmp_path / 'out2', DepthPipeline(small))

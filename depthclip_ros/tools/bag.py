@@ -133,7 +133,8 @@ def rviz_command(report: BagReport) -> str:
 
 def print_summary(report: BagReport, output: Path, random_weights: bool) -> None:
     state = 'INTERRUPTED, the bag holds the frames done so far' if report.interrupted \
-        else 'done'
+        else f'INPUT DAMAGED ({report.read_error}), the bag holds the frames before it' \
+        if report.read_error else 'done'
     rate = report.frames_written / report.seconds if report.seconds > 0 else 0.0
     print(f'{state}: {report.frames_written} of {report.frames_total} frames with depth '
           f'({report.frames_rejected} rejected, {report.frames_failed} failed, '
@@ -173,4 +174,4 @@ def run(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     print_summary(report, args.output, engine.random_weights)
-    return 130 if report.interrupted else 0
+    return 130 if report.interrupted else 1 if report.read_error else 0

@@ -388,3 +388,28 @@ def test_a_bag_that_cannot_be_read_to_its_end(small, tmp_path, monkeypatch):
     file.write_bytes(file.read_bytes()[:3000])  # a recording cut off by a crash
     with pytest.raises(BagError, match='cannot read'):
         process_bag(truncated, tmp_path / 'out2', DepthPipeline(small))
+
+
+def test_progress_is_a_bar_with_rate_and_eta_on_a_terminal():
+    import io
+
+    from depthclip_ros.bags import BagReport
+    from depthclip_ros.tools.bag import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    screen = Terminal()
+    progress = Progress(stream=screen)
+    report = BagReport(frames_total=4)
+    for seen in range(1, 3):
+        report.frames_seen = seen
+        progress(report)
+        time.sleep(0.05)
+    progress.close()
+    text = screen.getvalue()
+    assert '2/4' in text and 'frame/s' in text and '<' in text  # tqdm: done/total, rate, ETA
+    plain = io.StringIO()
+    Progress(stream=plain)(report)
+    assert plain.getvalue().startswith('bag: frame 2/4 (')

@@ -74,10 +74,9 @@ def settings_from_args(args: argparse.Namespace) -> OutputSettings:
 class Progress:
     """A tqdm bar (frames/s, ETA) on a terminal; a plain line every few seconds otherwise."""
 
-    def __init__(self, total: int | None = None, stream=None):
+    def __init__(self, stream=None):
         self.stream = stream or sys.stderr
         self.bar = None
-        self.total = total
         self._last_line = 0.0
         self._start = time.perf_counter()
 

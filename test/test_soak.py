@@ -9,10 +9,10 @@ from depthclip_ros.cli import main
 
 def test_soak_memory_threads_fds_counts_and_shutdown(capsys):
     code = main(['soak', '--frames', '1500', '--warmup-frames', '300', '--rate-hz', '100',
-                 '--bad-every', '25'])
+                 '--bad-every', '25', '--stop-signal', 'TERM'])  # the README's run: INT
     out = capsys.readouterr().out
     assert code == 0, out
-    assert 'soak: all checks passed' in out
+    assert 'soak: all checks passed' in out and 'SIGTERM while streaming: exit code 0' in out
     counts = {k: int(v) for k, v in re.findall(r'(\w+) (\d+)', out.split('counts: ')[1]
                                                   .splitlines()[0])}
     assert counts['received'] >= 1000 and counts['processed'] >= 100

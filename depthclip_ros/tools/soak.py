@@ -4,13 +4,13 @@ Publishes ``--frames`` small camera frames faster than the node can process them
 frames are dropped, newest wins), every ``--bad-every``-th one malformed (so frames are
 rejected), and samples the node process's memory (RSS), threads and open file
 descriptors after a warm-up and at the end, its end-to-end latency and its frame counts
-(``/diagnostics``). Finally it sends SIGINT while frames are still streaming in and
-times the exit. Exits 1 when a check fails:
+(``/diagnostics``). Finally it sends SIGINT (or ``--stop-signal TERM``) while frames are
+still streaming in and times the exit. Exits 1 when a check fails:
 
 * RSS growth after warm-up < ``--max-rss-growth-mb`` (default 20 MB);
 * no growth in threads or file descriptors;
 * received = processed + dropped + rejected + failed (+ skipped with no subscribers);
-* exit code 0 within 2 s of SIGINT, no traceback.
+* exit code 0 within 2 s of the signal, no traceback.
 
 Traffic stays on this machine: discovery limited to localhost in a random domain, the
 shipped loopback Fast DDS profile.
@@ -47,6 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--max-rss-growth-mb', type=float, default=20.0)
     parser.add_argument('--timeout', type=float, default=600.0)
     parser.add_argument('--device', default='cpu')
+    parser.add_argument('--stop-signal', choices=('INT', 'TERM'), default='INT',
+                        help='signal that ends the node at the end (default INT)')
 
 
 def process_sample(pid: int) -> dict[str, float]:
@@ -166,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
             image_pub.publish(good)
             time.sleep(period)
         started = time.monotonic()
-        node.send_signal(signal.SIGINT)
+        node.send_signal(getattr(signal, f'SIG{args.stop_signal}'))
         try:
             code = node.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -208,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
             failures.append(f'file descriptors grew {warm["fds"]} -> {end["fds"]}')
     else:
         failures.append('no warm-up sample (fewer frames than --warmup-frames)')
-    print(f'SIGINT while streaming: exit code {code} after {exit_s:.2f} s')
+    print(f'SIG{args.stop_signal} while streaming: exit code {code} after {exit_s:.2f} s')
     if code != 0 or exit_s > 2.0:
         failures.append(f'exit code {code} after {exit_s:.2f} s (want 0 within 2 s)')
     if any('Traceback' in line for line in stderr_lines):

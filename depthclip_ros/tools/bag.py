@@ -25,13 +25,11 @@ import time
 
 from ..bags import BagError, BagReport, process_bag
 from ..model import RANDOM_WEIGHTS_BANNER
-from ..parameters import PARAMETERS
 from ..pipeline import DepthPipeline, OutputSettings
 from .common import add_model_arguments, load_engine
 
 PLAIN_PROGRESS_S = 5.0
 SHOWN_PER_PROBLEM = 3
-_DEFAULTS = {p.name: p.default for p in PARAMETERS}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,16 +49,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_output_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group('outputs (same meaning as the node parameters)')
+    node = OutputSettings()  # the node's defaults
     group.add_argument('--output-size', type=int, nargs=2, metavar=('H', 'W'),
-                       default=_DEFAULTS['output_size'], help='0 0 = the image size')
-    group.add_argument('--cloud-stride', type=int, default=_DEFAULTS['cloud_stride'])
-    group.add_argument('--min-depth-m', type=float, default=_DEFAULTS['min_depth_m'])
-    group.add_argument('--max-depth-m', type=float, default=_DEFAULTS['max_depth_m'])
+                       default=node.output_size, help='0 0 = the image size')
+    group.add_argument('--cloud-stride', type=int, default=node.cloud_stride)
+    group.add_argument('--min-depth-m', type=float, default=node.min_depth_m)
+    group.add_argument('--max-depth-m', type=float, default=node.max_depth_m)
     group.add_argument('--cloud-rgb', action='store_true')
     group.add_argument('--intrinsics-source', choices=('K', 'P'),
-                       default=_DEFAULTS['intrinsics_source'])
+                       default=node.intrinsics_source)
     group.add_argument('--fallback-hfov-deg', type=float,
-                       default=_DEFAULTS['fallback_hfov_deg'],
+                       default=node.fallback_hfov_deg,
                        help='horizontal FOV for images before any CameraInfo (0 = skip them)')
 
 

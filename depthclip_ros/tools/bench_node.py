@@ -13,13 +13,8 @@ Fast DDS uses the shipped loopback profile (large shared-memory segment).
 from __future__ import annotations
 
 import argparse
-import os
-from pathlib import Path
-import random
 import statistics
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 
@@ -27,8 +22,7 @@ import numpy as np
 
 from .bench import device_description, time_engine
 from .common import add_model_arguments, load_engine
-
-PROFILE = Path(__file__).resolve().parents[2] / 'config' / 'fastdds_localhost.xml'
+from .node_process import isolate_ros_traffic, start_node
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,9 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
-    os.environ.setdefault('ROS_DOMAIN_ID', str(random.randint(1, 101)))
-    os.environ['FASTRTPS_DEFAULT_PROFILES_FILE'] = str(PROFILE)
+    isolate_ros_traffic()
     height, width = args.image_size
     engine = load_engine(args)
     network_ms = time_engine(engine, height, width, warmup=2, repeat=args.frames)['network']
@@ -56,16 +48,15 @@ def run(args: argparse.Namespace) -> int:
     import rclpy
     from rclpy.qos import qos_profile_sensor_data, QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+    from std_msgs.msg import Header
 
-    params = Path(tempfile.mkdtemp()) / 'params.yaml'
-    params.write_text('/**:\n  ros__parameters:\n'
-                      f'    pretrained: "{args.pretrained}"\n    device: "{args.device}"\n'
-                      f'    model: "{args.model}"\n    precision: "{args.precision}"\n'
-                      f'    feature_mode: "{args.feature_mode}"\n'
-                      f'    input_size: [{args.input_size[0]}, {args.input_size[1]}]\n')
-    node = subprocess.Popen([sys.executable, '-m', 'depthclip_ros.node', '--ros-args',
-                             '--params-file', str(params)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    from ..geometry import Intrinsics
+    from ..messages import camera_info_for, rgb_image
+
+    node = start_node({'pretrained': args.pretrained, 'device': args.device,
+                       'model': args.model, 'precision': args.precision,
+                       'feature_mode': args.feature_mode,
+                       'input_size': list(args.input_size)})
     rclpy.init()
     peer = rclpy.create_node('bench_node_peer')
     arrived: dict[int, dict[str, float]] = {}
@@ -86,13 +77,11 @@ def run(args: argparse.Namespace) -> int:
     spin.start()
 
     rng = np.random.default_rng(1)
-    frame = Image(height=height, width=width, encoding='rgb8', step=width * 3)
-    frame.data = rng.integers(0, 256, (height, width, 3), dtype=np.uint8).tobytes()
-    frame.header.frame_id = 'camera_optical_frame'
-    info = CameraInfo(height=height, width=width)
-    info.header.frame_id = frame.header.frame_id
+    header = Header(frame_id='camera_optical_frame')
+    frame = rgb_image(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), header)
     focal = 0.96 * width
-    info.k = [focal, 0.0, width / 2, 0.0, focal, height / 2, 0.0, 0.0, 1.0]
+    info = camera_info_for(Intrinsics(focal, focal, width / 2, height / 2, width, height),
+                           header)
     deadline = time.monotonic() + args.timeout
     sent: dict[int, float] = {}
 

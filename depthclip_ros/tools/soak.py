@@ -21,15 +21,13 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-import random
 import signal
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 
-PROFILE = Path(__file__).resolve().parents[2] / 'config' / 'fastdds_localhost.xml'
+from .node_process import isolate_ros_traffic, start_node
+
 COUNT_KEYS = ('received', 'processed', 'dropped', 'rejected', 'failed',
               'skipped_no_subscribers')
 
@@ -61,9 +59,7 @@ def process_sample(pid: int) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> int:
-    os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
-    os.environ.setdefault('ROS_DOMAIN_ID', str(random.randint(1, 101)))
-    os.environ['FASTRTPS_DEFAULT_PROFILES_FILE'] = str(PROFILE)
+    isolate_ros_traffic()
     from builtin_interfaces.msg import Time
     from diagnostic_msgs.msg import DiagnosticArray
     import numpy as np
@@ -71,15 +67,14 @@ def run(args: argparse.Namespace) -> int:
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import qos_profile_sensor_data, QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import CameraInfo, Image
+    from std_msgs.msg import Header
+
+    from ..geometry import Intrinsics
+    from ..messages import camera_info_for, rgb_image
 
     height, width = args.image_size
-    params = Path(tempfile.mkdtemp()) / 'params.yaml'
-    params.write_text('/**:\n  ros__parameters:\n    pretrained: none\n'
-                      f'    device: "{args.device}"\n'
-                      f'    input_size: [{args.input_size[0]}, {args.input_size[1]}]\n')
-    node = subprocess.Popen([sys.executable, '-m', 'depthclip_ros.node', '--ros-args',
-                             '--params-file', str(params)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    node = start_node({'pretrained': 'none', 'device': args.device,
+                       'input_size': list(args.input_size)})
     stderr_lines: list[str] = []
     threading.Thread(target=lambda: stderr_lines.extend(node.stderr), daemon=True).start()
 
@@ -107,15 +102,13 @@ def run(args: argparse.Namespace) -> int:
     spin.start()
 
     rng = np.random.default_rng(0)
-    good = Image(height=height, width=width, encoding='rgb8', step=width * 3)
-    good.data = rng.integers(0, 256, (height, width, 3), dtype=np.uint8).tobytes()
-    good.header.frame_id = 'camera_optical_frame'
-    bad = Image(height=height, width=width, encoding='rgb8', step=width * 3)
+    header = Header(frame_id='camera_optical_frame')
+    good = rgb_image(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), header)
+    bad = Image(height=height, width=width, encoding='rgb8', step=width * 3, header=header)
     bad.data = bytes(17)  # shorter than step x height
-    bad.header.frame_id = good.header.frame_id
-    info = CameraInfo(height=height, width=width)
-    info.header.frame_id = good.header.frame_id
-    info.k = [0.9 * width, 0.0, width / 2, 0.0, 0.9 * width, height / 2, 0.0, 0.0, 1.0]
+    focal = 0.9 * width
+    info = camera_info_for(Intrinsics(focal, focal, width / 2, height / 2, width, height),
+                           header)
     deadline = time.monotonic() + args.timeout
     failures: list[str] = []
     samples = {}

@@ -12,7 +12,6 @@ Nothing here starts rclpy (no node, no DDS traffic).
 
 from __future__ import annotations
 
-from collections import Counter
 import contextlib
 from dataclasses import dataclass, field
 import io
@@ -56,7 +55,7 @@ class BagError(ValueError):
 
 @dataclass
 class BagReport:
-    """What happened to a bag run. ``problems`` counts each distinct reason."""
+    """What happened to a bag run."""
 
     frames_total: int = 0
     frames_seen: int = 0
@@ -70,7 +69,6 @@ class BagReport:
     image_topic: str = ''
     output_topics: dict[str, str] = field(default_factory=dict)
     frame_id: str | None = None  # of the first image
-    problems: Counter = field(default_factory=Counter)
     timer: StageTimer = field(default_factory=StageTimer)  # main thread
     write_thread_ms: float = 0.0  # time the writer thread spent writing (overlapped)
     seconds: float = 0.0
@@ -355,7 +353,6 @@ class _Run:
                 outputs = _by_topic(self.pipeline.process(msg, self.want, self.report.timer))
             except FrameRejected as error:
                 self.report.frames_rejected += 1
-                self.report.problems[str(error)] += 1
                 self.problem(f'{error}; frame at {stamp} ns has no outputs (input copied)')
             except Exception as error:  # noqa: BLE001 - e.g. CUDA out of memory: as the node
                 self.report.frames_failed += 1

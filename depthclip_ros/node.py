@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections import deque
 import logging
 import os
+import signal
 import statistics
 import sys
 import threading
@@ -28,6 +29,7 @@ import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data, QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
 from .model import DepthCLIP, HeadConfig, ModelConfig, RANDOM_WEIGHTS_BANNER, WeightsError
@@ -36,6 +38,7 @@ from .pipeline import DepthPipeline, FrameRejected, OutputSettings, Wanted
 from .timing import StageTimer, Throttle
 
 THROTTLE_S = 5.0
+SPIN_POLL_S = 0.05  # how soon the spin loop notices a SIGINT/SIGTERM
 STATS_WINDOW = 100
 
 
@@ -253,16 +256,29 @@ def head_from_parameters(p: dict) -> HeadConfig:
 
 
 def run(args=None) -> int:
-    """Start, spin until SIGINT/SIGTERM, clean up; the exit code (1: cannot start)."""
-    rclpy.init(args=args)
+    """Start, spin until SIGINT/SIGTERM, clean up; the exit code (1: cannot start).
+
+    rclpy's own signal handler is off: it shuts the context down from another thread at
+    once, racing both the executor (which then raises ``RCLError`` creating its wait set)
+    and the worker (whose publish fails mid-frame). Here a signal only sets a flag; the
+    loop below sees it within ``SPIN_POLL_S``, the worker finishes its frame and stops,
+    and only then is the context shut down. (Found by the soak test on CI: SIGTERM during
+    inference gave a traceback and exit code 1.)
+    """
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    stop = threading.Event()
+    previous = {}
     node = None
     code = 0
     try:
         node = DepthNode()
-        node.load()
+        node.load()  # Ctrl-C here is Python's KeyboardInterrupt, SIGTERM the default exit
+        previous = {sig: signal.signal(sig, lambda *_: stop.set())
+                    for sig in (signal.SIGINT, signal.SIGTERM)}
         executor = SingleThreadedExecutor()
         executor.add_node(node)
-        executor.spin()
+        while not stop.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=SPIN_POLL_S)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except (WeightsError, ValueError) as error:
@@ -276,6 +292,8 @@ def run(args=None) -> int:
             node.stop()
             node.destroy_node()
         rclpy.try_shutdown()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return code
 
 

@@ -118,3 +118,54 @@ def test_missing_weights_end_the_node_with_one_clear_message(tmp_path):
     assert process.returncode == 1
     assert 'does not exist' in err and 'Supply weights' in err
     assert 'Traceback' not in err
+
+
+@pytest.mark.parametrize('stop_signal', [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_during_inference_lets_the_frame_finish_then_exits_cleanly(stop_signal):
+    """Frames stream in faster than the node's CPU inference (about 0.1 s at 224x224), so
+    the signal lands mid-frame. rclpy's own handler would shut the context down under the
+    worker: 'inference failed ... publisher's context is invalid' and, now and then, a
+    traceback from the executor with exit code 1 (seen on CI)."""
+    from depthclip_ros.messages import camera_info_for, rgb_image
+    from depthclip_ros.tools.node_process import isolate_ros_traffic, start_node as spawn
+    from std_msgs.msg import Header
+
+    isolate_ros_traffic()
+    process = spawn({'pretrained': 'none', 'device': 'cpu', 'input_size': [224, 224]})
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    peer = rclpy.create_node('camera', context=context)
+    depth = []
+    peer.create_subscription(Image, 'depth', depth.append,
+                             QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
+    image_pub = peer.create_publisher(Image, 'image', qos_profile_sensor_data)
+    info_pub = peer.create_publisher(CameraInfo, 'camera_info', qos_profile_sensor_data)
+    header = Header(frame_id='camera_optical_frame')
+    image = rgb_image(np.random.default_rng(0).integers(0, 256, (48, 64, 3), np.uint8), header)
+    info = camera_info_for(Intrinsics(60.0, 60.0, 32.0, 24.0, 64, 48), header)
+    spinner = Spinner(context, peer)
+    try:
+        deadline = time.monotonic() + 90
+        while len(depth) < 3 and time.monotonic() < deadline and process.poll() is None:
+            info_pub.publish(info)
+            image_pub.publish(image)
+            time.sleep(0.02)
+        assert len(depth) >= 3, process.stderr.read() if process.poll() is not None else ''
+        for _ in range(10):  # keep the worker busy right up to the signal
+            image_pub.publish(image)
+            time.sleep(0.02)
+        started = time.monotonic()
+        process.send_signal(stop_signal)
+        try:
+            _, err = process.communicate(timeout=10)
+        finally:
+            process.kill()
+        exit_s = time.monotonic() - started
+    finally:
+        spinner.stop()
+        peer.destroy_node()
+        rclpy.try_shutdown(context=context)
+    assert process.returncode == 0, err
+    assert exit_s < 2.0 + 1.0, exit_s
+    assert 'Traceback' not in err, err
+    assert 'inference failed' not in err and '[ERROR]' not in err, err

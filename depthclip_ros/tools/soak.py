@@ -10,7 +10,7 @@ still streaming in and times the exit. Exits 1 when a check fails:
 * RSS growth after warm-up < ``--max-rss-growth-mb`` (default 20 MB);
 * no growth in threads or file descriptors;
 * received = processed + dropped + rejected + failed (+ skipped with no subscribers);
-* exit code 0 within 2 s of the signal, no traceback.
+* exit code 0 within 2 s of the signal, no traceback, no error logged while stopping.
 
 Traffic stays on this machine: discovery limited to localhost in a random domain, the
 shipped loopback Fast DDS profile.
@@ -160,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
         for _ in range(20):
             image_pub.publish(good)
             time.sleep(period)
+        before_signal = len(stderr_lines)
         started = time.monotonic()
         node.send_signal(getattr(signal, f'SIG{args.stop_signal}'))
         try:
@@ -208,6 +209,9 @@ def run(args: argparse.Namespace) -> int:
         failures.append(f'exit code {code} after {exit_s:.2f} s (want 0 within 2 s)')
     if any('Traceback' in line for line in stderr_lines):
         failures.append('traceback on stderr: ' + ''.join(stderr_lines)[-2000:])
+    errors_at_exit = [line for line in stderr_lines[before_signal:] if '[ERROR]' in line]
+    if errors_at_exit:
+        failures.append('errors logged while stopping: ' + ''.join(errors_at_exit)[-2000:])
     for failure in failures:
         print(f'FAILED: {failure}')
     print('soak: ' + ('FAILED' if failures else 'all checks passed'))

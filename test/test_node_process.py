@@ -14,9 +14,17 @@ import rclpy
 from rclpy.qos import qos_profile_sensor_data, QoSProfile, ReliabilityPolicy
 from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from std_msgs.msg import Header
 
 from depthclip_ros.geometry import backproject, Intrinsics
-from depthclip_ros.messages import cloud_array, depth_from_image, rgb_from_image
+from depthclip_ros.messages import (
+    camera_info_for,
+    cloud_array,
+    depth_from_image,
+    rgb_from_image,
+    rgb_image,
+)
+from depthclip_ros.tools import node_process
 
 from conftest import shared_data
 from rosutil import Spinner, wait_for
@@ -126,12 +134,9 @@ def test_a_signal_during_inference_lets_the_frame_finish_then_exits_cleanly(stop
     the signal lands mid-frame. rclpy's own handler would shut the context down under the
     worker: 'inference failed ... publisher's context is invalid' and, now and then, a
     traceback from the executor with exit code 1 (seen on CI)."""
-    from depthclip_ros.messages import camera_info_for, rgb_image
-    from depthclip_ros.tools.node_process import isolate_ros_traffic, start_node as spawn
-    from std_msgs.msg import Header
-
-    isolate_ros_traffic()
-    process = spawn({'pretrained': 'none', 'device': 'cpu', 'input_size': [224, 224]})
+    node_process.isolate_ros_traffic()
+    process = node_process.start_node({'pretrained': 'none', 'device': 'cpu',
+                                       'input_size': [224, 224]})
     context = rclpy.Context()
     rclpy.init(context=context)
     peer = rclpy.create_node('camera', context=context)

@@ -60,6 +60,23 @@ def start_node(tmp_path, extra=()):
                             text=True, cwd=HERE.parent)
 
 
+def stop(process: subprocess.Popen, stop_signal) -> tuple[str, float]:
+    """Send ``stop_signal``; the node's stderr and the seconds it took to exit."""
+    started = time.monotonic()
+    process.send_signal(stop_signal)
+    try:
+        _, err = process.communicate(timeout=10)
+    finally:
+        process.kill()
+    return err, time.monotonic() - started
+
+
+def assert_exited_cleanly(process: subprocess.Popen, err: str, exit_s: float) -> None:
+    assert process.returncode == 0, err
+    assert exit_s < 2.0 + 1.0, exit_s  # 2 s budget, 1 s slack for process exit
+    assert 'Traceback' not in err, err
+
+
 @pytest.mark.parametrize('stop_signal', [signal.SIGINT, signal.SIGTERM])
 def test_real_frame_through_the_node_process(tmp_path, stop_signal):
     image, info = read_realsense_frame()
@@ -109,15 +126,8 @@ def test_real_frame_through_the_node_process(tmp_path, stop_signal):
         spinner.stop()
         peer.destroy_node()
         rclpy.try_shutdown(context=context)
-        started = time.monotonic()
-        process.send_signal(stop_signal)
-        try:
-            out, err = process.communicate(timeout=10)
-        finally:
-            process.kill()
-    assert process.returncode == 0, err
-    assert time.monotonic() - started < 2.0 + 1.0  # 2 s budget, 1 s slack for process exit
-    assert 'Traceback' not in err, err
+        err, exit_s = stop(process, stop_signal)
+    assert_exited_cleanly(process, err, exit_s)
 
 
 def test_missing_weights_end_the_node_with_one_clear_message(tmp_path):
@@ -159,18 +169,10 @@ def test_a_signal_during_inference_lets_the_frame_finish_then_exits_cleanly(stop
         for _ in range(10):  # keep the worker busy right up to the signal
             image_pub.publish(image)
             time.sleep(0.02)
-        started = time.monotonic()
-        process.send_signal(stop_signal)
-        try:
-            _, err = process.communicate(timeout=10)
-        finally:
-            process.kill()
-        exit_s = time.monotonic() - started
+        err, exit_s = stop(process, stop_signal)
     finally:
         spinner.stop()
         peer.destroy_node()
         rclpy.try_shutdown(context=context)
-    assert process.returncode == 0, err
-    assert exit_s < 2.0 + 1.0, exit_s
-    assert 'Traceback' not in err, err
+    assert_exited_cleanly(process, err, exit_s)
     assert 'inference failed' not in err and '[ERROR]' not in err, err

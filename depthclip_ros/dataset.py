@@ -15,14 +15,20 @@ from typing import Iterator
 import cv2
 import numpy as np
 
+from .encodings import check_pixels, encoded_image_size
 from .geometry import Intrinsics
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
 VIDEO_SUFFIXES = ('.mp4', '.avi', '.mov', '.mkv', '.webm')
 
 
-def read_rgb(path: str | Path) -> np.ndarray:
-    """Read an image file as ``(H, W, 3)`` uint8 RGB (grey and 16-bit are converted)."""
+def read_rgb(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
+    """Read an image file as ``(H, W, 3)`` uint8 RGB (grey and 16-bit are converted).
+
+    With ``max_pixels`` the size its header declares is checked before decoding
+    (``ImageFormatError``, a ``ValueError``)."""
+    if max_pixels is not None:
+        check_pixels(*encoded_image_size(str(path)), max_pixels)
     image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if image is None:
         raise ValueError(f'cannot read image {path}')

@@ -68,13 +68,48 @@ def row_bytes(encoding: str, width: int) -> int:
     return width * spec.channels * (2 if spec.dtype == 'u2' else 1)
 
 
+def check_pixels(height: int, width: int, max_pixels: int | None) -> None:
+    """Refuse a declared size above ``max_pixels`` (``None``: no limit) before any work."""
+    if max_pixels is not None and height * width > max_pixels:
+        raise ImageFormatError(f'image declares {width}x{height} = {height * width} pixels, '
+                               f'more than max_input_pixels ({max_pixels}); refused before '
+                               f'decoding')
+
+
+def encoded_image_size(source) -> tuple[int, int]:
+    """``(height, width)`` declared by a compressed image's header (PNG, JPEG, BMP, TIFF,
+    WebP, ...), read without decoding the pixels. ``source`` is the encoded bytes or a
+    file path. Raises :class:`ImageFormatError` when the header cannot be read."""
+    import io
+    import warnings
+
+    from PIL import Image as PILImage
+    from PIL import UnidentifiedImageError
+
+    stream = io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray, memoryview)) \
+        or hasattr(source, 'tobytes') else source
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', PILImage.DecompressionBombWarning)
+            with PILImage.open(stream) as image:  # lazy: reads the header only
+                width, height = image.size
+    except PILImage.DecompressionBombError as error:
+        raise ImageFormatError(f'compressed image declares an absurd size ({error})') from None
+    except UnidentifiedImageError:
+        raise ImageFormatError('not a known image format (the header names none)') from None
+    except (OSError, ValueError, SyntaxError) as error:
+        raise ImageFormatError(f'unreadable image header ({error})') from None
+    return height, width
+
+
 def decode_to_rgb(encoding: str, height: int, width: int, step: int, is_bigendian: bool,
-                  data) -> np.ndarray:
+                  data, max_pixels: int | None = None) -> np.ndarray:
     """Pixels of an image message as ``(height, width, 3)`` uint8 RGB.
 
     ``data`` is any buffer (``bytes``, ``array.array``, ``memoryview``). Raises
     :class:`ImageFormatError` for an unknown encoding, impossible sizes, a ``step`` shorter
-    than a row or a buffer whose length is not ``step * rows``.
+    than a row, a buffer whose length is not ``step * rows`` or more than ``max_pixels``
+    pixels (checked from the header, before the data is touched).
     """
     spec = ENCODINGS.get(encoding)
     if spec is None:
@@ -82,6 +117,7 @@ def decode_to_rgb(encoding: str, height: int, width: int, step: int, is_bigendia
                                f'{", ".join(sorted(ENCODINGS))})')
     if not (0 < height <= MAX_SIDE_PX and 0 < width <= MAX_SIDE_PX):
         raise ImageFormatError(f'image size {width}x{height} is zero or absurd')
+    check_pixels(height, width, max_pixels)
     if spec.rows_factor != 1.0 and (height % 2 or width % 2):
         raise ImageFormatError(f'{encoding} needs an even width and height, got '
                                f'{width}x{height}')

@@ -13,7 +13,7 @@ import math
 import numpy as np
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 
-from .encodings import decode_to_rgb, ImageFormatError
+from .encodings import check_pixels, decode_to_rgb, encoded_image_size, ImageFormatError
 from .geometry import backproject, Intrinsics
 
 ASPECT_TOLERANCE = 0.01  # relative; a CameraInfo of another size is scaled within this
@@ -29,18 +29,29 @@ def _bytes(array_like: np.ndarray) -> array.array:
     return out
 
 
-def rgb_from_image(msg: Image) -> np.ndarray:
-    """``sensor_msgs/Image`` -> ``(H, W, 3)`` uint8 RGB; raises ``ImageFormatError``."""
+def rgb_from_image(msg: Image, max_pixels: int | None = None) -> np.ndarray:
+    """``sensor_msgs/Image`` -> ``(H, W, 3)`` uint8 RGB; raises ``ImageFormatError``
+    (also for more than ``max_pixels`` pixels, from the header)."""
     return decode_to_rgb(msg.encoding, msg.height, msg.width, msg.step, msg.is_bigendian,
-                         msg.data)
+                         msg.data, max_pixels)
 
 
-def rgb_from_compressed(msg) -> np.ndarray:
-    """``sensor_msgs/CompressedImage`` (jpeg, png) -> ``(H, W, 3)`` uint8 RGB."""
+def rgb_from_compressed(msg, max_pixels: int | None = None) -> np.ndarray:
+    """``sensor_msgs/CompressedImage`` (jpeg, png) -> ``(H, W, 3)`` uint8 RGB.
+
+    The size the header declares is checked against ``max_pixels`` before decoding: a
+    small file can declare gigapixels (a decompression bomb)."""
     import cv2
     buffer = np.frombuffer(msg.data, dtype=np.uint8)
     if buffer.size == 0:
         raise ImageFormatError('compressed image has no data')
+    if max_pixels is not None:
+        try:
+            size = encoded_image_size(buffer)
+        except ImageFormatError as error:
+            raise ImageFormatError(f'cannot decode compressed image (format {msg.format!r}): '
+                                   f'{error}') from None
+        check_pixels(*size, max_pixels)
     decoded = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
     if decoded is None:
         raise ImageFormatError(f'cannot decode compressed image (format {msg.format!r})')

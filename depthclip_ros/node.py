@@ -33,7 +33,7 @@ from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
 from .model import DepthCLIP, HeadConfig, ModelConfig, RANDOM_WEIGHTS_BANNER, WeightsError
-from .parameters import declare_parameters, HEAD_PARAMETERS, PARAMETER_NAMES, validate_change
+from .parameters import declare_parameters, HEAD_PARAMETERS, PARAMETER_NAMES, validate
 from .pipeline import DepthPipeline, FrameRejected, OutputSettings, Wanted
 from .timing import StageTimer, Throttle
 
@@ -49,7 +49,7 @@ class DepthNode(Node):
         super().__init__('depth_node', **kwargs)
         declare_parameters(self)
         p = self._params = {name: self.get_parameter(name).value for name in PARAMETER_NAMES}
-        validate_change(p)
+        validate(p)
         self.engine = DepthCLIP(
             ModelConfig(model=p['model'], pretrained=p['pretrained'], device=p['device'],
                         precision=p['precision'], feature_mode=p['feature_mode'],
@@ -132,7 +132,7 @@ class DepthNode(Node):
         proposed = dict(self._params)
         proposed.update({param.name: param.value for param in parameters})
         try:
-            validate_change(proposed)
+            validate(proposed)
             head = head_from_parameters(proposed)
         except (ValueError, TypeError) as error:
             return SetParametersResult(successful=False, reason=str(error))

@@ -1,7 +1,10 @@
-"""Every parameter of depth_node, declared once with a description and range.
+"""Every parameter of depth_node, declared once with a description and range, and the
+one set of rules that checks their values (:func:`validate`).
 
 ``config/depthclip.yaml`` lists exactly these (a test checks it), and the README's
-"Node" section documents them.
+"Node" section documents them. The command-line tools take the same values as options and
+check them with the same :func:`validate` (through ``OutputSettings`` and the model
+configs), so a value the node refuses is refused everywhere, with the same reason.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import math
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
+from .encodings import MAX_SIDE_PX
 from .model import (
     DEFAULT_INPUT_SIZE,
     NYU_FOCAL_PX,
@@ -20,6 +24,10 @@ from .model import (
     PAPER_PROMPT_TEMPLATE,
     PAPER_TEMPERATURE,
 )
+
+# 16 MP: above every common camera (4K UHD is 8.3 MP, 12 MP phones 4000x3000); a frame at
+# this size needs about 1 GB of working memory on the CPU.
+DEFAULT_MAX_INPUT_PIXELS = 4096 * 4096
 
 
 @dataclass(frozen=True)
@@ -61,7 +69,8 @@ PARAMETERS: tuple[Param, ...] = (
           float_range=(1.0, 100000.0)),
     Param('flip_average', False, 'average with the prediction of the mirrored image '
           '(twice the network cost)'),
-    Param('output_size', [0, 0], 'depth [height, width] px; [0, 0] = the input image size'),
+    Param('output_size', [0, 0], 'depth [height, width] px; [0, 0] = the input image size; '
+          'at most max_input_pixels pixels'),
     Param('cloud_stride', 1, 'keep every n-th row and column in points', int_range=(1, 64)),
     Param('min_depth_m', 0.1, 'depths below become NaN in points',
           float_range=(0.0, 1000.0)),
@@ -76,6 +85,9 @@ PARAMETERS: tuple[Param, ...] = (
           choices=('K', 'P')),
     Param('fallback_hfov_deg', 0.0, 'horizontal FOV used when no CameraInfo has arrived; '
           '0 = skip such frames', float_range=(0.0, 179.0)),
+    Param('max_input_pixels', DEFAULT_MAX_INPUT_PIXELS, 'largest image (width x height) '
+          'processed; larger ones are refused from their header, before decoding',
+          int_range=(1024, MAX_SIDE_PX * MAX_SIDE_PX)),
     Param('subscriber_qos', 'sensor_data', 'sensor_data (best effort) or reliable',
           read_only=True, choices=('sensor_data', 'reliable')),
     Param('publisher_qos', 'reliable', 'reliable or best_effort', read_only=True,
@@ -111,17 +123,54 @@ def declare_parameters(node) -> None:
         node.declare_parameter(param.name, param.default, descriptor(param))
 
 
-def validate_change(values: dict) -> None:
-    """Checks that descriptors cannot express; raises ``ValueError`` with the reason."""
-    for name, param in _BY_NAME.items():
-        if param.choices and values[name] not in param.choices:
-            raise ValueError(f'{name} must be one of {param.choices}, got {values[name]!r}')
-    if values['min_depth_m'] >= values['max_depth_m']:
+def validate(values: dict) -> None:
+    """Check parameter values; raises ``ValueError`` naming the parameter and the rule.
+
+    ``values`` may hold any subset of the parameters (the tools check only those they
+    use); cross-parameter rules apply when all their parameters are present. Ranges are
+    checked here too, not only by the descriptors, because the tools have no descriptors.
+    """
+    for name, value in values.items():
+        param = _BY_NAME.get(name)
+        if param is not None:
+            _check_one(param, value)
+    if 'min_depth_m' in values and 'max_depth_m' in values and \
+            values['min_depth_m'] >= values['max_depth_m']:
         raise ValueError(f'min_depth_m ({values["min_depth_m"]}) must be < max_depth_m '
                          f'({values["max_depth_m"]})')
-    size = list(values['output_size'])
-    if len(size) != 2 or not (size == [0, 0] or (size[0] > 0 and size[1] > 0)):
-        raise ValueError(f'output_size must be [0, 0] or [height, width] > 0, got {size}')
-    for name in ('temperature', 'canonical_focal_px', 'fallback_hfov_deg'):
-        if not math.isfinite(values[name]):
-            raise ValueError(f'{name} must be finite, got {values[name]}')
+    if 'output_size' in values:
+        height, width = values['output_size']
+        limit = values.get('max_input_pixels', DEFAULT_MAX_INPUT_PIXELS)
+        if height * width > limit:
+            raise ValueError(f'output_size {height}x{width} is {height * width} pixels, more '
+                             f'than max_input_pixels ({limit})')
+
+
+def _check_one(param: Param, value) -> None:
+    name = param.name
+    expected = type(param.default)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if expected is list:
+        if isinstance(value, (str, bytes)) or not hasattr(value, '__len__'):
+            raise ValueError(f'{name} must be a list, got {value!r}')
+    elif not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise ValueError(f'{name} must be {expected.__name__}, got {value!r}')
+    if param.choices and value not in param.choices:
+        raise ValueError(f'{name} must be one of {param.choices}, got {value!r}')
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f'{name} must be finite, got {value}')
+    if param.float_range and not param.float_range[0] <= value <= param.float_range[1]:
+        raise ValueError(f'{name} must be in [{param.float_range[0]:g}, '
+                         f'{param.float_range[1]:g}], got {value:g}')
+    if param.int_range and not param.int_range[0] <= value <= param.int_range[1]:
+        raise ValueError(f'{name} must be in [{param.int_range[0]}, {param.int_range[1]}], '
+                         f'got {value}')
+    if name == 'output_size':
+        size = list(value)
+        if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool)
+                                     for v in size) or \
+                not (size == [0, 0] or (0 < size[0] <= MAX_SIDE_PX and
+                                        0 < size[1] <= MAX_SIDE_PX)):
+            raise ValueError(f'output_size must be [0, 0] or [height, width] in 1..'
+                             f'{MAX_SIDE_PX}, got {size}')

@@ -7,7 +7,7 @@ function serves a live subscription and a recording.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Callable
 
 import numpy as np
@@ -26,7 +26,7 @@ from .messages import (
     rgb_image,
 )
 from .model import DepthCLIP
-from .parameters import PARAMETERS
+from .parameters import PARAMETERS, validate
 from .timing import stage_or_nothing, StageTimer
 from .visualize import colorize_depth
 
@@ -38,7 +38,11 @@ KNOWN_DISTORTION_MODELS = ('plumb_bob', 'rational_polynomial', 'equidistant')
 
 @dataclass(frozen=True)
 class OutputSettings:
-    """The node parameters that shape the outputs (not the network); node defaults."""
+    """The node parameters that shape the outputs (not the network); node defaults.
+
+    Checked on construction with the node's own rules (:func:`parameters.validate`):
+    raises ``ValueError`` naming the parameter, so the tools refuse what the node refuses.
+    """
 
     output_size: tuple[int, int] = tuple(_DEFAULTS['output_size'])
     cloud_stride: int = _DEFAULTS['cloud_stride']
@@ -47,14 +51,17 @@ class OutputSettings:
     cloud_rgb: bool = _DEFAULTS['cloud_rgb']
     intrinsics_source: str = _DEFAULTS['intrinsics_source']
     fallback_hfov_deg: float = _DEFAULTS['fallback_hfov_deg']
+    max_input_pixels: int = _DEFAULTS['max_input_pixels']
+
+    def __post_init__(self):
+        object.__setattr__(self, 'output_size', tuple(self.output_size))
+        values = asdict(self)
+        values['output_size'] = list(self.output_size)
+        validate(values)
 
     @classmethod
     def from_parameters(cls, values: dict) -> OutputSettings:
-        return cls(output_size=tuple(values['output_size']),
-                   cloud_stride=values['cloud_stride'], min_depth_m=values['min_depth_m'],
-                   max_depth_m=values['max_depth_m'], cloud_rgb=values['cloud_rgb'],
-                   intrinsics_source=values['intrinsics_source'],
-                   fallback_hfov_deg=values['fallback_hfov_deg'])
+        return cls(**{f.name: values[f.name] for f in fields(cls)})
 
 
 @dataclass(frozen=True)
@@ -126,7 +133,8 @@ class DepthPipeline:
         compressed = isinstance(msg, CompressedImage)
         with stage('decode'):
             try:
-                rgb = rgb_from_compressed(msg) if compressed else rgb_from_image(msg)
+                rgb = (rgb_from_compressed(msg, s.max_input_pixels) if compressed
+                       else rgb_from_image(msg, s.max_input_pixels))
             except ImageFormatError as error:
                 topic = self.topics['image/compressed' if compressed else 'image']
                 raise FrameRejected(f'bad image on {topic}: {error}') from None

@@ -46,6 +46,16 @@ PAPER_PROMPT_OBJECTS = ('object',)
 PAPER_TEMPERATURE = 0.1
 NYU_FOCAL_PX = 518.8579  # NYU Depth v2 Kinect RGB fx: the bins' canonical camera
 DEFAULT_INPUT_SIZE = (416, 544)  # height, width: the paper's NYU crop
+# Ranges of the run-time head settings (the node's parameter descriptors use them too).
+TEMPERATURE_RANGE = (1e-4, 100.0)
+CANONICAL_FOCAL_RANGE_PX = (1.0, 100000.0)
+# Bounds on the prompt set, so that every accepted set can be encoded quickly: bins x
+# object words sentences, each within CLIP's 77-token context (checked by tokenising in
+# DepthCLIP.check_head; the character bound is a cheap first filter).
+MAX_BINS = 64
+MAX_PROMPT_OBJECTS = 16
+MAX_SENTENCES = 256
+MAX_PROMPT_CHARS = 300
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CLIP_LOGIT_SCALE = 100.0
@@ -131,19 +141,41 @@ class HeadConfig:
                                           for o in self.prompt_objects):
             raise ValueError(f'prompt objects must be non-empty strings, '
                              f'got {list(self.prompt_objects)}')
-        if not isinstance(self.prompt_template, str) or self.prompt_template.count('{}') != 2:
-            raise ValueError('prompt_template needs exactly two "{}" (object, then distance), '
-                             f'got {self.prompt_template!r}')
-        if not _finite_positive(self.temperature):
-            raise ValueError(f'temperature must be finite and > 0, got {self.temperature}')
-        if not _finite_positive(self.canonical_focal_px):
-            raise ValueError(f'canonical_focal_px must be finite and > 0, '
-                             f'got {self.canonical_focal_px}')
+        if len(prompts) > MAX_BINS:
+            raise ValueError(f'at most {MAX_BINS} distance prompts, got {len(prompts)}')
+        if len(self.prompt_objects) > MAX_PROMPT_OBJECTS:
+            raise ValueError(f'at most {MAX_PROMPT_OBJECTS} prompt objects, '
+                             f'got {len(self.prompt_objects)}')
+        if len(prompts) * len(self.prompt_objects) > MAX_SENTENCES:
+            raise ValueError(f'{len(prompts)} prompts x {len(self.prompt_objects)} objects '
+                             f'= {len(prompts) * len(self.prompt_objects)} sentences to encode, '
+                             f'more than {MAX_SENTENCES}')
+        if not isinstance(self.prompt_template, str):
+            raise ValueError(f'prompt_template must be a string, got {self.prompt_template!r}')
+        for sentence in (s for group in self.prompts() for s in group):
+            if len(sentence) > MAX_PROMPT_CHARS:
+                raise ValueError(f'prompt {sentence[:40]!r}... has {len(sentence)} characters, '
+                                 f'more than {MAX_PROMPT_CHARS}')
+        if not _in_range(self.temperature, TEMPERATURE_RANGE):
+            raise ValueError(f'temperature must be in [{TEMPERATURE_RANGE[0]:g}, '
+                             f'{TEMPERATURE_RANGE[1]:g}], got {self.temperature}')
+        if not _in_range(self.canonical_focal_px, CANONICAL_FOCAL_RANGE_PX):
+            raise ValueError(f'canonical_focal_px must be in [{CANONICAL_FOCAL_RANGE_PX[0]:g}, '
+                             f'{CANONICAL_FOCAL_RANGE_PX[1]:g}], got {self.canonical_focal_px}')
 
     def prompts(self) -> list[list[str]]:
-        """The prompt sentences of every bin: ``K`` lists of ``len(prompt_objects)``."""
-        return [[self.prompt_template.format(obj, distance) for obj in self.prompt_objects]
-                for distance in self.distance_prompts]
+        """The prompt sentences of every bin: ``K`` lists of ``len(prompt_objects)``.
+
+        Raises ``ValueError`` when the template does not format into them (what the
+        constructor checks, by building them)."""
+        fields = _template_fields(self.prompt_template)
+        if fields is None or sorted(fields) not in (['', ''], ['0', '1']):
+            raise ValueError(f'prompt_template must hold exactly two plain fields, "{{}}" '
+                             f'(object) and "{{}}" (distance word), as in "This {{}} is {{}}"; '
+                             f'got {self.prompt_template!r}')
+        out = [[self.prompt_template.format(obj, distance) for obj in self.prompt_objects]
+               for distance in self.distance_prompts]
+        return out
 
     @property
     def text_key(self) -> tuple:
@@ -151,8 +183,28 @@ class HeadConfig:
         return (self.distance_prompts, self.prompt_template, self.prompt_objects)
 
 
-def _finite_positive(value) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+def _template_fields(template: str) -> list[str] | None:
+    """The field names of a ``str.format`` template, or ``None`` when it does not parse or
+    a field has a conversion, a format spec (``{:>999999999}`` would allocate gigabytes) or
+    an attribute/index."""
+    import string
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except (ValueError, TypeError):
+        return None
+    names = []
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if spec or conversion or name not in ('', '0', '1'):
+            return None
+        names.append(name)
+    return names
+
+
+def _in_range(value, bounds: tuple[float, float]) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        math.isfinite(value) and bounds[0] <= value <= bounds[1]
 
 
 def check_input_size(size) -> tuple[int, int]:
@@ -301,6 +353,7 @@ class DepthCLIP:
         self._std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255.0
         self._tokenizer = __import__('open_clip').get_tokenizer(
             self.config.model.replace('-quickgelu', ''))
+        self.check_head(self.head)
         self._update_head(self.head)
         LOG.info('DepthCLIP %s (%s) loaded on %s in %s, %s mode', self.config.model,
                  self.config.pretrained, device, str(dtype).replace('torch.', ''),
@@ -326,6 +379,7 @@ class DepthCLIP:
         if not isinstance(head, HeadConfig):
             raise TypeError(f'head must be a HeadConfig, got {type(head).__name__}')
         if self.loaded:
+            self.check_head(head)
             self._update_head(head)
         self.head = head
 
@@ -334,6 +388,20 @@ class DepthCLIP:
             self._text_features = self.encode_prompts(head.prompts())
             self._text_key = head.text_key
         self._bins = torch.tensor(head.depth_bins_m, dtype=torch.float32, device=self.device)
+
+    def check_head(self, head: HeadConfig) -> None:
+        """Raise ``ValueError`` if ``head``'s prompts do not fit the text encoder's context
+        (CLIP would silently cut them); cheap (tokenising only). Needs :meth:`load`."""
+        self._require_loaded()
+        encode = getattr(self._tokenizer, 'encode', None)
+        context = getattr(self._tokenizer, 'context_length', 77)
+        if encode is None:
+            return
+        for sentence in (s for group in head.prompts() for s in group):
+            tokens = len(encode(sentence)) + 2  # start and end of text
+            if tokens > context:
+                raise ValueError(f'prompt {sentence[:40]!r}... is {tokens} tokens, more than '
+                                 f"the text encoder's context of {context}")
 
     @torch.inference_mode()
     def encode_prompts(self, prompts: list[list[str]]) -> torch.Tensor:

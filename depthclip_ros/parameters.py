@@ -16,6 +16,7 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 
 from .encodings import MAX_SIDE_PX
 from .model import (
+    CANONICAL_FOCAL_RANGE_PX,
     DEFAULT_INPUT_SIZE,
     NYU_FOCAL_PX,
     PAPER_DEPTH_BINS_M,
@@ -23,6 +24,7 @@ from .model import (
     PAPER_PROMPT_OBJECTS,
     PAPER_PROMPT_TEMPLATE,
     PAPER_TEMPERATURE,
+    TEMPERATURE_RANGE,
 )
 
 # 16 MP: above every common camera (4K UHD is 8.3 MP, 12 MP phones 4000x3000); a frame at
@@ -63,10 +65,10 @@ PARAMETERS: tuple[Param, ...] = (
     Param('prompt_objects', list(PAPER_PROMPT_OBJECTS), 'object words; their prompt '
           'embeddings are averaged per bin'),
     Param('temperature', PAPER_TEMPERATURE, 'softmax temperature over the bins',
-          float_range=(1e-4, 100.0)),
+          float_range=TEMPERATURE_RANGE),
     Param('canonical_focal_px', NYU_FOCAL_PX, 'focal length (px, at the network input) the '
           'bins are calibrated for; depth scales by mean(fx, fy) / this',
-          float_range=(1.0, 100000.0)),
+          float_range=CANONICAL_FOCAL_RANGE_PX),
     Param('flip_average', False, 'average with the prediction of the mirrored image '
           '(twice the network cost)'),
     Param('output_size', [0, 0], 'depth [height, width] px; [0, 0] = the input image size; '

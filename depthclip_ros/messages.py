@@ -63,8 +63,13 @@ def intrinsics_from_camera_info(msg: CameraInfo, height: int, width: int,
     """Intrinsics for an image of ``height`` x ``width`` from ``msg``.
 
     ``source`` is ``'K'`` (raw images) or ``'P'`` (rectified images, as depth_image_proc).
-    A CameraInfo of another size with the same aspect ratio is scaled; one of another
-    aspect, uncalibrated (zero focal) or non-finite raises :class:`CameraInfoError`.
+    Binning and region of interest follow image_geometry's ``PinholeCameraModel``: the
+    camera publishes the ROI of the calibrated image, binned, so ``fx, cx`` become
+    ``fx / binning_x, (cx - roi.x_offset) / binning_x`` (``y`` likewise) for an image of
+    ``roi.width / binning_x`` x ``roi.height / binning_y`` (binning 0 means 1, an all-zero
+    ROI the full image). An image of another size with the same aspect ratio is scaled.
+    Raises :class:`CameraInfoError` for an uncalibrated, non-finite, inconsistent or
+    implausible CameraInfo, naming the numbers.
     """
     if source == 'P':
         fx, fy, cx, cy = msg.p[0], msg.p[5], msg.p[2], msg.p[6]
@@ -73,6 +78,11 @@ def intrinsics_from_camera_info(msg: CameraInfo, height: int, width: int,
     values = (fx, fy, cx, cy)
     if not all(math.isfinite(v) for v in values):
         raise CameraInfoError(f'CameraInfo {source} has non-finite values {list(values)}')
+    for name in ('k', 'p', 'r', 'd'):  # copied into depth/camera_info: must be numbers
+        field = getattr(msg, name)
+        if not all(math.isfinite(v) for v in field):
+            raise CameraInfoError(f'CameraInfo {name.upper()} has non-finite values '
+                                  f'{list(field)}')
     if fx == 0 and fy == 0:
         raise CameraInfoError(f'CameraInfo is uncalibrated ({source} has zero focal lengths)')
     if fx <= 0 or fy <= 0:
@@ -80,16 +90,68 @@ def intrinsics_from_camera_info(msg: CameraInfo, height: int, width: int,
                               f'fy={fy}')
     if msg.width <= 0 or msg.height <= 0:
         raise CameraInfoError(f'CameraInfo size {msg.width}x{msg.height} is invalid')
-    if (msg.height, msg.width) != (height, width) and \
-            abs((width / height) / (msg.width / msg.height) - 1.0) > ASPECT_TOLERANCE:
-        raise CameraInfoError(f'CameraInfo is for {msg.width}x{msg.height}, the image is '
+    bx, by = msg.binning_x or 1, msg.binning_y or 1
+    roi = msg.roi
+    if roi.width == 0 and roi.height == 0 and roi.x_offset == 0 and roi.y_offset == 0:
+        x0, y0, roi_w, roi_h = 0, 0, msg.width, msg.height
+    else:
+        x0, y0, roi_w, roi_h = roi.x_offset, roi.y_offset, roi.width, roi.height
+        if roi_w == 0 or roi_h == 0 or x0 + roi_w > msg.width or y0 + roi_h > msg.height:
+            raise CameraInfoError(f'CameraInfo roi (x_offset={x0}, y_offset={y0}, '
+                                  f'{roi_w}x{roi_h}) does not lie inside the calibrated '
+                                  f'{msg.width}x{msg.height} image')
+    full_w, full_h = roi_w // bx, roi_h // by
+    if full_w == 0 or full_h == 0:
+        raise CameraInfoError(f'CameraInfo binning {bx}x{by} leaves no pixel of the '
+                              f'{roi_w}x{roi_h} region')
+    fx, fy, cx, cy = fx / bx, fy / by, (cx - x0) / bx, (cy - y0) / by
+    described = f'{full_w}x{full_h}' + ('' if (bx, by, roi_w, roi_h) == (1, 1, msg.width,
+                                                                           msg.height)
+                                         else f' (roi {roi_w}x{roi_h}+{x0}+{y0} of '
+                                              f'{msg.width}x{msg.height}, binning {bx}x{by})')
+    _check_plausible(fx, fy, cx, cy, full_w, full_h, source)
+    if (full_h, full_w) != (height, width) and \
+            abs((width / height) / (full_w / full_h) - 1.0) > ASPECT_TOLERANCE:
+        raise CameraInfoError(f'CameraInfo is for {described}, the image is '
                               f'{width}x{height}: different aspect ratio, cannot scale')
     try:
-        info = Intrinsics(float(fx), float(fy), float(cx), float(cy), int(msg.width),
-                          int(msg.height))
+        info = Intrinsics(float(fx), float(fy), float(cx), float(cy), int(full_w), int(full_h))
         return info if info.size == (height, width) else info.resized(height, width)
     except ValueError as error:  # e.g. values that overflow when scaled
         raise CameraInfoError(f'CameraInfo {source} is unusable: {error}') from None
+
+
+def image_size_of(msg: CameraInfo) -> tuple[int, int]:
+    """``(height, width)`` of the image ``msg`` describes: its ROI, binned (image_geometry's
+    reduced resolution); the calibrated size when there is neither."""
+    bx, by = msg.binning_x or 1, msg.binning_y or 1
+    roi = msg.roi
+    width = roi.width if roi.width else msg.width
+    height = roi.height if roi.height else msg.height
+    return height // by, width // bx
+
+
+# A pinhole focal length is width / (2 tan(hfov / 2)): 0.05 x width is a 169 degree field
+# of view, 100 x width 0.6 degrees; beyond either the CameraInfo is not of this camera.
+FOCAL_PER_WIDTH_RANGE = (0.05, 100.0)
+PRINCIPAL_POINT_MARGIN = 0.5  # the principal point may lie this fraction outside the image
+
+
+def _check_plausible(fx: float, fy: float, cx: float, cy: float, width: int, height: int,
+                     source: str) -> None:
+    low, high = FOCAL_PER_WIDTH_RANGE
+    for name, focal, size in (('fx', fx, width), ('fy', fy, height)):
+        if not low * size <= focal <= high * size:
+            raise CameraInfoError(f'CameraInfo {source} is implausible: {name}={focal:g} px '
+                                  f'for an image {size} px across (expected {low:g}-{high:g} '
+                                  f'times that)')
+    if not 1 / 3 <= fx / fy <= 3:
+        raise CameraInfoError(f'CameraInfo {source} is implausible: fx={fx:g} and fy={fy:g} '
+                              f'differ by more than 3x')
+    m = PRINCIPAL_POINT_MARGIN
+    if not (-m * width <= cx <= (1 + m) * width and -m * height <= cy <= (1 + m) * height):
+        raise CameraInfoError(f'CameraInfo {source} is implausible: principal point '
+                              f'({cx:g}, {cy:g}) lies far outside the {width}x{height} image')
 
 
 def camera_info_for(intrinsics: Intrinsics, header, template: CameraInfo | None = None
@@ -97,7 +159,8 @@ def camera_info_for(intrinsics: Intrinsics, header, template: CameraInfo | None 
     """CameraInfo that matches an image of ``intrinsics.size`` exactly.
 
     Keeps ``template``'s distortion model, D and R; K and P come from ``intrinsics``
-    (P with the template's Tx, Ty scaled like fx, fy).
+    (P with the template's Tx, Ty scaled like fx, fy). ROI and binning are left zero: the
+    message describes the published image itself.
     """
     msg = CameraInfo()
     msg.header = header
@@ -114,16 +177,24 @@ def camera_info_for(intrinsics: Intrinsics, header, template: CameraInfo | None 
         msg.d = list(template.d)
         if any(template.r):
             msg.r = list(template.r)
-        if template.p[0] and template.width:
-            p[0, 3] = template.p[3] * intrinsics.width / template.width
-            p[1, 3] = template.p[7] * intrinsics.height / template.height
+        # Tx = -fx * baseline, Ty = -fy * baseline: scaled with the focal lengths (which
+        # also covers the template's binning and ROI, unlike a ratio of image sizes)
+        if template.p[0] > 0:
+            p[0, 3] = template.p[3] * intrinsics.fx / template.p[0]
+        if template.p[5] > 0:
+            p[1, 3] = template.p[7] * intrinsics.fy / template.p[5]
     msg.p = p.reshape(-1).tolist()
     return msg
 
 
 def depth_image(depth: np.ndarray, header) -> Image:
-    """``(H, W)`` float metres -> 32FC1 Image (REP 118: NaN where invalid)."""
+    """``(H, W)`` float metres -> 32FC1 Image (REP 118: NaN where invalid).
+
+    Non-finite and non-positive depths are published as NaN: never as a valid reading."""
     depth = np.ascontiguousarray(depth, dtype=np.float32)
+    if not (np.isfinite(depth).all() and (depth > 0).all()):
+        with np.errstate(invalid='ignore'):
+            depth = np.where(np.isfinite(depth) & (depth > 0), depth, np.float32(np.nan))
     msg = Image()
     msg.header = header
     msg.height, msg.width = depth.shape

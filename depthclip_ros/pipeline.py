@@ -7,6 +7,7 @@ function serves a live subscription and a recording.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, fields
 from typing import Callable
 
@@ -19,6 +20,7 @@ from .messages import (
     camera_info_for,
     CameraInfoError,
     depth_image,
+    image_size_of,
     intrinsics_from_camera_info,
     pointcloud,
     rgb_from_compressed,
@@ -34,6 +36,7 @@ _DEFAULTS = {p.name: p.default for p in PARAMETERS}
 # image_geometry's models; the node honours none of them (it does not undistort), but an
 # unknown name is reported as such.
 KNOWN_DISTORTION_MODELS = ('plumb_bob', 'rational_polynomial', 'equidistant')
+CAMERA_INFO_SIZES = 8  # CameraInfo remembered per image size (oldest forgotten first)
 
 
 @dataclass(frozen=True)
@@ -108,13 +111,19 @@ class DepthPipeline:
         self.topics = {'image': 'image', 'image/compressed': 'image/compressed',
                        'camera_info': 'camera_info', **(topics or {})}
         self.warn = warn or (lambda text: None)
-        self._infos: dict[tuple[int, int], CameraInfo] = {}
+        self._infos: OrderedDict[tuple[int, int], CameraInfo] = OrderedDict()
         self.latest_info: CameraInfo | None = None
         self._last_stamp_ns: int | None = None
 
     def on_camera_info(self, msg: CameraInfo) -> None:
-        """Remember ``msg``; an image uses the CameraInfo of its size, else the newest."""
-        self._infos[(msg.height, msg.width)] = msg
+        """Remember ``msg``; an image uses the CameraInfo of its size (the size it describes,
+        ROI and binning applied), else the newest. At most ``CAMERA_INFO_SIZES`` sizes are
+        kept, so a stream of ever-new sizes cannot grow memory."""
+        key = image_size_of(msg)
+        self._infos.pop(key, None)
+        self._infos[key] = msg
+        while len(self._infos) > CAMERA_INFO_SIZES:
+            self._infos.popitem(last=False)
         self.latest_info = msg
         if self.settings.intrinsics_source == 'K' and any(
                 value != 0 for value in msg.d):

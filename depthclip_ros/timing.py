@@ -54,23 +54,35 @@ def stage_or_nothing(timer: StageTimer | None):
 
 
 class Throttle:
-    """``throttle(text)`` is True at most once per ``period_s`` for each kind of message;
-    the kind is the text with its numbers blanked, so 'data has 10 bytes' and 'data has 12
-    bytes' are one kind. At most ``max_kinds`` are remembered (then it starts afresh), so
-    a stream of ever-new texts cannot grow it without bound."""
+    """``throttle(text)`` is True at most once per ``period_s`` for each kind of message.
 
-    def __init__(self, period_s: float, max_kinds: int = 256,
+    The kind is the text with everything that comes from the input blanked: numbers, and
+    quoted literals (``'...'``, ``"..."``: encodings, model names, frame ids), so 'data
+    has 10 bytes' and 'data has 12 bytes' are one kind, and so are ``unsupported encoding
+    'x1'`` and ``unsupported encoding 'x2'``. At most ``max_kinds`` kinds are remembered;
+    beyond that every new kind shares one overflow kind, so no variety of input can make
+    more than ``max_kinds + 1`` messages per period, nor grow the memory.
+    """
+
+    OVERFLOW = '(other problems)'
+    _INPUT = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[-+]?\d[\d.e+-]*")
+
+    def __init__(self, period_s: float, max_kinds: int = 32,
                  clock: Callable[[], float] = time.monotonic):
         self.period_s, self.max_kinds, self._clock = period_s, max_kinds, clock
         self._last: dict[str, float] = {}
 
+    @classmethod
+    def kind(cls, text: str) -> str:
+        return cls._INPUT.sub('#', text)
+
     def __call__(self, text: str) -> bool:
-        kind = re.sub(r'[-+]?\d[\d.e+-]*', '#', text)
+        kind = self.kind(text)
+        if kind not in self._last and len(self._last) >= self.max_kinds:
+            kind = self.OVERFLOW
         now = self._clock()
         last = self._last.get(kind)
         if last is not None and now - last < self.period_s:
             return False
-        if len(self._last) >= self.max_kinds:
-            self._last.clear()
         self._last[kind] = now
         return True

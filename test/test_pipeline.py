@@ -111,6 +111,10 @@ def test_throttle_is_per_kind_of_message_and_bounded():
     assert throttle('no CameraInfo received yet')  # another kind is not hidden
     now[0] = 5.0
     assert throttle('data has 11 bytes, expected 20')
-    for i in range(10):  # ever-new kinds: memory stays bounded
-        throttle(f'unsupported encoding {chr(97 + i)!r}')
-    assert len(throttle._last) <= 3
+    # input text in quotes is not a new kind: a stream of bogus encodings logs once
+    assert throttle("unsupported encoding 'a1'")
+    assert not any(throttle(f'unsupported encoding {name!r}') for name in ('b', 'c"', 'x y'))
+    assert not throttle('unsupported encoding "double quoted"')
+    # ever-new kinds beyond max_kinds share one overflow kind: bounded memory and log rate
+    shown = [throttle(f'problem number {i} of kind {chr(65 + i)}') for i in range(26)]
+    assert len(throttle._last) <= 4 and sum(shown) <= 2

@@ -1,14 +1,77 @@
 """Pictures and files for people: colourised depth, previews, PLY, 16-bit PNG.
 
-numpy + OpenCV only.
+numpy + OpenCV only. Every file is written to a hidden temporary name beside its target
+and renamed into place when complete, so an interrupted or failed write never leaves a
+truncated file under the target's name (nor destroys a previous complete one); failures
+raise ``OSError`` naming the file.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+import os
 from pathlib import Path
+from typing import Iterator
 
 import cv2
 import numpy as np
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` (same suffix, so writers pick the same format);
+    renamed to ``path`` when the block succeeds, removed when it fails."""
+    path = Path(path)
+    temporary = path.with_name(f'.{path.stem}.{os.getpid()}.tmp{path.suffix}')
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        try:
+            temporary.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def save_npy(path: str | Path, array: np.ndarray) -> None:
+    """``np.save`` through :func:`atomic_path`."""
+    with atomic_path(path) as temporary:
+        with open(temporary, 'wb') as handle:
+            np.save(handle, array, allow_pickle=False)
+
+
+def check_output_dir(path: str | Path) -> None:
+    """Raise ``ValueError`` unless ``path`` is, or can be created as, a writable folder
+    (checked without creating anything)."""
+    path = Path(path)
+    probe = path
+    while not os.path.lexists(probe):
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        what = 'is not a folder' if probe == path else f'cannot be created: {probe} is not ' \
+            f'a folder'
+        raise ValueError(f'output {path} {what}')
+    if not os.access(probe, os.W_OK | os.X_OK):
+        what = 'is not writable' if probe == path else f'cannot be created: {probe} is not ' \
+            f'writable'
+        raise ValueError(f'output {path} {what}')
+
+
+def check_output_file(path: str | Path) -> None:
+    """Raise ``ValueError`` unless ``path`` can be written as a file: not a folder, its
+    folder exists and is writable, and the file (if it exists) is writable."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f'output {path} is a folder, not a file')
+    folder = path.parent
+    if not folder.is_dir():
+        raise ValueError(f'output {path}: folder {folder} does not exist')
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f'output {path}: folder {folder} is not writable')
+    if os.path.lexists(path) and not os.access(path, os.W_OK):
+        raise ValueError(f'output {path} is not writable')
 
 
 def colorize_depth(depth: np.ndarray, min_depth_m: float | None = None,
@@ -66,9 +129,18 @@ def preview(rgb: np.ndarray, depth: np.ndarray, banner: str | None = None) -> np
     return out
 
 
+def _imwrite(path: str | Path, image: np.ndarray) -> None:
+    with atomic_path(path) as temporary:
+        try:
+            ok = cv2.imwrite(str(temporary), image)
+        except cv2.error as error:
+            raise OSError(f'cannot write {path} ({" ".join(str(error).split())})') from None
+        if not ok:
+            raise OSError(f'cannot write {path}')
+
+
 def write_rgb_png(path: str | Path, rgb: np.ndarray) -> None:
-    if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-        raise OSError(f'cannot write {path}')
+    _imwrite(path, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
 
 
 def depth_to_mm_png(depth: np.ndarray) -> np.ndarray:
@@ -79,8 +151,7 @@ def depth_to_mm_png(depth: np.ndarray) -> np.ndarray:
 
 
 def write_depth_png(path: str | Path, depth: np.ndarray) -> None:
-    if not cv2.imwrite(str(path), depth_to_mm_png(depth)):
-        raise OSError(f'cannot write {path}')
+    _imwrite(path, depth_to_mm_png(depth))
 
 
 def write_ply(path: str | Path, points: np.ndarray, colours: np.ndarray | None = None,
@@ -109,7 +180,7 @@ def write_ply(path: str | Path, points: np.ndarray, colours: np.ndarray | None =
     if colours is not None:
         header += [f'property uchar {c}' for c in ('red', 'green', 'blue')]
     header.append('end_header')
-    with open(path, 'wb') as handle:
+    with atomic_path(path) as temporary, open(temporary, 'wb') as handle:
         handle.write(('\n'.join(header) + '\n').encode('ascii'))
         handle.write(vertices.tobytes())
     return len(vertices)

@@ -24,7 +24,7 @@ setup(
     extras_require={'test': ['pytest']},  # colcon test runs pytest when this names it
     entry_points={
         'console_scripts': [
-            'depth_node = depthclip_ros.node:main',
+            'depth_node = depthclip_ros.shutdown:depth_node',
             'depthclip-ros = depthclip_ros.cli:main',
         ],
     },

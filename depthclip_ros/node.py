@@ -16,10 +16,13 @@ per-frame work is :class:`~depthclip_ros.pipeline.DepthPipeline`, shared with th
 
 from __future__ import annotations
 
+if __name__ == '__main__':  # python -m depthclip_ros.node: signals handled from here on
+    from depthclip_ros.shutdown import SHUTDOWN
+    SHUTDOWN.install()
+
 from collections import deque
 import logging
 import os
-import signal
 import statistics
 import sys
 import threading
@@ -33,13 +36,22 @@ from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
 from .model import DepthCLIP, HeadConfig, ModelConfig, RANDOM_WEIGHTS_BANNER, WeightsError
-from .parameters import declare_parameters, HEAD_PARAMETERS, PARAMETER_NAMES, validate
+from .parameters import (
+    declare_parameters,
+    HEAD_PARAMETERS,
+    PARAMETER_NAMES,
+    PARAMETERS,
+    validate,
+)
 from .pipeline import DepthPipeline, FrameRejected, OutputSettings, Wanted
+from .shutdown import SHUTDOWN, StopRequested
 from .timing import StageTimer, Throttle
 
 THROTTLE_S = 5.0
 SPIN_POLL_S = 0.05  # how soon the spin loop notices a SIGINT/SIGTERM
 STATS_WINDOW = 100
+STALL_S = 5.0  # frames arriving but nothing published for this long: diagnostics ERROR
+WORKER_JOIN_S = 1.0  # at shutdown, wait this long for the frame in progress
 
 
 class DepthNode(Node):
@@ -55,7 +67,8 @@ class DepthNode(Node):
                         precision=p['precision'], feature_mode=p['feature_mode'],
                         input_size=tuple(p['input_size'])),
             head_from_parameters(p))
-        self._pending_head: HeadConfig | None = None
+        self._next_head: HeadConfig | None = None  # accepted, applied by the worker
+        self._head_mismatch: str | None = None  # prompts and bins waiting to agree
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         sub_qos = (qos_profile_sensor_data if p['subscriber_qos'] == 'sensor_data'
@@ -94,6 +107,9 @@ class DepthNode(Node):
         self._stage_ms: dict[str, deque] = {}
         self._rate_marks = {'received': (time.monotonic(), 0), 'processed': (time.monotonic(), 0)}
         self._throttle = Throttle(THROTTLE_S)
+        self._last_problem: str | None = None
+        self._last_received = 0.0  # monotonic times, for the stall check
+        self._last_output = time.monotonic()
         self._worker = threading.Thread(target=self._work, name='depthclip_inference',
                                         daemon=True)
         self.create_timer(1.0, self._publish_diagnostics)
@@ -109,58 +125,107 @@ class DepthNode(Node):
                                f'{self.engine.describe_device()}, '
                                f'{self.engine.config.feature_mode} mode, input '
                                f'{self.engine.config.input_size}')
+        self._last_output = time.monotonic()
         self._worker.start()
 
     def stop(self) -> None:
+        """Stop the worker: a frame in progress may finish within ``WORKER_JOIN_S``; one
+        that takes longer (or a long prompt encoding) is abandoned, never waited for."""
         with self._lock:
             self._running = False
             self._lock.notify_all()
         if self._worker.is_alive():
-            self._worker.join(timeout=10.0)
+            self._worker.join(timeout=WORKER_JOIN_S)
 
     # ------------------------------------------------------------------ callbacks
     def _on_image(self, msg) -> None:
         with self._lock:
             self.counts['received'] += 1
+            self._last_received = time.monotonic()
             if self._slot is not None:
                 self.counts['dropped'] += 1
             self._slot = (msg, time.monotonic())
             self._lock.notify()
 
     def _on_set_parameters(self, parameters):
+        """Accept a change only if everything it needs can be built from it.
+
+        Distance prompts and bins may arrive one at a time (two ``ros2 param set`` calls,
+        or ``ros2 param load``, which sets each parameter on its own): a count mismatch
+        between them is accepted when each is valid alone; the node keeps running on the
+        last consistent head, reports the mismatch, and applies both once they agree.
+        """
         from rcl_interfaces.msg import SetParametersResult
         proposed = dict(self._params)
         proposed.update({param.name: param.value for param in parameters})
         try:
             validate(proposed)
-            head = head_from_parameters(proposed)
+            settings = OutputSettings.from_parameters(proposed)
+            head, mismatch = self._head_or_mismatch(proposed)
         except (ValueError, TypeError) as error:
             return SetParametersResult(successful=False, reason=str(error))
         self._params = proposed
-        self.pipeline.settings = OutputSettings.from_parameters(proposed)
+        self.pipeline.settings = settings
         if any(param.name in HEAD_PARAMETERS for param in parameters):
             with self._lock:
-                self._pending_head = head  # applied by the worker between frames
+                self._head_mismatch = mismatch
+                if head is not None:
+                    self._next_head = head  # applied by the worker between frames
+                    self._lock.notify()
+            if mismatch:
+                self._log('warning', mismatch)
         return SetParametersResult(successful=True)
+
+    def _head_or_mismatch(self, values: dict) -> tuple[HeadConfig | None, str | None]:
+        """``(head, None)``, or ``(None, reason)`` while prompts and bins differ in count
+        but are each valid; raises ``ValueError`` for anything else."""
+        prompts, bins = values['distance_prompts'], values['depth_bins_m']
+        if len(prompts) == len(bins):
+            head = head_from_parameters(values)
+            self._check_prompts(head)
+            return head, None
+        # each on its own, with a stand-in for the other
+        self._check_prompts(head_from_parameters(
+            {**values, 'depth_bins_m': [float(i + 1) for i in range(len(prompts))]}))
+        head_from_parameters({**values, 'distance_prompts': [f'bin {i}' for i in
+                                                             range(len(bins))]})
+        return None, (f'{len(prompts)} distance_prompts but {len(bins)} depth_bins_m: still '
+                      f'running on the last consistent {len(self.engine.head.depth_bins_m)} '
+                      f'bins; the new ones apply as soon as both have the same count')
+
+    def _check_prompts(self, head: HeadConfig) -> None:
+        if self.engine.loaded:
+            self.engine.check_head(head)  # tokenises: prompts within CLIP's context
 
     # ------------------------------------------------------------------ worker
     def _work(self) -> None:
+        """Frames and head changes, one at a time; nothing that happens in here can end the
+        loop but :meth:`stop`."""
         while True:
             with self._lock:
-                while self._running and self._slot is None:
+                while self._running and self._slot is None and self._next_head is None:
                     self._lock.wait()
                 if not self._running:
                     return
-                (msg, received), self._slot = self._slot, None
-                head, self._pending_head = self._pending_head, None
-            if head is not None:
-                self.engine.set_head(head)
+                slot, self._slot = self._slot, None
+                head, self._next_head = self._next_head, None
             try:
-                self._process(msg, received)
+                if head is not None:
+                    self._apply_head(head)
+                if slot is not None:
+                    self._process(*slot)
             except Exception as error:  # noqa: BLE001 - one bad frame must not kill the node
                 self.counts['failed'] += 1
-                self._log('error', f'inference failed, frame dropped: '
-                                   f'{type(error).__name__}: {error}')
+                self._problem('error', f'inference failed, frame dropped: '
+                                       f'{type(error).__name__}: {error}')
+
+    def _apply_head(self, head: HeadConfig) -> None:
+        try:
+            self.engine.set_head(head)
+        except Exception as error:  # noqa: BLE001 - the previous head stays in use
+            self.counts['failed'] += 1
+            self._problem('error', f'could not apply the new prompts/bins, keeping the '
+                                   f'previous ones: {type(error).__name__}: {error}')
 
     def _process(self, msg, received: float) -> None:
         want = Wanted(
@@ -171,13 +236,14 @@ class DepthNode(Node):
                       and self.pub_colormap.get_subscription_count() > 0))
         if not want.any():
             self.counts['skipped_no_subscribers'] += 1
+            self._last_output = time.monotonic()
             return
         timer = StageTimer()
         try:
             out = self.pipeline.process(msg, want, timer)
         except FrameRejected as error:
             self.counts['rejected'] += 1
-            self._log('error', f'{error}; frame dropped')
+            self._problem('error', f'{error}; frame dropped')
             return
         with timer.stage('publish'):
             for publisher, message in ((self.pub_depth, out.depth),
@@ -187,12 +253,21 @@ class DepthNode(Node):
                 if message is not None:
                     publisher.publish(message)
         self.counts['processed'] += 1
-        self._latency_ms.append((time.monotonic() - received) * 1e3)
+        self._last_output = time.monotonic()
+        self._latency_ms.append((self._last_output - received) * 1e3)
         for name, values in timer.samples.items():
             self._stage_ms.setdefault(name, deque(maxlen=STATS_WINDOW)).append(sum(values))
 
     def _warn(self, text: str) -> None:
         self._log('warning', text)
+
+    def _problem(self, level: str, text: str) -> None:
+        """A frame-level problem: remembered for /diagnostics and logged (throttled);
+        silent once the node is stopping (a frame abandoned at shutdown is no error)."""
+        if not self._running:
+            return
+        self._last_problem = text
+        self._log(level, text)
 
     def _log(self, level: str, text: str) -> None:
         """Log ``text`` at most once per THROTTLE_S for each kind of problem (rclpy's own
@@ -211,6 +286,25 @@ class DepthNode(Node):
         count = self.counts[key]
         self._rate_marks[key] = (now, count)
         return (count - count_then) / max(now - then, 1e-6)
+
+    def _health(self) -> tuple[bytes, str]:
+        """The diagnostic level and message: ERROR when frames arrive but nothing has been
+        published for ``STALL_S`` (or three frame times, if longer), naming the reason."""
+        from diagnostic_msgs.msg import DiagnosticStatus
+        now = time.monotonic()
+        typical = statistics.median(self._latency_ms) / 1e3 if self._latency_ms else 0.0
+        limit = max(STALL_S, 3 * typical)
+        if now - self._last_received < limit and now - self._last_output > limit:
+            return DiagnosticStatus.ERROR, (
+                f'no output for {now - self._last_output:.0f} s while frames arrive: '
+                f'{self._last_problem or "no frame finished (still processing?)"}')
+        if self._head_mismatch:
+            return DiagnosticStatus.WARN, self._head_mismatch
+        if self.engine.random_weights:
+            return DiagnosticStatus.WARN, 'random weights: not depth'
+        if self.counts['failed'] or self.counts['rejected']:
+            return DiagnosticStatus.WARN, 'frames rejected or failed'
+        return DiagnosticStatus.OK, 'running'
 
     def _publish_diagnostics(self) -> None:
         from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -231,13 +325,12 @@ class DepthNode(Node):
                 f'{statistics.median(self._latency_ms):.1f}'
         for name, samples in self._stage_ms.items():
             values[f'stage {name} median (ms)'] = f'{statistics.median(samples):.2f}'
+        if self._last_problem:
+            values['last problem'] = self._last_problem
+        if self._head_mismatch:
+            values['pending configuration'] = self._head_mismatch
         status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
-        if self.engine.random_weights:
-            status.level, status.message = DiagnosticStatus.WARN, 'random weights: not depth'
-        elif self.counts['failed'] or self.counts['rejected']:
-            status.level, status.message = DiagnosticStatus.WARN, 'frames rejected or failed'
-        else:
-            status.level, status.message = DiagnosticStatus.OK, 'running'
+        status.level, status.message = self._health()
         array = DiagnosticArray()
         array.header.stamp = self.get_clock().now().to_msg()
         array.status = [status]
@@ -255,46 +348,95 @@ def head_from_parameters(p: dict) -> HeadConfig:
                       flip_average=p['flip_average'])
 
 
+USAGE = """usage: depth_node [--help] [--ros-args ...]
+
+DepthCLIP metric depth for a ROS 2 camera.
+
+  subscribes  image (sensor_msgs/Image), camera_info (sensor_msgs/CameraInfo),
+              image/compressed (sensor_msgs/CompressedImage, with use_compressed)
+  publishes   depth (32FC1 m), depth/camera_info, points (PointCloud2),
+              depth/colormap (with publish_colormap), /diagnostics
+
+  e.g. depth_node --ros-args --params-file config/depthclip.yaml \\
+           -p pretrained:=none -r image:=/camera/color/image_raw \\
+           -r camera_info:=/camera/color/camera_info
+
+parameters (-p name:=value; read-only ones only at start):
+"""
+
+
+def usage() -> str:
+    lines = [USAGE]
+    for param in PARAMETERS:
+        flag = ' (read-only)' if param.read_only else ''
+        lines.append(f'  {param.name} = {param.default!r}{flag}\n      {param.description}')
+    return '\n'.join(lines)
+
+
+def _wants_help(args: list[str]) -> bool:
+    """``-h``/``--help`` among the node's own arguments (before any ``--ros-args``)."""
+    own = args[:args.index('--ros-args')] if '--ros-args' in args else args
+    return any(a in ('-h', '--help') for a in own)
+
+
 def run(args=None) -> int:
     """Start, spin until SIGINT/SIGTERM, clean up; the exit code (1: cannot start).
 
-    rclpy's own signal handler is off: it shuts the context down from another thread at
-    once, racing both the executor (which then raises ``RCLError`` creating its wait set)
-    and the worker (whose publish fails mid-frame). Here a signal only sets a flag; the
-    loop below sees it within ``SPIN_POLL_S``, the worker finishes its frame and stops,
-    and only then is the context shut down. (Found by the soak test on CI: SIGTERM during
-    inference gave a traceback and exit code 1.)
+    Signals are the node's own (:mod:`depthclip_ros.shutdown`), never rclpy's: rclpy's
+    handler shuts the context down from another thread at once, racing both the executor
+    (which then raises ``RCLError`` creating its wait set) and the worker (whose publish
+    fails mid-frame). While starting (rclpy, node, model, prompts) a signal stops the start
+    and cleans up what exists; while running it sets a flag that the loop below sees
+    within ``SPIN_POLL_S``; the worker finishes its frame (up to ``WORKER_JOIN_S``), and
+    only then is the context shut down. Repeated signals change nothing.
     """
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    stop = threading.Event()
-    previous = {}
+    argv = sys.argv[1:] if args is None else list(args)
+    if _wants_help(argv):
+        print(usage())
+        return 0
+    SHUTDOWN.install()
+    SHUTDOWN.phase = 'starting'
     node = None
     code = 0
     try:
+        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
         node = DepthNode()
-        node.load()  # Ctrl-C here is Python's KeyboardInterrupt, SIGTERM the default exit
-        previous = {sig: signal.signal(sig, lambda *_: stop.set())
-                    for sig in (signal.SIGINT, signal.SIGTERM)}
+        node.load()
+        SHUTDOWN.phase = 'running'
         executor = SingleThreadedExecutor()
         executor.add_node(node)
-        while not stop.is_set() and rclpy.ok():
+        while not SHUTDOWN.requested.is_set() and rclpy.ok():
             executor.spin_once(timeout_sec=SPIN_POLL_S)
-    except (KeyboardInterrupt, ExternalShutdownException):
+    except (StopRequested, KeyboardInterrupt, ExternalShutdownException):
         pass
     except (WeightsError, ValueError) as error:
-        message = f'depth_node cannot start: {error}'
+        message = f'depth_node cannot start: {_with_hint(error)}'
         if node is not None:
             node.get_logger().fatal(message)
-        print(message, file=sys.stderr)
+        else:
+            print(message, file=sys.stderr)
         code = 1
     finally:
-        if node is not None:
-            node.stop()
-            node.destroy_node()
-        rclpy.try_shutdown()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        SHUTDOWN.phase = 'stopping'  # from here on a signal only sets the flag
+        try:
+            if node is not None:
+                node.stop()
+                node.destroy_node()
+            rclpy.try_shutdown()
+        except StopRequested:  # raised just before the phase changed
+            pass
     return code
+
+
+def _with_hint(error: Exception) -> str:
+    """The error, its weights hint in the syntax of how the node was started: launch
+    arguments under ``ros2 launch`` (the launch file sets DEPTHCLIP_STARTED_BY_LAUNCH),
+    ROS parameters otherwise."""
+    hint = getattr(error, 'hint', None)
+    if not callable(hint):
+        return str(error)
+    style = 'launch' if os.environ.get('DEPTHCLIP_STARTED_BY_LAUNCH') else 'ros'
+    return f'{error}\n{hint(style)}'
 
 
 def main(args=None) -> None:
@@ -313,4 +455,3 @@ def main(args=None) -> None:
 
 if __name__ == '__main__':
     main()
-

@@ -204,8 +204,8 @@ def test_parameter_services_accept_and_reject_with_reasons(harness, ros):
         assert set_one('depth_bins_m', [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]).successful
         for name, value, reason in [
                 ('depth_bins_m', [1.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 'strictly increasing'),
-                ('depth_bins_m', [1.0, 2.0], 'one depth bin per distance prompt'),
-                ('distance_prompts', ['near', 'far'], 'one depth bin per distance prompt'),
+                # (a count mismatch between prompts and bins is accepted and waits for its
+                # partner: test_node_hardening.py)
                 ('temperature', 0.0, ''), ('temperature', math.nan, ''),
                 ('temperature', 'warm', ''), ('model', 'RN101', ''),
                 ('min_depth_m', 50.0, 'min_depth_m'), ('prompt_template', 'no slots', 'two')]:

@@ -1,0 +1,299 @@
+"""An accepted configuration never stops the output; a signal at any moment ends the node
+quietly (CPU, random weights, small input, real rclpy / Fast DDS on loopback)."""
+
+import json
+import os
+from pathlib import Path
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from hypothesis import given, HealthCheck, settings
+from hypothesis import strategies as st
+import numpy as np
+import pytest
+from rclpy.parameter import Parameter
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from test_node import Harness, send_until_output
+
+from depthclip_ros import node as node_module
+from depthclip_ros.geometry import Intrinsics
+from depthclip_ros.model import PAPER_DEPTH_BINS_M, PAPER_DISTANCE_PROMPTS
+
+from rosutil import wait_for
+
+HERE = Path(__file__).resolve().parent
+LOOPBACK_PROFILE = str(HERE.parent / 'config' / 'fastdds_localhost.xml')
+
+
+@pytest.fixture
+def harness():
+    import rclpy
+
+    from rosutil import Spinner
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    h = Harness(context)
+    spinner = Spinner(context, h.node, h.peer)
+    assert h.connected()
+    yield h
+    spinner.stop()
+    h.close()
+    rclpy.try_shutdown(context=context)
+
+
+def set_param(node, name, value):
+    return node.set_parameters([Parameter(name, value=value)])[0]
+
+
+def outputs_continue(h, before=None):
+    before = len(h.got['depth']) if before is None else before
+    return send_until_output(h, count=before + 1)
+
+
+# ---------------------------------------------------------------- accepted = usable
+@pytest.mark.parametrize('name, value, reason', [
+    ('prompt_template', '{} {} {0}', 'two plain fields'),
+    ('prompt_template', '{:>999999999} {}', 'two plain fields'),
+    ('prompt_template', 'only {}', 'two plain fields'),
+    ('prompt_objects', ['x' * 400], 'characters'),
+    ('prompt_objects', ['a,' * 100], 'tokens'),  # fits the characters, not the context
+    ('distance_prompts', [f'd{i}' for i in range(100)], 'at most 64'),
+    ('prompt_objects', [f'o{i}' for i in range(17)], 'at most 16'),
+])
+def test_values_that_cannot_be_built_are_refused_and_output_goes_on(harness, name, value,
+                                                                    reason):
+    assert send_until_output(harness)
+    if name == 'distance_prompts':  # the count check is not the mismatch rule
+        result = harness.node.set_parameters([Parameter(name, value=value)])[0]
+    else:
+        result = set_param(harness.node, name, value)
+    assert not result.successful and reason in result.reason, result.reason
+    assert harness.node.get_parameter(name).value != value
+    assert outputs_continue(harness)
+    assert harness.node.counts['failed'] == 0
+
+
+def test_the_worker_survives_any_exception_and_diagnostics_say_so(harness, monkeypatch):
+    assert send_until_output(harness)
+
+    def broken(head):
+        raise RuntimeError('text encoder exploded')
+    monkeypatch.setattr(harness.node.engine, 'set_head', broken)
+    assert set_param(harness.node, 'temperature', 0.2).successful
+    assert wait_for(lambda: harness.node.counts['failed'] >= 1, 10)
+    assert 'text encoder exploded' in harness.node._last_problem
+    monkeypatch.undo()
+    # the worker is alive: the next frames are processed, and a new head applies
+    assert outputs_continue(harness)
+    assert set_param(harness.node, 'temperature', 0.3).successful
+    assert wait_for(lambda: harness.node.engine.head.temperature == 0.3, 10)
+
+
+def test_diagnostics_turn_error_when_frames_arrive_but_nothing_is_published(
+        harness, monkeypatch):
+    monkeypatch.setattr(node_module, 'STALL_S', 1.0)
+    statuses = []
+    harness.peer.create_subscription(
+        DiagnosticArray, '/diagnostics', lambda m: statuses.extend(m.status),
+        QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+    assert send_until_output(harness)
+    real = harness.node.pipeline.process
+
+    def failing(*args, **kwargs):
+        raise MemoryError('out of memory in the test')
+    monkeypatch.setattr(harness.node.pipeline, 'process', failing)
+
+    def stalled():
+        harness.send(sec=200)
+        own = [s for s in statuses if s.name.startswith(harness.node.get_fully_qualified_name())]
+        return own and own[-1].level == DiagnosticStatus.ERROR
+    assert wait_for(stalled, 20, period=0.2)
+    last = [s for s in statuses if s.level == DiagnosticStatus.ERROR][-1]
+    assert 'no output for' in last.message and 'out of memory in the test' in last.message
+    monkeypatch.setattr(harness.node.pipeline, 'process', real)
+    assert outputs_continue(harness)
+    statuses.clear()
+    assert wait_for(lambda: statuses and statuses[-1].level != DiagnosticStatus.ERROR, 10)
+
+
+@pytest.mark.parametrize('one_request', [False, True])
+def test_prompts_and_bins_changed_one_at_a_time_apply_together(harness, one_request):
+    assert send_until_output(harness)
+    prompts = ['near', 'middle', 'far', 'very far', 'horizon']
+    bins = [0.5, 1.0, 2.0, 4.0, 8.0]
+    new = [Parameter('distance_prompts', value=prompts),
+           Parameter('depth_bins_m', value=bins)]
+    if one_request:  # ros2 param load: one request, each parameter checked on its own
+        assert all(r.successful for r in harness.node.set_parameters(new))
+    else:  # two successive ros2 param set calls
+        assert harness.node.set_parameters(new[:1])[0].successful
+        assert harness.node._head_mismatch and '5 distance_prompts but 7' in \
+            harness.node._head_mismatch
+        time.sleep(0.5)
+        assert harness.node.engine.head.depth_bins_m == PAPER_DEPTH_BINS_M  # still running
+        assert outputs_continue(harness)
+        assert harness.node.set_parameters(new[1:])[0].successful
+    assert wait_for(lambda: harness.node.engine.head.depth_bins_m == tuple(bins), 10)
+    assert harness.node.engine.head.distance_prompts == tuple(prompts)
+    assert harness.node._head_mismatch is None
+    assert outputs_continue(harness)
+
+
+def test_a_bad_value_during_a_mismatch_is_still_refused(harness):
+    assert harness.node.set_parameters([Parameter('distance_prompts', value=['a', 'b'])])[
+        0].successful
+    result = set_param(harness.node, 'depth_bins_m', [2.0, 1.0])
+    assert not result.successful and 'strictly increasing' in result.reason
+    result = set_param(harness.node, 'distance_prompts', ['only one'])
+    assert not result.successful and 'at least 2' in result.reason
+    assert harness.node.engine.head.distance_prompts == PAPER_DISTANCE_PROMPTS
+
+
+@pytest.fixture(scope='module')
+def lone_node():
+    """A node without traffic, for calling its parameter callback directly."""
+    import rclpy
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    h = Harness(context)
+    yield h.node
+    h.close()
+    rclpy.try_shutdown(context=context)
+
+
+WORDS = st.text(st.characters(codec='utf-8', exclude_categories=('Cs',)), max_size=40)
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(name=st.sampled_from(['prompt_template', 'distance_prompts', 'prompt_objects',
+                             'depth_bins_m', 'temperature', 'canonical_focal_px']),
+       template=st.one_of(WORDS, st.sampled_from(['{} {}', 'a {} b {}', '{1} {0}',
+                                                  '{} {} {}', '{!r} {}', '{0} {0}'])),
+       words=st.lists(WORDS, max_size=12),
+       numbers=st.lists(st.floats(allow_nan=True, allow_infinity=True), max_size=12))
+def test_every_accepted_value_is_usable(lone_node, name, template, words, numbers):
+    """Whatever the callback accepts, the engine can apply and predict with."""
+    value = {'prompt_template': template, 'distance_prompts': words,
+             'prompt_objects': words, 'depth_bins_m': numbers,
+             'temperature': numbers[0] if numbers else 0.1,
+             'canonical_focal_px': numbers[0] if numbers else 500.0}[name]
+    before = dict(lone_node._params)
+    result = lone_node._on_set_parameters([Parameter(name, value=value)])
+    if not result.successful:
+        assert result.reason and lone_node._params == before
+        return
+    head = lone_node._next_head
+    lone_node._next_head = None
+    if head is None:  # a prompts/bins count mismatch waiting for its partner
+        assert lone_node._head_mismatch
+    else:
+        lone_node.engine.set_head(head)
+        depth = lone_node.engine.predict(np.zeros((16, 16, 3), np.uint8),
+                                         Intrinsics(20.0, 20.0, 8.0, 8.0, 16, 16))
+        assert np.isfinite(depth).all()
+    lone_node._on_set_parameters([Parameter(name, value=before[name])])  # restore
+    lone_node._next_head = None
+    lone_node.engine.set_head(node_module.head_from_parameters(lone_node._params))
+
+
+# ---------------------------------------------------------------- signals at any moment
+def start(params: dict) -> subprocess.Popen:
+    path = Path(tempfile.mkdtemp()) / 'params.yaml'
+    path.write_text('/**:\n  ros__parameters:\n' + ''.join(
+        f'    {k}: {json.dumps(v)}\n' for k, v in params.items()))
+    env = dict(os.environ, FASTRTPS_DEFAULT_PROFILES_FILE=LOOPBACK_PROFILE,
+               PYTHONUNBUFFERED='1')
+    return subprocess.Popen([sys.executable, '-m', 'depthclip_ros.node', '--ros-args',
+                             '--params-file', str(path)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=HERE.parent)
+
+
+BIG_PROMPTS = {'distance_prompts': [f'distance word number {i}' for i in range(64)],
+               'depth_bins_m': [0.5 + 0.1 * i for i in range(64)],
+               'prompt_objects': ['object', 'thing', 'item', 'surface']}  # 256 sentences
+
+
+@pytest.mark.parametrize('delay_s, signals', [
+    (0.3, [signal.SIGINT]),  # imports
+    (0.3, [signal.SIGTERM]),
+    (2.5, [signal.SIGINT, signal.SIGINT, signal.SIGTERM]),  # as ros2 launch does
+    (4.5, [signal.SIGTERM]),  # model loading or prompt encoding
+    (6.5, [signal.SIGINT, signal.SIGINT]),
+])
+def test_a_signal_while_starting_exits_zero_quickly_without_traceback(delay_s, signals):
+    process = start({'pretrained': 'none', 'device': 'cpu', 'input_size': [64, 64],
+                     **BIG_PROMPTS})
+    time.sleep(delay_s)
+    sent = time.monotonic()
+    for sig in signals:
+        process.send_signal(sig)
+        time.sleep(0.1)
+    try:
+        out, err = process.communicate(timeout=10)
+    finally:
+        process.kill()
+    took = time.monotonic() - sent
+    assert process.returncode == 0, (process.returncode, err)
+    assert took < 2.0 + 1.0, took  # 2 s budget, 1 s slack for a loaded machine
+    assert 'Traceback' not in err and 'KeyboardInterrupt' not in err, err
+
+
+def test_a_signal_while_the_worker_encodes_prompts_does_not_wait_for_it():
+    import rclpy
+    from rclpy.parameter import Parameter as P
+    process = start({'pretrained': 'none', 'device': 'cpu', 'input_size': [64, 64]})
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    try:
+        peer = rclpy.create_node('setter', context=context)
+        client = peer.create_client(
+            __import__('rcl_interfaces.srv', fromlist=['SetParameters']).SetParameters,
+            '/depth_node/set_parameters')
+        from rclpy.executors import SingleThreadedExecutor
+        executor = SingleThreadedExecutor(context=context)
+        executor.add_node(peer)
+        deadline = time.monotonic() + 60
+        while not client.service_is_ready() and time.monotonic() < deadline:
+            executor.spin_once(timeout_sec=0.1)
+        assert client.service_is_ready(), process.stderr.read() if process.poll() else ''
+        from rcl_interfaces.srv import SetParameters
+        request = SetParameters.Request()
+        request.parameters = [P(k, value=v).to_parameter_msg() for k, v in
+                              BIG_PROMPTS.items()]
+        for _ in range(6):  # a request right after discovery can be lost: ask again
+            future = client.call_async(request)
+            answer_by = time.monotonic() + 5.0
+            while not future.done() and time.monotonic() < answer_by:
+                executor.spin_once(timeout_sec=0.1)
+            if future.done():
+                break
+        assert future.done() and all(r.successful for r in future.result().results)
+        time.sleep(0.3)  # the worker is now encoding 256 sentences (seconds on the CPU)
+        sent = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        try:
+            _, err = process.communicate(timeout=10)
+        finally:
+            process.kill()
+        assert process.returncode == 0, err
+        assert time.monotonic() - sent < 3.0
+        assert 'Traceback' not in err, err
+        peer.destroy_node()
+    finally:
+        rclpy.try_shutdown(context=context)
+        if process.poll() is None:
+            process.kill()
+
+
+def test_help_prints_usage_without_loading_a_model():
+    result = subprocess.run([sys.executable, '-m', 'depthclip_ros.node', '--help'],
+                            capture_output=True, text=True, timeout=60, cwd=HERE.parent)
+    assert result.returncode == 0, result.stderr
+    assert 'usage: depth_node' in result.stdout and 'max_input_pixels' in result.stdout
+    assert 'RANDOM WEIGHTS' not in result.stdout + result.stderr
+    assert 'DepthCLIP RN50' not in result.stdout + result.stderr

@@ -23,6 +23,7 @@ Per frame (:meth:`DepthCLIP.predict`), for ``B`` images of one size:
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, replace
 import logging
 import math
@@ -65,16 +66,64 @@ PRECISIONS = ('auto', 'fp16', 'fp32')
 RANDOM_WEIGHTS_BANNER = ('RANDOM WEIGHTS (pretrained=none): these depths are NOT an accuracy '
                          'result; load real CLIP weights for meaningful output.')
 
-HOW_TO_SUPPLY_WEIGHTS = (
-    'Supply weights one of three ways: (1) a pretrained tag such as openai: open_clip '
-    'downloads it once (needs the network), then uses its cache; (2) a local file: '
-    'pretrained:=/path/to/RN50.pt (OpenAI TorchScript) or an open_clip state_dict '
-    '(.pt/.bin/.safetensors); (3) pretrained:=none for random weights (tests only, '
-    'meaningless depth).')
+# Where a user gives ``pretrained``: a tool's option, a ROS parameter of a node started by
+# ``ros2 run`` / ``python -m depthclip_ros.node``, or an argument of the launch file.
+HINT_STYLES = ('cli', 'ros', 'launch')
+_SPELL_PRETRAINED = {'cli': '--pretrained {}', 'ros': '-p pretrained:={}',
+                     'launch': 'pretrained:={}'}
+_WHERE_PRETRAINED = {
+    'cli': '',
+    'ros': ' (a node parameter: after --ros-args, or "pretrained: ..." in the --params-file '
+           'YAML)',
+    'launch': ' (a launch argument: ros2 launch depthclip_ros depth.launch.py '
+              'pretrained:=..., or "pretrained: ..." in its params_file)',
+}
+LAUNCH_ENV = 'DEPTHCLIP_STARTED_BY_LAUNCH'  # set to 1 by launch/depth.launch.py
+HUB_PROBE_TIMEOUT_S = 3.0  # one TCP connection attempt to the hub before a download
+
+
+def how_to_supply_weights(style: str = 'cli') -> str:
+    """How to give CLIP weights, in the syntax of ``style`` (one of :data:`HINT_STYLES`)."""
+    if style not in HINT_STYLES:
+        raise ValueError(f'hint style must be one of {HINT_STYLES}, got {style!r}')
+    give = _SPELL_PRETRAINED[style].format
+    return (f'Supply weights one of three ways{_WHERE_PRETRAINED[style]}: (1) an open_clip '
+            f'tag such as {give("openai")}: downloaded once (needs the network), then read '
+            f'from the Hugging Face cache ($HF_HOME/hub, default ~/.cache/huggingface/hub) '
+            f'without it; (2) a local file: {give("/path/to/RN50.pt")} (OpenAI TorchScript) '
+            f'or an open_clip state_dict (.pt/.bin/.safetensors); (3) {give("none")} for '
+            f'random weights (tests only, meaningless depth).')
+
+
+def node_hint_style() -> str:
+    """The hint style for depth_node: ``launch`` when the launch file started it (it sets
+    ``DEPTHCLIP_STARTED_BY_LAUNCH=1``), else ``ros``."""
+    return 'launch' if os.environ.get(LAUNCH_ENV) == '1' else 'ros'
 
 
 class WeightsError(RuntimeError):
-    """The CLIP weights could not be loaded; the message says how to supply them."""
+    """The CLIP weights could not be loaded.
+
+    ``problem`` says what went wrong; :meth:`hint` says how to supply weights in the syntax
+    of where the user gave them (``cli``: ``--pretrained X``, ``ros``: ``-p pretrained:=X``,
+    ``launch``: the launch argument ``pretrained:=X``); :meth:`message` is both.
+    ``str(error)`` is ``message('cli')``: the tools' syntax.
+    """
+
+    def __init__(self, problem: str, *, supply_hint: bool = True):
+        super().__init__(problem)
+        self.problem = problem
+        self.supply_hint = supply_hint
+
+    def hint(self, style: str = 'cli') -> str:
+        return how_to_supply_weights(style) if self.supply_hint else ''
+
+    def message(self, style: str = 'cli') -> str:
+        hint = self.hint(style)
+        return f'{self.problem}\n{hint}' if hint else self.problem
+
+    def __str__(self) -> str:
+        return self.message('cli')
 
 
 @dataclass(frozen=True)
@@ -263,7 +312,11 @@ def _is_torchscript_archive(path: str) -> bool:
 def build_clip(config: ModelConfig) -> torch.nn.Module:
     """Create the open_clip model of ``config`` on the CPU in fp32, weights loaded.
 
-    Raises :class:`WeightsError` with instructions when weights cannot be had.
+    A tag (``openai``, ...) is read from the local cache when it is there, without the
+    network; otherwise open_clip downloads it, after one quick check that the hub can be
+    reached at all (none with ``HF_HUB_OFFLINE=1``), so that a machine without network
+    fails in seconds instead of after the hub client's retries. Raises
+    :class:`WeightsError` (problem, and how to supply weights) when weights cannot be had.
     """
     import open_clip  # imported here: it is slow to import and pulls in torchvision
 
@@ -274,28 +327,161 @@ def build_clip(config: ModelConfig) -> torch.nn.Module:
     pretrained = config.pretrained
     try:
         if config.random_weights:
-            LOG.warning(RANDOM_WEIGHTS_BANNER)
-            with torch.random.fork_rng(devices=[]):  # the same random model every run
-                torch.manual_seed(0)
+            # Announced once by whoever shows the run to a user (tools, node), not here.
+            LOG.info('random weights (pretrained=none)')
+            with torch.random.fork_rng(devices=[]), _quiet_open_clip(logging.WARNING):
+                torch.manual_seed(0)  # the same random model every run
                 return open_clip.create_model(name, pretrained=None, pretrained_text=False)
         if os.path.isfile(pretrained):
             if _is_torchscript_archive(pretrained):
                 return _load_torchscript(pretrained)
-            return open_clip.create_model(name, pretrained=pretrained)
+            with _quiet_open_clip():
+                return open_clip.create_model(name, pretrained=pretrained)
         if os.sep in pretrained or pretrained.endswith(('.pt', '.bin', '.safetensors', '.pth')):
             raise WeightsError(f'weights file {pretrained!r} does not exist')
         if pretrained not in open_clip.list_pretrained_tags_by_model(name):
             raise WeightsError(
                 f'{pretrained!r} is neither a weights file nor an open_clip tag of {name} '
                 f'(tags: {open_clip.list_pretrained_tags_by_model(name)})')
-        # OpenAI's weights were trained with QuickGELU (as the authors' code ran them).
-        return open_clip.create_model(name, pretrained=pretrained,
-                                      force_quick_gelu=(pretrained == 'openai'))
-    except WeightsError as error:
-        raise WeightsError(f'{error}\n{HOW_TO_SUPPLY_WEIGHTS}') from None
+        cached = _cached_or_downloadable(name, pretrained)
+        # The tag's own activation: OpenAI's (and the other RN tags') weights were trained
+        # with QuickGELU, as the authors' code ran them.
+        quick_gelu = bool(open_clip.get_pretrained_cfg(name, pretrained).get('quick_gelu'))
+        with _quiet_open_clip():
+            return open_clip.create_model(name, pretrained=cached or pretrained,
+                                          force_quick_gelu=quick_gelu)
+    except WeightsError:
+        raise
     except Exception as error:  # download failures, corrupt or mismatched files
-        raise WeightsError(f'could not load CLIP weights {pretrained!r} for {name}: {error}\n'
-                           f'{HOW_TO_SUPPLY_WEIGHTS}') from error
+        raise WeightsError(f'could not load CLIP weights {pretrained!r} for {name}: '
+                           f'{error}') from error
+
+
+def _hub_file_candidates(hf_hub: str) -> tuple[str, list[str]]:
+    """Repository and file names open_clip tries, in its order, for a config's ``hf_hub``
+    entry (``org/repo/`` or ``org/repo/file``): the ``.safetensors`` variant first."""
+    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+    repo, filename = os.path.split(hf_hub)
+    filename = filename or HF_WEIGHTS_NAME
+    if filename == HF_WEIGHTS_NAME:
+        return repo, [HF_SAFE_WEIGHTS_NAME, filename]
+    if filename.endswith(('.bin', '.pth')):
+        return repo, [filename[:-4] + '.safetensors', filename]
+    return repo, [filename]
+
+
+def _cached_or_downloadable(name: str, tag: str) -> str | None:
+    """The local cached file of open_clip tag ``tag``, or ``None`` when it is not cached
+    but may be downloaded now (the hub, or the URL's host, accepts a connection).
+
+    Looks where open_clip would download it to (the Hugging Face hub cache, or open_clip's
+    URL cache when the hub client is absent) without touching the network. Raises
+    :class:`WeightsError` at once when it is not cached and cannot be downloaded:
+    ``HF_HUB_OFFLINE=1``, or no connection to the host within ``HUB_PROBE_TIMEOUT_S``.
+    """
+    from open_clip.pretrained import get_pretrained_cfg, has_hf_hub
+
+    cfg = get_pretrained_cfg(name, tag)
+    if 'file' in cfg:
+        return cfg['file']
+    if cfg.get('hf_hub') and has_hf_hub():
+        from huggingface_hub import constants, try_to_load_from_cache
+        repo, filenames = _hub_file_candidates(cfg['hf_hub'])
+        for filename in filenames:
+            found = try_to_load_from_cache(repo, filename)
+            if isinstance(found, str) and os.path.isfile(found):
+                LOG.info('CLIP weights %s for %s from the local cache: %s', tag, name, found)
+                return found
+        where = os.path.join(constants.HF_HUB_CACHE, 'models--' + repo.replace('/', '--'))
+        source, offline = constants.ENDPOINT, constants.is_offline_mode()
+    else:
+        source = cfg.get('url', '')
+        where = os.path.join(os.path.expanduser('~/.cache/clip'), os.path.basename(source))
+        if os.path.isfile(where):
+            return None  # open_clip checks its checksum and uses it without the network
+        offline = os.environ.get('HF_HUB_OFFLINE', '').upper() in ('1', 'ON', 'YES', 'TRUE')
+    if offline:
+        reason = 'HF_HUB_OFFLINE=1 forbids downloading'
+    else:
+        reason = _unreachable(source)
+        if reason is None:
+            return None
+        reason = f'there is no network: {reason}'
+    raise WeightsError(f'CLIP weights {tag!r} for {name} are not in the local cache '
+                       f'({where}) and {reason}. Download them once where there is network '
+                       f'and copy that folder here, or give a local file.')
+
+
+def _unreachable(url: str, timeout: float | None = None) -> str | None:
+    """``None`` when one TCP connection to ``url``'s host (or to the proxy the environment
+    sets for it) opens within ``timeout`` seconds, else why not. Name resolution counts
+    against the timeout: the attempt runs on a daemon thread that is not waited for."""
+    import socket
+    import threading
+    import urllib.parse
+    import urllib.request
+
+    timeout = HUB_PROBE_TIMEOUT_S if timeout is None else timeout
+    parts = urllib.parse.urlsplit(url)
+    if not parts.hostname:
+        return f'no host in {url!r}'
+    host, port = parts.hostname, parts.port or (443 if parts.scheme == 'https' else 80)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    via = ''
+    if proxy and not urllib.request.proxy_bypass(host):
+        proxy_parts = urllib.parse.urlsplit(proxy if '://' in proxy else f'http://{proxy}')
+        if proxy_parts.hostname:
+            via = f' (proxy of {host})'
+            host, port = proxy_parts.hostname, proxy_parts.port or 80
+    outcome: list = []
+
+    def attempt():
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            outcome.append(None)
+        except OSError as error:
+            outcome.append(error)
+
+    thread = threading.Thread(target=attempt, name='depthclip_hub_probe', daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if not outcome:
+        return f'{host}:{port}{via} did not answer within {timeout:g} s'
+    if outcome[0] is not None:
+        return f'{host}:{port}{via} cannot be reached ({outcome[0]})'
+    return None
+
+
+class _DropOpenClipLogs(logging.Filter):
+    """Drops open_clip's root-logger records from ``level`` up: it logs an error before it
+    raises (the raise becomes the one :class:`WeightsError` message) and warns about
+    random initialisation (announced once by the tools and the node)."""
+
+    def __init__(self, level: int):
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= self.level
+                    and f'{os.sep}open_clip{os.sep}' in record.pathname)
+
+
+@contextlib.contextmanager
+def _quiet_open_clip(level: int = logging.ERROR):
+    """While open_clip builds, loads or downloads: none of its root-logger lines from
+    ``level`` up, and no hub retry warnings (a failed download ends in one
+    :class:`WeightsError` instead)."""
+    hub_logger = logging.getLogger('huggingface_hub')
+    hub_level = hub_logger.level
+    hub_logger.setLevel(logging.ERROR)
+    drop = _DropOpenClipLogs(level)
+    logging.root.addFilter(drop)
+    try:
+        yield
+    finally:
+        hub_logger.setLevel(hub_level)
+        logging.root.removeFilter(drop)
 
 
 def _load_torchscript(path: str) -> torch.nn.Module:
@@ -540,4 +726,4 @@ def head_with(head: HeadConfig, **changes) -> HeadConfig:
 
 __all__ = ['DepthCLIP', 'ModelConfig', 'HeadConfig', 'WeightsError', 'head_with',
            'PAPER_DISTANCE_PROMPTS', 'PAPER_DEPTH_BINS_M', 'NYU_FOCAL_PX',
-           'RANDOM_WEIGHTS_BANNER']
+           'RANDOM_WEIGHTS_BANNER', 'how_to_supply_weights', 'node_hint_style', 'HINT_STYLES']

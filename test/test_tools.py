@@ -1,6 +1,12 @@
 """The command-line tools end to end (CPU, random weights)."""
 
 import json
+import os
+from pathlib import Path
+import socket
+import subprocess
+import sys
+import time
 
 import cv2
 import numpy as np
@@ -8,12 +14,14 @@ import pytest
 from rosbags.highlevel import AnyReader
 
 from depthclip_ros.cli import main
+from depthclip_ros.model import RANDOM_WEIGHTS_BANNER
 from depthclip_ros.tools.demo import render_corridor
 from depthclip_ros.visualize import read_ply
 
 from conftest import shared_data
 
 FAST = ['--pretrained', 'none', '--device', 'cpu']
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_evaluate_runs_the_nyu_protocol_on_real_frames(tmp_path, capsys):
@@ -148,5 +156,56 @@ def test_demo_falls_back_to_labelled_random_weights(tmp_path, capsys):
     assert main(['demo', '--output', str(tmp_path), '--pretrained', str(tmp_path / 'no.pt'),
                  '--fallback-random', '--device', 'cpu', '--input-size', '224', '288']) == 0
     captured = capsys.readouterr()
-    assert 'Supply weights' in captured.err and 'continuing with RANDOM weights' in captured.err
+    assert captured.err.count('Supply weights') == 1 and '--pretrained none' in captured.err
+    assert '--fallback-random: going on with random weights' in captured.err
+    assert captured.err.count(RANDOM_WEIGHTS_BANNER) == 1  # once, at load
     assert 'engine: RN50 (none)' in captured.out and 'RANDOM WEIGHTS' in captured.out
+
+
+def run_cli(args, tmp_path, **env):
+    """``python -m depthclip_ros.cli ARGS`` from this source tree, with a Hugging Face cache
+    of its own (empty), the hub endpoint a closed loopback port (no real hub is ever
+    asked), and ``env`` on top: ``(return code, stdout, stderr, seconds)``."""
+    with socket.socket() as probe:  # a loopback port nothing listens on
+        probe.bind(('127.0.0.1', 0))
+        port = probe.getsockname()[1]
+    environment = {k: v for k, v in os.environ.items()
+                   if k not in ('HF_HUB_OFFLINE', 'HF_HUB_CACHE', 'HUGGINGFACE_HUB_CACHE')}
+    environment.update(HF_HOME=str(tmp_path / 'hf_home'),
+                       HF_ENDPOINT=f'http://127.0.0.1:{port}', **env)
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, '-m', 'depthclip_ros.cli', *args], cwd=REPO,
+                          env=environment, capture_output=True, text=True, timeout=120)
+    return done.returncode, done.stdout, done.stderr, time.monotonic() - started
+
+
+def infer_args(tmp_path):
+    image = tmp_path / 'a.png'
+    cv2.imwrite(str(image), np.zeros((48, 64, 3), np.uint8))
+    return ['infer', str(image), '--hfov-deg', '60', '--output', str(tmp_path / 'out'),
+            '--device', 'cpu', '--input-size', '64', '64']
+
+
+@pytest.mark.parametrize('offline', ['', '1'])
+def test_uncached_weights_without_network_fail_in_seconds_saying_so_once(tmp_path, offline):
+    """The default ``--pretrained openai`` where nothing is cached and the hub cannot be
+    reached: one message with the problem and how to supply weights in the command's own
+    syntax, no hub retries (they took about 50 s before failing)."""
+    code, out, err, seconds = run_cli(infer_args(tmp_path), tmp_path, HF_HUB_OFFLINE=offline)
+    text = out + err
+    assert code == 1, text
+    assert text.count('not in the local cache') == 1, text
+    assert ('HF_HUB_OFFLINE=1' if offline else 'no network') in text
+    assert text.count('Supply weights') == 1 and '--pretrained none' in text
+    assert 'pretrained:=' not in text  # ROS syntax is for the node
+    for chatter in ('Retrying', 'Failed to download', 'Traceback'):
+        assert chatter not in text, text
+    assert seconds < 40, seconds  # the start of python and torch included
+
+
+def test_random_weights_are_announced_once_at_load(tmp_path):
+    code, out, err, _ = run_cli([*infer_args(tmp_path), '--pretrained', 'none'], tmp_path)
+    assert code == 0, out + err
+    assert err.count(RANDOM_WEIGHTS_BANNER) == 1, err  # at load, on stderr
+    assert out.count(RANDOM_WEIGHTS_BANNER) <= 1, out  # the reminder in the summary
+    assert 'No pretrained weights loaded' not in out + err  # open_clip's own notice

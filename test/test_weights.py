@@ -1,13 +1,24 @@
-"""Loading every weights-file format, made in the test from random weights."""
+"""Loading every weights-file format, made in the test from random weights; tags from the
+local cache, and quick, clear failures without it and without network."""
 
+import socket
+import threading
+import time
 import zipfile
 
 import numpy as np
 import pytest
 import torch
 
+from depthclip_ros import model as model_module
 from depthclip_ros.geometry import Intrinsics
-from depthclip_ros.model import DepthCLIP, ModelConfig, WeightsError
+from depthclip_ros.model import (
+    DepthCLIP,
+    how_to_supply_weights,
+    ModelConfig,
+    node_hint_style,
+    WeightsError,
+)
 
 CAMERA = Intrinsics(518.86, 519.47, 144.0, 112.0, 288, 224)
 RGB = np.random.default_rng(0).integers(0, 256, (224, 288, 3), dtype=np.uint8)
@@ -65,7 +76,7 @@ def test_missing_wrong_and_unknown_weights_fail_with_instructions(tmp_path):
         DepthCLIP(ModelConfig(pretrained=str(tmp_path / 'absent.pt'), device='cpu')).load()
     garbage = tmp_path / 'garbage.pt'
     garbage.write_bytes(b'not a checkpoint')
-    with pytest.raises(WeightsError, match='pretrained:=none'):
+    with pytest.raises(WeightsError, match='--pretrained none'):
         DepthCLIP(ModelConfig(pretrained=str(garbage), device='cpu')).load()
     with pytest.raises(WeightsError, match='neither a weights file nor'):
         DepthCLIP(ModelConfig(pretrained='no-such-tag', device='cpu')).load()
@@ -76,3 +87,149 @@ def test_wrong_architecture_fails_clearly(reference):
     with pytest.raises(WeightsError, match='could not load'):
         DepthCLIP(ModelConfig(model='RN101', pretrained=str(folder / 'rn50.pt'),
                               device='cpu')).load()
+
+
+# ---------------------------------------------------------------- tags, cache and network
+# open_clip's RN50/openai lives in the Hugging Face hub repository below; the cache layout
+# is the hub client's (models--org--name/refs/main -> snapshots/<commit>/<file>).
+HUB_REPO_FOLDER = 'models--timm--resnet50_clip.openai'
+COMMIT = '0123456789abcdef0123456789abcdef01234567'
+OPENAI_RN50 = dict(model='RN50', pretrained='openai', device='cpu', input_size=(224, 288))
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as probe:
+        probe.bind(('127.0.0.1', 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """An empty Hugging Face cache, network allowed, the hub endpoint a closed loopback port
+    (never the real hub), and a record of every reachability probe."""
+    from huggingface_hub import constants
+    cache = tmp_path / 'hub'
+    cache.mkdir()
+    monkeypatch.setattr(constants, 'HF_HUB_CACHE', str(cache))
+    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', False)
+    monkeypatch.setattr(constants, 'ENDPOINT', f'http://127.0.0.1:{closed_port()}')
+    probes = []
+    real_probe = model_module._unreachable
+
+    def probe(url, timeout=None):
+        probes.append(url)
+        return real_probe(url, timeout)
+
+    monkeypatch.setattr(model_module, '_unreachable', probe)
+    return cache, probes
+
+
+def cache_file(cache, weights, filename='open_clip_model.safetensors'):
+    """Put ``weights`` into the hub cache as RN50/openai's ``filename`` (a symlink, as the
+    hub client makes them)."""
+    repo = cache / HUB_REPO_FOLDER
+    (repo / 'refs').mkdir(parents=True)
+    (repo / 'refs' / 'main').write_text(COMMIT)
+    snapshot = repo / 'snapshots' / COMMIT
+    snapshot.mkdir(parents=True)
+    (snapshot / filename).symlink_to(weights)
+
+
+@pytest.mark.parametrize('offline', [False, True])
+@pytest.mark.parametrize('filename', ['open_clip_model.safetensors',
+                                      'open_clip_pytorch_model.bin'])
+def test_a_cached_tag_is_read_from_the_cache_without_the_network(reference, hub, monkeypatch,
+                                                                  offline, filename):
+    from huggingface_hub import constants
+    folder, expected = reference
+    cache, probes = hub
+    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', offline)
+    cache_file(cache, folder / ('rn50.safetensors' if filename.endswith('safetensors')
+                                else 'rn50.pt'), filename)
+    engine = DepthCLIP(ModelConfig(**OPENAI_RN50)).load()
+    assert probes == []  # the network was not even probed
+    # Same weights, and OpenAI's QuickGELU (the tag's activation; RN50 itself has GELU).
+    np.testing.assert_allclose(engine.predict(RGB, CAMERA), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_not_cached_and_offline_fails_at_once_without_probing(hub, monkeypatch):
+    from huggingface_hub import constants
+    cache, probes = hub
+    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', True)
+    started = time.monotonic()
+    with pytest.raises(WeightsError) as caught:
+        DepthCLIP(ModelConfig(**OPENAI_RN50)).load()
+    assert time.monotonic() - started < 5.0
+    assert probes == []
+    assert 'not in the local cache' in caught.value.problem
+    assert 'HF_HUB_OFFLINE=1' in caught.value.problem
+    assert str(cache / HUB_REPO_FOLDER) in caught.value.problem
+
+
+def test_not_cached_and_no_network_fails_in_seconds(hub):
+    _, probes = hub
+    started = time.monotonic()
+    with pytest.raises(WeightsError) as caught:
+        DepthCLIP(ModelConfig(**OPENAI_RN50)).load()
+    assert time.monotonic() - started < 5.0
+    assert len(probes) == 1
+    assert 'not in the local cache' in caught.value.problem
+    assert 'no network' in caught.value.problem and 'cannot be reached' in caught.value.problem
+    assert 'Supply weights' in str(caught.value)
+
+
+def test_a_host_that_does_not_answer_counts_as_no_network(monkeypatch):
+    """A connection (or name lookup) that hangs is given up after the probe's timeout."""
+    release = threading.Event()
+
+    def hang(*args, **kwargs):
+        release.wait(30)
+        raise OSError('released')
+
+    monkeypatch.setattr(socket, 'create_connection', hang)
+    try:
+        started = time.monotonic()
+        reason = model_module._unreachable('https://huggingface.co', timeout=0.5)
+        assert time.monotonic() - started < 2.0
+        assert reason == 'huggingface.co:443 did not answer within 0.5 s'
+    finally:
+        release.set()
+
+
+def test_a_reachable_host_or_its_proxy_is_reachable(monkeypatch):
+    with socket.socket() as server:
+        server.bind(('127.0.0.1', 0))
+        server.listen(1)
+        port = server.getsockname()[1]
+        for name in ('https_proxy', 'HTTPS_PROXY', 'no_proxy', 'NO_PROXY', 'all_proxy',
+                     'ALL_PROXY'):
+            monkeypatch.delenv(name, raising=False)
+        assert model_module._unreachable(f'http://127.0.0.1:{port}') is None
+        assert model_module._unreachable(f'http://127.0.0.1:{closed_port()}') is not None
+        # Behind a proxy, the proxy is what has to answer (the hub's name may not even
+        # resolve here).
+        monkeypatch.setenv('https_proxy', f'http://127.0.0.1:{port}')
+        assert model_module._unreachable('https://no-such-host.invalid') is None
+        monkeypatch.setenv('https_proxy', f'http://127.0.0.1:{closed_port()}')
+        reason = model_module._unreachable('https://no-such-host.invalid')
+        assert reason is not None and 'proxy of no-such-host.invalid' in reason
+
+
+def test_the_hint_speaks_the_syntax_of_where_weights_are_given(monkeypatch):
+    cli, ros, launch = (how_to_supply_weights(style) for style in ('cli', 'ros', 'launch'))
+    assert '--pretrained none' in cli and ':=' not in cli
+    assert '-p pretrained:=none' in ros and '--ros-args' in ros and '--pretrained' not in ros
+    assert 'pretrained:=none' in launch and 'depth.launch.py' in launch
+    assert '-p ' not in launch and '--pretrained' not in launch
+    with pytest.raises(ValueError):
+        how_to_supply_weights('yaml')
+    error = WeightsError('weights file x does not exist')
+    assert error.problem == 'weights file x does not exist'
+    assert error.message('ros') == f'{error.problem}\n{ros}' and error.hint('launch') == launch
+    assert str(error) == error.message('cli')
+    assert WeightsError('no hint', supply_hint=False).message('ros') == 'no hint'
+    monkeypatch.delenv('DEPTHCLIP_STARTED_BY_LAUNCH', raising=False)
+    assert node_hint_style() == 'ros'
+    monkeypatch.setenv('DEPTHCLIP_STARTED_BY_LAUNCH', '1')
+    assert node_hint_style() == 'launch'

@@ -97,6 +97,8 @@ def render_corridor(height: int = 480, width: int = 640, hfov_deg: float = 60.0,
 
 
 def load_or_fallback(args: argparse.Namespace) -> DepthCLIP:
+    """The engine of ``args``; when its weights cannot be had, the problem and how to
+    supply weights, then exit 1, or with ``--fallback-random`` go on with random weights."""
     model, head = configs_from_args(args)
     try:
         return DepthCLIP(model, head).load()
@@ -104,10 +106,9 @@ def load_or_fallback(args: argparse.Namespace) -> DepthCLIP:
         print(f'depthclip-ros demo: {error}', file=sys.stderr)
         if not args.fallback_random:
             sys.exit(1)
-        print('--fallback-random: continuing with RANDOM weights; every output below is '
-              'labelled and meaningless as depth.', file=sys.stderr)
-        model = replace(model, pretrained='none')
-        return DepthCLIP(model, head).load()
+        print('--fallback-random: going on with random weights (--pretrained none).',
+              file=sys.stderr)
+        return DepthCLIP(replace(model, pretrained='none'), head).load()
 
 
 def write_corridor_bag(path: Path, frames: int = 10, height: int = 480, width: int = 640,

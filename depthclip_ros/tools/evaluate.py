@@ -5,17 +5,27 @@ the image is cropped (not resized) to the 544x416 box (60, 56, 604, 472), the pr
 is compared with the ground truth inside Eigen's crop, depths capped at 10 m. Other folders
 are fed whole (resized to the network input), compared on every valid ground-truth pixel
 up to ``--max-depth-m``.
+
+Every option, every dataset folder (``intrinsics.json``, ``rgb/``, ``depth/``, at least one
+pair) and the ``--json`` path are checked before the model is loaded; a problem there is
+one line and exit status 2. A frame that cannot be used (unreadable or corrupt file, size
+not the intrinsics size, no valid ground truth) is reported on one line and left out of
+the means; the run then ends with exit status 1 (0 when every frame was evaluated).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
+import sys
 
+import cv2
 import numpy as np
+import torch
 
-from ..dataset import RGBDFolder
+from ..dataset import DatasetError, one_line, RGBDFolder
 from ..metrics import (
     depth_metrics,
     format_table,
@@ -28,7 +38,13 @@ from ..metrics import (
     RANDOM_GUESS_NYU,
 )
 from ..model import DepthCLIP, RANDOM_WEIGHTS_BANNER
+from ..visualize import atomic_path, check_output_file
 from .common import add_model_arguments, load_engine
+from .infer import check_max_depth, check_model_options
+
+PROG = 'depthclip-ros evaluate'
+MIN_GT_DEPTH_M = 1e-3  # ground truth at or below this is invalid
+FRAME_ERRORS = (ValueError, OSError, cv2.error, MemoryError, torch.cuda.OutOfMemoryError)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,64 +57,134 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
 
 
-def find_datasets(paths: list[Path]) -> list[Path]:
-    found = []
+def find_datasets(paths: list[Path]) -> list[tuple[str, RGBDFolder]]:
+    """``(label, folder)`` of every dataset named or found one level below the given
+    folders, each checked (:class:`DatasetError` otherwise). Every path must be, or hold,
+    a dataset; the same folder given twice is kept once; the label is the folder's name,
+    or the path as given where two datasets share a name."""
+    found: list[tuple[Path, RGBDFolder]] = []
+    seen = set()
     for path in paths:
-        if (path / 'intrinsics.json').is_file():
-            found.append(path)
-        elif path.is_dir():
-            found += sorted(p for p in path.iterdir() if (p / 'intrinsics.json').is_file())
-    if not found:
-        raise ValueError(f'no dataset folder (with intrinsics.json) in {[str(p) for p in paths]}')
-    return found
+        if not path.exists():
+            raise DatasetError(f'no such folder: {path}')
+        if not path.is_dir():
+            raise DatasetError(f'{path} is not a folder')
+        if (path / 'intrinsics.json').exists():
+            candidates = [path]
+        else:
+            try:
+                candidates = sorted(p for p in path.iterdir() if (p / 'intrinsics.json').exists())
+            except OSError as error:
+                raise DatasetError(f'cannot list {path} ({one_line(error)})') from None
+            if not candidates:
+                raise DatasetError(f'{path} is not a dataset folder (no intrinsics.json) and '
+                                   f'holds none')
+        for candidate in candidates:
+            info = os.stat(candidate)
+            if (info.st_dev, info.st_ino) in seen:
+                continue
+            seen.add((info.st_dev, info.st_ino))
+            found.append((candidate, RGBDFolder(candidate)))
+    names = [p.name for p, _ in found]
+    return [(p.name if names.count(p.name) == 1 else os.path.normpath(p), folder)
+            for p, folder in found]
+
+
+def evaluate_frame(engine: DepthCLIP, folder: RGBDFolder, index: int,
+                   max_depth_m: float = 80.0) -> dict[str, float]:
+    """Metrics of one frame; ``ValueError`` (or ``OSError``) when it cannot be used."""
+    frame = folder.frame(index)
+    if folder.is_nyu:
+        left, top, right, bottom = NYU_INPUT_CROP
+        crop = np.ascontiguousarray(frame.rgb[top:bottom, left:right])
+        camera = frame.intrinsics.cropped(left, top, right - left, bottom - top)
+        pred = np.full(frame.depth_m.shape, np.nan, dtype=np.float32)
+        pred[top:bottom, left:right] = engine.predict(crop, camera)
+        pred = np.clip(pred, NYU_MIN_DEPTH_M, NYU_MAX_DEPTH_M)
+        mask = nyu_eval_mask(frame.depth_m)
+    else:
+        pred = np.clip(engine.predict(frame.rgb, frame.intrinsics), MIN_GT_DEPTH_M,
+                       max_depth_m)
+        mask = (frame.depth_m > MIN_GT_DEPTH_M) & (frame.depth_m <= max_depth_m)
+    try:
+        return depth_metrics(pred, frame.depth_m, mask)
+    except ValueError as error:
+        raise DatasetError(f'{error} (no ground truth in range)') from None
 
 
 def evaluate_folder(engine: DepthCLIP, folder: RGBDFolder, max_depth_m: float = 80.0
-                    ) -> tuple[dict[str, float], list[dict]]:
-    """Mean metrics of ``folder`` and the per-frame metrics."""
-    per_frame = []
-    for frame in folder:
-        if folder.is_nyu:
-            left, top, right, bottom = NYU_INPUT_CROP
-            crop = np.ascontiguousarray(frame.rgb[top:bottom, left:right])
-            camera = frame.intrinsics.cropped(left, top, right - left, bottom - top)
-            pred = np.full(frame.depth_m.shape, np.nan, dtype=np.float32)
-            pred[top:bottom, left:right] = engine.predict(crop, camera)
-            pred = np.clip(pred, NYU_MIN_DEPTH_M, NYU_MAX_DEPTH_M)
-            mask = nyu_eval_mask(frame.depth_m)
-        else:
-            pred = np.clip(engine.predict(frame.rgb, frame.intrinsics), 1e-3, max_depth_m)
-            mask = (frame.depth_m > 1e-3) & (frame.depth_m <= max_depth_m)
-        metrics = depth_metrics(pred, frame.depth_m, mask)
-        per_frame.append({'frame': frame.name, **metrics})
-    return mean_metrics(per_frame), per_frame
+                    ) -> tuple[dict[str, float] | None, list[dict], list[dict]]:
+    """Mean metrics of ``folder`` (``None`` when no frame could be evaluated), the
+    per-frame metrics, and the frames skipped (``{'frame', 'reason'}``, each reported on
+    stderr)."""
+    per_frame, skipped = [], []
+    for index, (rgb_path, _) in enumerate(folder.pairs):
+        try:
+            metrics = evaluate_frame(engine, folder, index, max_depth_m)
+        except FRAME_ERRORS as error:
+            reason = one_line(error)
+            print(f'{PROG}: skipped {rgb_path}: {reason}', file=sys.stderr, flush=True)
+            skipped.append({'frame': rgb_path.stem, 'reason': reason})
+            continue
+        per_frame.append({'frame': rgb_path.stem, **metrics})
+    return (mean_metrics(per_frame) if per_frame else None), per_frame, skipped
+
+
+def prepare(args: argparse.Namespace) -> list[tuple[str, RGBDFolder]]:
+    """Everything checked before the model is loaded; ``ValueError`` with the reason."""
+    check_model_options(args)
+    check_max_depth(args.max_depth_m, MIN_GT_DEPTH_M)
+    if args.json is not None:
+        check_output_file(args.json)
+    return find_datasets(args.dataset)
 
 
 def run(args: argparse.Namespace) -> int:
-    datasets = find_datasets(args.dataset)
+    try:
+        datasets = prepare(args)
+    except ValueError as error:
+        print(f'{PROG}: {one_line(error)}', file=sys.stderr)
+        return 2
     engine = load_engine(args)
     results = {'device': engine.describe_device(), 'model': engine.config.model,
                'pretrained': engine.config.pretrained, 'random_weights': engine.random_weights,
                'feature_mode': engine.config.feature_mode,
                'flip_average': engine.head.flip_average, 'datasets': {}}
-    for path in datasets:
-        folder = RGBDFolder(path)
-        mean, per_frame = evaluate_folder(engine, folder, args.max_depth_m)
+    evaluated = failed = 0
+    for name, folder in datasets:
         protocol = 'NYU (DepthCLIP crop, Eigen mask, 10 m)' if folder.is_nyu \
             else f'whole image, GT <= {args.max_depth_m:g} m'
-        results['datasets'][path.name] = {'protocol': protocol, 'frames': len(per_frame),
-                                          'mean': mean, 'per_frame': per_frame}
+        print(f'\n{name}: {protocol}; {engine.describe_device()}, {engine.config.model} '
+              f'{engine.config.feature_mode} mode, flip={engine.head.flip_average}',
+              flush=True)
+        if folder.unpaired:
+            print(f'note: {len(folder.unpaired)} rgb image(s) without a depth file are not '
+                  f'evaluated (first: {folder.unpaired[0].name})')
+        mean, per_frame, skipped = evaluate_folder(engine, folder, args.max_depth_m)
+        evaluated += len(per_frame)
+        failed += len(skipped)
+        results['datasets'][name] = {'protocol': protocol, 'frames': len(per_frame),
+                                     'skipped': skipped, 'mean': mean,
+                                     'per_frame': per_frame}
+        if mean is None:
+            print(f'no frame of {name} could be evaluated')
+            continue
         label = 'ours (RANDOM WEIGHTS)' if engine.random_weights else 'ours'
-        rows = {f'{label}, {len(per_frame)} frames': mean}
+        count = f'{len(per_frame)} frames' + (f' ({len(skipped)} skipped)' if skipped else '')
+        rows = {f'{label}, {count}': mean}
         if folder.is_nyu:
             rows['DepthCLIP paper (654 frames)'] = PAPER_NYU
             rows['random guess 0-10 m (paper)'] = RANDOM_GUESS_NYU
-        print(f'\n{path.name}: {protocol}; {engine.describe_device()}, {engine.config.model} '
-              f'{engine.config.feature_mode} mode, flip={engine.head.flip_average}')
         print(format_table(rows))
     if engine.random_weights:
         print(f'\n{RANDOM_WEIGHTS_BANNER}')
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        try:
+            with atomic_path(args.json) as temporary:
+                temporary.write_text(json.dumps(results, indent=2))
+        except OSError as error:
+            print(f'{PROG}: cannot write {args.json} ({one_line(error)})', file=sys.stderr)
+            return 1
         print(f'results written to {args.json}')
-    return 0
+    print(f'{evaluated} frame(s) evaluated, {failed} skipped')
+    return 1 if failed else 0

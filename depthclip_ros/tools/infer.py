@@ -2,20 +2,58 @@
 
 Inputs are image files, folders of images and video files. The intrinsics are those of
 the images as given (all from one camera).
+
+Output names: every input gets its own files, named before anything is written. An
+input's name is its file stem (``a.png`` -> ``a_depth.npy`` ...; a video's frames
+``v_000000`` ...) when no other input, and no input file inside the output folder, would
+give or hold the same names (compared ignoring case). Inputs that would clash take, all
+together, the first of these that sets them apart: the file name with its suffix
+(``a.png``, ``a.jpg``), then the parent folder's name in front (``d1_frame``), then
+with the suffix (``d1_frame.png``), then two parent folders, and so on; as a last resort
+the input's position (``frame.png-3``). The same file given twice is processed once. The
+names are printed when any input does not keep its stem.
+
+Files that cannot be read (not an image, corrupt, more than ``--max-input-pixels``) are
+reported on one line each and skipped; the rest are processed. Exit status: 0 when every
+input was written, 1 when anything failed, 2 when an option, an input path or the output
+folder is refused up front (nothing is loaded or written then).
 """
 
 from __future__ import annotations
 
 import argparse
+from collections import defaultdict
+from dataclasses import dataclass
+import math
+import os
 from pathlib import Path
+import re
+import sys
+import unicodedata
 
+import cv2
 import numpy as np
+import torch
 
-from ..dataset import expand_inputs, iter_images
+from ..dataset import expand_inputs, is_video, iter_images, one_line
+from ..encodings import MAX_SIDE_PX
 from ..geometry import backproject, Intrinsics, intrinsics_from_hfov
-from ..model import DepthCLIP, RANDOM_WEIGHTS_BANNER
-from ..visualize import preview, write_depth_png, write_ply, write_rgb_png
-from .common import add_model_arguments, load_engine
+from ..model import DepthCLIP, RANDOM_WEIGHTS_BANNER, resolve_device, resolve_dtype
+from ..parameters import DEFAULT_MAX_INPUT_PIXELS, validate
+from ..visualize import (
+    check_output_dir,
+    preview,
+    save_npy,
+    write_depth_png,
+    write_ply,
+    write_rgb_png,
+)
+from .common import add_model_arguments, configs_from_args, load_engine
+
+PROG = 'depthclip-ros infer'
+OUTPUT_SUFFIXES = ('_depth.npy', '_depth.png', '_preview.png', '.ply')
+# What may go wrong with one input; anything else is a bug and keeps its traceback.
+ITEM_ERRORS = (ValueError, OSError, cv2.error, MemoryError, torch.cuda.OutOfMemoryError)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +67,51 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--output', '-o', type=Path, required=True, help='output folder')
     parser.add_argument('--max-depth-m', type=float, default=20.0,
                         help='points beyond this are left out of the PLY (default 20)')
+    parser.add_argument('--max-input-pixels', type=int, default=DEFAULT_MAX_INPUT_PIXELS,
+                        help='largest image or video frame (width x height) processed; '
+                             'larger files are refused from their header, before decoding '
+                             f'(default {DEFAULT_MAX_INPUT_PIXELS}, as the node parameter)')
     add_model_arguments(parser)
+
+
+# ---------------------------------------------------------------------------------------
+# Options, checked before anything is loaded
+
+
+def check_model_options(args: argparse.Namespace) -> None:
+    """The model options as the node checks them, and the device's availability;
+    ``ValueError`` with the reason. Loads nothing."""
+    model, _ = configs_from_args(args)
+    resolve_dtype(model.precision, resolve_device(model.device))
+
+
+def check_max_depth(value: float, minimum: float = 0.0) -> None:
+    if not (math.isfinite(value) and value > minimum):
+        raise ValueError(f'--max-depth-m must be finite and > {minimum:g}, got {value}')
+
+
+def check_options(args: argparse.Namespace) -> None:
+    check_model_options(args)
+    if args.intrinsics is not None:
+        fx, fy, cx, cy = args.intrinsics
+        if not all(math.isfinite(v) for v in args.intrinsics) or fx <= 0 or fy <= 0:
+            raise ValueError(f'--intrinsics must be finite with fx, fy > 0, got '
+                             f'{" ".join(f"{v:g}" for v in args.intrinsics)}')
+    else:
+        hfov = args.hfov_deg
+        if not 0 < hfov < 180:  # NaN fails too
+            raise ValueError(f'--hfov-deg must be in (0, 180) degrees, got {hfov}')
+        try:  # the widest image must still get a finite focal length
+            intrinsics_from_hfov(1, MAX_SIDE_PX, hfov)
+        except (ValueError, ArithmeticError):
+            raise ValueError(f'--hfov-deg {hfov} is too small: the focal length it gives '
+                             f'is not finite') from None
+    check_max_depth(args.max_depth_m)
+    try:
+        validate({'max_input_pixels': args.max_input_pixels})
+    except ValueError as error:
+        raise ValueError(f'--{error}'.replace('max_input_pixels', 'max-input-pixels', 1)) \
+            from None
 
 
 def intrinsics_for(args: argparse.Namespace, height: int, width: int) -> Intrinsics:
@@ -39,10 +121,167 @@ def intrinsics_for(args: argparse.Namespace, height: int, width: int) -> Intrins
     return intrinsics_from_hfov(height, width, args.hfov_deg)
 
 
+# ---------------------------------------------------------------------------------------
+# Output names, decided for all inputs before anything is written
+
+
+@dataclass(frozen=True)
+class Source:
+    path: Path
+    name: str  # outputs <name>_depth.npy ...; a video's frames <name>_NNNNNN_depth.npy ...
+    video: bool
+    renamed: bool  # the name is not the file stem
+
+
+@dataclass(frozen=True)
+class Plan:
+    sources: list[Source]
+    duplicates: list[tuple[Path, Path]]  # (input, the earlier input that is the same file)
+
+
+class NamingError(ValueError):
+    """No distinct output names could be found."""
+
+
+def _key(name: str) -> str:
+    """Names compared as a case-insensitive file system would."""
+    return unicodedata.normalize('NFC', name).casefold()
+
+
+_FRAME = re.compile(r'(.*)_\d{6,}', re.DOTALL)
+
+
+def _frame_prefix(key: str) -> str | None:
+    """``v`` for a frame name ``v_000012`` (the video it could come from)."""
+    match = _FRAME.fullmatch(key)
+    return match.group(1) if match else None
+
+
+class _Namer:
+    """Candidate names of one input, from its stem to its whole path, then its position."""
+
+    def __init__(self, path: Path, position: int):
+        self.path = path
+        self.folders = [p for p in Path(os.path.abspath(path)).parent.parts
+                        if p not in ('', os.sep, '/')]
+        self.position = position
+        self.last = 2 * len(self.folders) + 2  # the candidate with the position
+
+    def name(self, level: int) -> str:
+        if level >= self.last:
+            return f'{self.name(self.last - 1)}-{self.position}'
+        folders, with_suffix = divmod(level, 2)
+        base = self.path.name if with_suffix else self.path.stem
+        return '_'.join([*self.folders[len(self.folders) - folders:], base]) if folders \
+            else base
+
+
+def _protected(paths: list[Path], output: Path) -> tuple[set[str], set[str]]:
+    """Input files that live in the output folder, which no output may replace: the keys
+    of their names, and of the names of the videos whose frames' outputs they would be."""
+    try:
+        target = os.stat(output)
+    except OSError:
+        return set(), set()
+    names, video_prefixes = set(), set()
+    for path in paths:
+        try:
+            parent = os.stat(path.parent)
+        except OSError:
+            continue
+        if (parent.st_dev, parent.st_ino) != (target.st_dev, target.st_ino):
+            continue
+        key = _key(path.name)
+        names.add(key)
+        for suffix in OUTPUT_SUFFIXES:
+            if key.endswith(suffix):
+                prefix = _frame_prefix(key[:-len(suffix)])
+                if prefix is not None:
+                    video_prefixes.add(prefix)
+    return names, video_prefixes
+
+
+def plan_outputs(paths: list[Path], output: Path) -> Plan:
+    """Distinct output names for ``paths`` (see the module docstring for the rule).
+
+    The same file given twice (by any path, links included) is kept once. Raises
+    :class:`NamingError` when no distinct names exist (not seen outside contrived cases).
+    """
+    unique, duplicates, seen = [], [], {}
+    for path in paths:
+        try:
+            info = os.stat(path)
+            identity = (info.st_dev, info.st_ino)
+        except OSError:
+            identity = ('path', os.path.abspath(path))
+        if identity in seen:
+            duplicates.append((path, seen[identity]))
+            continue
+        seen[identity] = path
+        unique.append(path)
+    namers = [_Namer(path, position) for position, path in enumerate(unique, 1)]
+    videos = [is_video(path) for path in unique]
+    protected_names, protected_videos = _protected(unique, output)
+    levels = [0] * len(unique)
+    while True:
+        names = [namer.name(level) for namer, level in zip(namers, levels)]
+        keys = [_key(name) for name in names]
+        images_by_key, videos_by_key = defaultdict(list), defaultdict(list)
+        for index, key in enumerate(keys):
+            (videos_by_key if videos[index] else images_by_key)[key].append(index)
+        groups = [g for by_key in (images_by_key, videos_by_key) for g in by_key.values()
+                  if len(g) > 1]
+        for key, group in images_by_key.items():  # an image named like a video's frame
+            prefix = _frame_prefix(key)
+            if prefix is not None and prefix in videos_by_key:
+                groups.append(group + videos_by_key[prefix])
+        for index, key in enumerate(keys):  # outputs that would replace an input file
+            if key in protected_videos if videos[index] else \
+                    any(key + suffix in protected_names for suffix in OUTPUT_SUFFIXES):
+                groups.append([index])
+        if not groups:
+            break
+        moving = set()
+        for group in groups:
+            movable = [i for i in group if levels[i] < namers[i].last]
+            lowest = min(levels[i] for i in group)
+            # A name taken at a lower level (a unique stem) stays; those that reached it
+            # while moving away from another clash move on. Equals move together.
+            above = [i for i in movable if levels[i] > lowest]
+            if not movable:
+                raise NamingError('no distinct output names for '
+                                  + ', '.join(str(unique[i]) for i in sorted(group))
+                                  + '; rename them or run them separately')
+            moving.update(above or movable)
+        for index in moving:
+            levels[index] += 1
+    sources = [Source(path, name, video, level > 0)
+               for path, name, video, level in zip(unique, names, videos, levels)]
+    return Plan(sources, duplicates)
+
+
+def print_plan(plan: Plan) -> None:
+    for path, first in plan.duplicates:
+        print(f'{path}: the same file as {first}, processed once')
+    renamed = [s for s in plan.sources if s.renamed]
+    if renamed:
+        print('output names (these inputs share a name with another input or an input '
+              'file in the output folder):')
+        for source in renamed:
+            suffix = '_NNNNNN' if source.video else ''
+            print(f'  {source.path} -> {source.name}{suffix}_*')
+
+
+# ---------------------------------------------------------------------------------------
+# Running
+
+
 def write_outputs(output: Path, stem: str, rgb: np.ndarray, depth: np.ndarray,
                   camera: Intrinsics, random_weights: bool, max_depth_m: float) -> None:
+    """The four files of one image: ``<stem>_depth.npy``, ``<stem>_depth.png``,
+    ``<stem>_preview.png``, ``<stem>.ply`` (each written whole or not at all)."""
     banner = RANDOM_WEIGHTS_BANNER if random_weights else None
-    np.save(output / f'{stem}_depth.npy', depth.astype(np.float32))
+    save_npy(output / f'{stem}_depth.npy', depth.astype(np.float32))
     write_depth_png(output / f'{stem}_depth.png', depth)
     write_rgb_png(output / f'{stem}_preview.png',
                   preview(rgb, depth, 'RANDOM WEIGHTS: not a depth result' if banner else None))
@@ -53,30 +292,80 @@ def write_outputs(output: Path, stem: str, rgb: np.ndarray, depth: np.ndarray,
     write_ply(output / f'{stem}.ply', points, rgb, comment=comment)
 
 
-def infer_all(engine: DepthCLIP, args: argparse.Namespace) -> list[str]:
-    args.output.mkdir(parents=True, exist_ok=True)
-    written = []
-    for path in expand_inputs(args.inputs):
-        for stem, rgb in iter_images(path):
-            camera = intrinsics_for(args, *rgb.shape[:2])
-            depth = engine.predict(rgb, camera)
-            write_outputs(args.output, stem, rgb, depth, camera, engine.random_weights,
-                          args.max_depth_m)
-            valid = depth[np.isfinite(depth)]
-            print(f'{stem}: {rgb.shape[1]}x{rgb.shape[0]}, depth {valid.min():.2f}-'
-                  f'{valid.max():.2f} m (median {np.median(valid):.2f})')
-            written.append(stem)
-    return written
+def remove_outputs(output: Path, name: str) -> None:
+    for suffix in OUTPUT_SUFFIXES:
+        try:
+            (output / f'{name}{suffix}').unlink()
+        except OSError:  # absent, or part of the failure being reported
+            pass
+
+
+def report(what: object, error: BaseException) -> None:
+    """One line on stderr: the input (or video frame) skipped and why."""
+    reason = one_line(error)
+    what = str(what)
+    if reason.startswith(what + ': '):  # read_rgb names the file itself
+        reason = reason[len(what) + 2:]
+    print(f'{PROG}: skipped {what}: {reason}', file=sys.stderr, flush=True)
+
+
+def describe(name: str, rgb: np.ndarray, depth: np.ndarray) -> str:
+    valid = depth[np.isfinite(depth)]
+    size = f'{name}: {rgb.shape[1]}x{rgb.shape[0]}'
+    if not valid.size:
+        return f'{size}, no finite depth'
+    return (f'{size}, depth {valid.min():.2f}-{valid.max():.2f} m '
+            f'(median {np.median(valid):.2f})')
+
+
+def infer_all(engine: DepthCLIP, args: argparse.Namespace, plan: Plan) -> tuple[int, int]:
+    """Process every planned input; returns ``(written, failed)``: images and video frames
+    written, and images, frames or whole inputs that failed (each reported)."""
+    written = failed = 0
+    for source in plan.sources:
+        try:
+            for name, rgb in iter_images(source.path, args.max_input_pixels, source.name):
+                try:
+                    camera = intrinsics_for(args, *rgb.shape[:2])
+                    depth = engine.predict(rgb, camera)
+                    write_outputs(args.output, name, rgb, depth, camera,
+                                  engine.random_weights, args.max_depth_m)
+                except ITEM_ERRORS as error:
+                    failed += 1
+                    remove_outputs(args.output, name)  # all four files or none
+                    report(f'{source.path} ({name})' if source.video else source.path, error)
+                    continue
+                print(describe(name, rgb, depth), flush=True)
+                written += 1
+        except ITEM_ERRORS as error:
+            failed += 1
+            report(source.path, error)
+    return written, failed
+
+
+def prepare(args: argparse.Namespace) -> Plan:
+    """Everything checked before the model is loaded; ``ValueError`` with the reason."""
+    check_options(args)
+    check_output_dir(args.output)
+    return plan_outputs(expand_inputs(args.inputs), args.output)
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        plan = prepare(args)
+    except ValueError as error:
+        print(f'{PROG}: {one_line(error)}', file=sys.stderr)
+        return 2
+    print_plan(plan)
     engine = load_engine(args)
     try:
-        written = infer_all(engine, args)
-    except ValueError as error:
-        raise SystemExit(f'depthclip-ros infer: {error}') from None
-    print(f'{len(written)} image(s) -> {args.output}/  (<stem>_depth.npy float32 m, '
-          f'<stem>_depth.png uint16 mm, <stem>_preview.png, <stem>.ply)')
+        args.output.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        print(f'{PROG}: cannot create the output folder ({one_line(error)})', file=sys.stderr)
+        return 1
+    written, failed = infer_all(engine, args, plan)
     if engine.random_weights:
         print(RANDOM_WEIGHTS_BANNER)
-    return 0
+    print(f'{written} written, {failed} failed -> {args.output}/  (<name>_depth.npy float32 '
+          f'm, <name>_depth.png uint16 mm, <name>_preview.png, <name>.ply)')
+    return 1 if failed else 0

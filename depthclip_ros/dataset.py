@@ -279,6 +279,9 @@ def iter_images(path: Path, max_pixels: int | None = None, name: str | None = No
     if not is_video(path):
         yield name, read_rgb(path, max_pixels)
         return
+    # FFmpeg's own complaints ("moov atom not found") would add lines of their own to the
+    # one-line report of the error raised below; quiet unless the user asked otherwise.
+    os.environ.setdefault('OPENCV_FFMPEG_LOGLEVEL', '-8')
     capture = cv2.VideoCapture(str(path))
     try:
         if not capture.isOpened():

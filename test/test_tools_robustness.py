@@ -328,20 +328,26 @@ def test_a_failed_write_leaves_none_of_that_input_s_files(tmp_path, capsys, monk
     assert '1 written, 1 failed' in captured.out
 
 
-def test_an_unreadable_file_in_a_real_run(tmp_path):
-    """The command as its own process, the real model loader: the corrupt file is one
-    line on stderr, the good one is written, exit status 1."""
+def test_unreadable_files_in_a_real_run(tmp_path):
+    """The command as its own process, the real model loader: each bad file is one line
+    on stderr (FFmpeg's own complaint about the fake video kept quiet), the good one is
+    written, exit status 1."""
     folder = tmp_path / 'in'
     good = write_image(folder / 'good.png', image(50))
     (folder / 'bad.png').write_bytes(b'\x89PNG\r\n\x1a\n' + b'\0' * 40)
+    fake_video = tmp_path / 'fake.mp4'
+    fake_video.write_text('not a video')
     out = tmp_path / 'out'
-    result = run_process(*infer_args(folder, output=out))
+    result = run_process(*infer_args(folder, fake_video, output=out))
     assert result.returncode == 1, result.stderr
-    assert 'Traceback' not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if 'bad.png' in line]
-    assert len(lines) == 1 and lines[0].startswith('depthclip-ros infer: skipped ')
+    assert 'Traceback' not in result.stderr and 'moov' not in result.stderr
+    skipped = [line for line in result.stderr.splitlines()
+               if line.startswith('depthclip-ros infer: skipped ')]
+    assert len(skipped) == 2
+    assert any('bad.png' in line for line in skipped)
+    assert any('fake.mp4' in line for line in skipped)
     assert_outputs_of(out, 'good', good)
-    assert result.stdout.strip().splitlines()[-1].startswith('1 written, 1 failed')
+    assert result.stdout.strip().splitlines()[-1].startswith('1 written, 2 failed')
 
 
 # ---------------------------------------------------------------------------------------

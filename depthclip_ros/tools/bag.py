@@ -7,8 +7,22 @@ folder (MCAP storage) with the input topics plus depth, depth/camera_info and po
 image's header and log time. Image topics may be sensor_msgs/Image or CompressedImage.
 
 Without --image-topic the bag's one colour image topic is used; without
---camera-info-topic the CameraInfo topic nearest to it. Bad or unreadable messages are
-reported and skipped. Ctrl-C stops after the current frame and leaves a valid bag.
+--camera-info-topic the camera_info beside it, else the nearest CameraInfo topic, which
+is refused when its first message does not match the first image (frame_id, size, aspect:
+another camera's). The summary names the CameraInfo topic used. Bad or unreadable
+messages are reported and skipped.
+
+The input is never modified: an OUTPUT that is the input, inside it or around it
+(symlinks and .. resolved) is refused. The bag is written into OUTPUT.partial/ and moved
+to OUTPUT when complete; --overwrite replaces an earlier output (a folder holding only a
+rosbag2 bag) only then. Ctrl-C / SIGTERM stop after the current frame and leave a
+complete bag of the frames done. A run killed or unable to write (disk full) leaves
+OUTPUT.partial/ (with a note saying so); recover its complete chunks with
+``depthclip-ros bag --recover OUTPUT.partial NEW_OUTPUT``.
+
+Exit codes: 0 done; 1 no frame got depth, the input was damaged, or writing failed;
+2 refused before anything was read or written (an option, a path, the topics: one line
+"depthclip-ros bag: <reason>"); 130 interrupted (the bag is complete).
 
 Look at the result: open OUTPUT/*.mcap in Foxglove, or replay it with
 ``ros2 bag play OUTPUT --loop`` (Jazzy or newer) next to rviz2 with the shipped config;
@@ -23,26 +37,45 @@ import re
 import sys
 import time
 
-from ..bags import BagError, BagReport, process_bag
+from ..bags import (
+    BagError,
+    BagReport,
+    BagWriteError,
+    PARTIAL_NOTE,
+    plan_output,
+    process_bag,
+    recover_partial,
+    RecoveryReport,
+)
 from ..model import RANDOM_WEIGHTS_BANNER
 from ..pipeline import DepthPipeline, OutputSettings
-from .common import add_model_arguments, load_engine
+from .common import add_model_arguments, configs_from_args, load_engine
 
 PLAIN_PROGRESS_S = 5.0
 SHOWN_PER_PROBLEM = 3
+USAGE_ERROR = 2  # refused before anything was read or written
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('input', type=Path, help='rosbag2 folder, .mcap, .db3 or ROS 1 .bag')
+    parser.add_argument('input', type=Path, help='rosbag2 folder, .mcap, .db3 or ROS 1 .bag '
+                        '(with --recover: a partial output folder or its .mcap)')
     parser.add_argument('output', type=Path, help='new rosbag2 folder (MCAP)')
     parser.add_argument('--image-topic', help='sensor_msgs/Image or CompressedImage topic '
                         '(default: the one colour image topic)')
-    parser.add_argument('--camera-info-topic', help='its CameraInfo (default: the nearest)')
+    parser.add_argument('--camera-info-topic',
+                        help='its CameraInfo (default: camera_info beside the image, else the '
+                             'nearest CameraInfo topic if its frame_id and size match)')
     parser.add_argument('--output-namespace',
                         help="where the outputs go (default: the image topic's namespace)")
     parser.add_argument('--colormap', action='store_true',
                         help='also write depth/colormap (rgb8) for viewing')
-    parser.add_argument('--overwrite', action='store_true', help='replace OUTPUT')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='replace an earlier OUTPUT (a folder holding only a rosbag2 bag), '
+                             'once the new one is complete; never the input')
+    parser.add_argument('--recover', action='store_true',
+                        help='copy the complete messages of INPUT, a partial output left by a '
+                             'killed or failed run (OUTPUT.partial), into a complete bag '
+                             'OUTPUT; no model is loaded')
     add_output_arguments(parser)
     add_model_arguments(parser)
 
@@ -61,13 +94,28 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--fallback-hfov-deg', type=float,
                        default=node.fallback_hfov_deg,
                        help='horizontal FOV for images before any CameraInfo (0 = skip them)')
+    group.add_argument('--max-input-pixels', type=int, default=node.max_input_pixels,
+                       help='largest image (width x height) processed; larger ones are '
+                            f'refused from their header (default {node.max_input_pixels})')
 
 
 def settings_from_args(args: argparse.Namespace) -> OutputSettings:
+    """The output settings; ``ValueError`` naming the parameter for a value the node
+    refuses."""
     return OutputSettings(output_size=tuple(args.output_size), cloud_stride=args.cloud_stride,
                           min_depth_m=args.min_depth_m, max_depth_m=args.max_depth_m,
                           cloud_rgb=args.cloud_rgb, intrinsics_source=args.intrinsics_source,
-                          fallback_hfov_deg=args.fallback_hfov_deg)
+                          fallback_hfov_deg=args.fallback_hfov_deg,
+                          max_input_pixels=args.max_input_pixels)
+
+
+def option_problem(error: ValueError, args: argparse.Namespace) -> str:
+    """A refused value's reason, led by the option that gave it (``--cloud-stride: ...``)."""
+    reason = str(error)
+    name = reason.split(maxsplit=1)[0] if reason else ''
+    if name and name in vars(args):
+        return f'--{name.replace("_", "-")}: {reason}'
+    return reason
 
 
 class Progress:
@@ -77,6 +125,10 @@ class Progress:
         self.stream = stream or sys.stderr
         self.bar = None
         self._last_line = 0.0
+        self._start = time.perf_counter()
+
+    def restart(self) -> None:
+        """Rates count from now (after the model was loaded)."""
         self._start = time.perf_counter()
 
     def __call__(self, report: BagReport) -> None:
@@ -129,15 +181,41 @@ def rviz_command(report: BagReport) -> str:
             f'depthclip.rviz"{frame} --ros-args -r __ns:={namespace} -r image:={image}')
 
 
-def print_summary(report: BagReport, output: Path, random_weights: bool) -> None:
-    state = 'INTERRUPTED, the bag holds the frames done so far' if report.interrupted \
-        else f'INPUT DAMAGED ({report.read_error}), the bag holds the frames before it' \
-        if report.read_error else 'done'
+def no_depth_reason(report: BagReport) -> str:
+    """Why no frame got depth, for the summary."""
+    if report.frames_seen == 0:
+        return f'no image on {report.image_topic} could be read'
+    if report.camera_info_topic is None and report.camera_info_rejected:
+        return ('the bag has no CameraInfo topic: give one with --camera-info-topic, or '
+                'approximate intrinsics with --fallback-hfov-deg')
+    if report.camera_info_rejected == report.frames_seen:
+        return (f'no usable CameraInfo on {report.camera_info_topic} (see the messages '
+                f'above)')
+    return 'every frame was rejected or failed (see the messages above)'
+
+
+def print_summary(report: BagReport, output: Path, random_weights: bool,
+                  failed: str | None = None) -> None:
+    """The run in a few lines. ``failed``: writing failed with that message (no bag)."""
+    output = report.output or Path(output)
+    state = ('WRITE FAILED, no bag was made' if failed else
+             'INTERRUPTED, the bag is complete and holds the frames done so far'
+             if report.interrupted else
+             f'INPUT DAMAGED ({report.read_error}), the bag holds the frames before it'
+             if report.read_error else
+             'NO DEPTH' if report.frames_written == 0 else 'done')
     rate = report.frames_written / report.seconds if report.seconds > 0 else 0.0
     print(f'{state}: {report.frames_written} of {report.frames_total} frames with depth '
           f'({report.frames_rejected} rejected, {report.frames_failed} failed, '
           f'{report.unreadable} unreadable messages) in '
           f'{report.seconds:.1f} s, {rate:.2f} frames/s')
+    if report.frames_written == 0 and not report.interrupted and not failed:
+        print(f'no frame produced output: {no_depth_reason(report)}')
+    if report.image_topic:
+        print(f'image: {report.image_topic}; CameraInfo: {report.camera_info_choice}')
+    if report.frames_fallback:
+        print(f'{report.frames_fallback} frames had no CameraInfo yet and used the '
+              f'--fallback-hfov-deg intrinsics (approximate metres)')
     frames = max(report.frames_seen, 1)
     totals = {name: sum(values) for name, values in report.timer.samples.items()}
     if totals:
@@ -147,7 +225,11 @@ def print_summary(report: BagReport, output: Path, random_weights: bool) -> None
     if report.skipped_topics:
         print(f'not copied (names ROS 2 does not allow): {len(report.skipped_topics)} topics, '
               f'e.g. {report.skipped_topics[0]!r}')
-    print(f'output: {output.resolve()}  (rosbag2, MCAP storage)')
+    if failed:
+        return
+    replaced = ', replaced the earlier output' if report.replaced else ''
+    print(f'output: {output.resolve()}  (rosbag2, MCAP storage; complete: metadata and '
+          f'index written{replaced})')
     print(f'  topics: {", ".join(report.output_topics.values())}')
     print(f'  Foxglove: open {output.resolve()}/*.mcap; Image panel on depth/colormap or '
           f'depth, 3D panel on points')
@@ -157,19 +239,77 @@ def print_summary(report: BagReport, output: Path, random_weights: bool) -> None
         print(RANDOM_WEIGHTS_BANNER)
 
 
+def refuse(reason: str) -> int:
+    print(f'depthclip-ros bag: {reason}', file=sys.stderr, flush=True)
+    return USAGE_ERROR
+
+
 def run(args: argparse.Namespace) -> int:
-    engine = load_engine(args)
-    pipeline = DepthPipeline(engine, settings_from_args(args))
+    # Every option first: nothing is read, loaded or written for a value the node refuses.
+    try:
+        settings = settings_from_args(args)
+        configs_from_args(args)
+    except ValueError as error:
+        return refuse(option_problem(error, args))
+    if args.recover:
+        return run_recover(args)
+    try:
+        plan_output(args.input, args.output, args.overwrite)
+    except BagError as error:
+        return refuse(str(error))
+    engine = None
+
+    def make_pipeline() -> DepthPipeline:  # only once the bag and its topics are usable
+        nonlocal engine
+        engine = load_engine(args)
+        progress.restart()
+        return DepthPipeline(engine, settings)
+
     progress = Progress()
     try:
-        report = process_bag(args.input, args.output, pipeline,
+        report = process_bag(args.input, args.output, make_pipeline,
                              image_topic=args.image_topic, info_topic=args.camera_info_topic,
                              namespace=args.output_namespace, colormap=args.colormap,
                              overwrite=args.overwrite, on_frame=progress,
                              on_problem=ProblemLog())
+    except BagWriteError as error:
+        progress.close()
+        if error.report is not None:
+            print_summary(error.report, args.output, False, failed=str(error))
+        print(f'depthclip-ros bag: {error}', file=sys.stderr, flush=True)
+        return 1
     except BagError as error:
-        sys.exit(f'depthclip-ros bag: {error}')
+        progress.close()
+        if (Path(args.input) / PARTIAL_NOTE).is_file():
+            error = f'{error} ({args.input} is a partial output: use --recover)'
+        return refuse(str(error))
     finally:
         progress.close()
-    print_summary(report, args.output, engine.random_weights)
-    return 130 if report.interrupted else 1 if report.read_error else 0
+    print_summary(report, args.output, engine is not None and engine.random_weights)
+    if report.interrupted:
+        return 130
+    return 1 if report.read_error or report.frames_written == 0 else 0
+
+
+def run_recover(args: argparse.Namespace) -> int:
+    try:
+        report: RecoveryReport = recover_partial(args.input, args.output,
+                                                 overwrite=args.overwrite,
+                                                 on_problem=ProblemLog())
+    except BagWriteError as error:
+        print(f'depthclip-ros bag: {error}', file=sys.stderr, flush=True)
+        return 1
+    except BagError as error:
+        return refuse(str(error))
+    topics = ', '.join(f'{topic} {count}' for topic, count in sorted(report.per_topic.items()))
+    end = ('INTERRUPTED: the bag holds the messages copied so far' if report.interrupted else
+           'the file was complete' if report.complete else
+           f'the file ends in a cut-off record ({report.stopped.rstrip(": ")}): what was '
+           f'written after its last complete chunk was lost' if report.stopped else
+           'the file ended without its summary')
+    print(f'recovered {report.messages} messages from {report.source_file}; {end}')
+    print(f'  per topic: {topics}')
+    print(f'output: {report.output}  (rosbag2, MCAP storage; complete: metadata and index '
+          f'written{", replaced the earlier output" if report.replaced else ""}); the source '
+          f'was not changed, delete it when you no longer need it')
+    return 130 if report.interrupted else 0

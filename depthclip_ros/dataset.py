@@ -180,7 +180,7 @@ class RGBDFolder:
     def __init__(self, root: str | Path):
         self.root = Path(root)
         info_path = self.root / 'intrinsics.json'
-        if not info_path.is_file():
+        if not info_path.exists():
             raise DatasetError(f'{self.root} is not a dataset folder: no intrinsics.json')
         self.intrinsics, self.depth_unit_m = read_intrinsics(info_path)
         rgb_files = self._listing('rgb', IMAGE_SUFFIXES)

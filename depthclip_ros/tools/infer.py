@@ -5,13 +5,14 @@ the images as given (all from one camera).
 
 Output names: every input gets its own files, named before anything is written. An
 input's name is its file stem (``a.png`` -> ``a_depth.npy`` ...; a video's frames
-``v_000000`` ...) when no other input, and no input file inside the output folder, would
-give or hold the same names (compared ignoring case). Inputs that would clash take, all
-together, the first of these that sets them apart: the file name with its suffix
-(``a.png``, ``a.jpg``), then the parent folder's name in front (``d1_frame``), then
-with the suffix (``d1_frame.png``), then two parent folders, and so on; as a last resort
-the input's position (``frame.png-3``). The same file given twice is processed once. The
-names are printed when any input does not keep its stem.
+``v_000000`` ...) unless another input would give the same names (compared ignoring case;
+an image ``v_000000.png`` and a video ``v.mp4`` clash) or its files would replace an input
+file in the output folder. Inputs that clash move on together to the first of these that
+sets them apart: the file name with its suffix (``a.png``, ``a.jpg``), the parent folder's
+name in front (``d1_frame``), then with the suffix (``d1_frame.png``), two parent folders,
+and so on; as a last resort the input's position (``frame.png-3``). A unique stem is never
+given up for a name another input moved to. The same file given twice (by any path or
+link) is processed once. The names are printed when any input does not keep its stem.
 
 Files that cannot be read (not an image, corrupt, more than ``--max-input-pixels``) are
 reported on one line each and skipped; the rest are processed. Exit status: 0 when every

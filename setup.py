@@ -25,6 +25,7 @@ setup(
     entry_points={
         'console_scripts': [
             'depth_node = depthclip_ros.shutdown:depth_node',
+            'depth_lifecycle_node = depthclip_ros.shutdown:depth_lifecycle_node',
             'depthclip-ros = depthclip_ros.cli:main',
         ],
     },

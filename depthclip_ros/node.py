@@ -30,12 +30,20 @@ import time
 
 import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
-from .model import DepthCLIP, HeadConfig, ModelConfig, RANDOM_WEIGHTS_BANNER, WeightsError
+from .model import (
+    DepthCLIP,
+    HeadConfig,
+    ModelConfig,
+    node_hint_style,
+    RANDOM_WEIGHTS_BANNER,
+    WeightsError,
+)
 from .parameters import (
     declare_parameters,
     HEAD_PARAMETERS,
@@ -54,53 +62,32 @@ STALL_S = 5.0  # frames arriving but nothing published for this long: diagnostic
 WORKER_JOIN_S = 1.0  # at shutdown, wait this long for the frame in progress
 
 
-class DepthNode(Node):
-    """The DepthCLIP ROS 2 node. Call :meth:`load` before spinning."""
+class DepthNodeCore:
+    """What ``depth_node`` does, shared by the plain node (:class:`DepthNode`) and the
+    managed one (:class:`DepthLifecycleNode`); mixed into an rclpy ``Node``.
 
-    def __init__(self, **kwargs):
-        super().__init__('depth_node', **kwargs)
+    The steps, which the two nodes call at different moments: :meth:`_init_core`
+    (parameters, diagnostics), :meth:`_configure` (engine and pipeline objects, output
+    publishers), :meth:`_load` (weights, prompts), :meth:`_subscribe` and
+    :meth:`_start_worker` (frames flow), and back: :meth:`_stop_worker`,
+    :meth:`_unsubscribe`, :meth:`_release`.
+    """
+
+    def _init_core(self) -> None:
         declare_parameters(self)
         p = self._params = {name: self.get_parameter(name).value for name in PARAMETER_NAMES}
         validate(p)
-        self.engine = DepthCLIP(
-            ModelConfig(model=p['model'], pretrained=p['pretrained'], device=p['device'],
-                        precision=p['precision'], feature_mode=p['feature_mode'],
-                        input_size=tuple(p['input_size'])),
-            head_from_parameters(p))
+        self.engine: DepthCLIP | None = None
+        self.pipeline: DepthPipeline | None = None
+        self.pub_depth = self.pub_info = self.pub_points = self.pub_colormap = None
+        self._subscriptions_made: list = []
         self._next_head: HeadConfig | None = None  # accepted, applied by the worker
         self._head_mismatch: str | None = None  # prompts and bins waiting to agree
         self.add_on_set_parameters_callback(self._on_set_parameters)
-
-        sub_qos = (qos_profile_sensor_data if p['subscriber_qos'] == 'sensor_data'
-                   else QoSProfile(depth=p['queue_depth'],
-                                   reliability=ReliabilityPolicy.RELIABLE))
-        pub_qos = QoSProfile(depth=p['queue_depth'],
-                             reliability=ReliabilityPolicy.RELIABLE
-                             if p['publisher_qos'] == 'reliable'
-                             else ReliabilityPolicy.BEST_EFFORT)
-        self.pub_depth = self.create_publisher(Image, 'depth', pub_qos)
-        self.pub_info = self.create_publisher(CameraInfo, 'depth/camera_info', pub_qos)
-        self.pub_points = self.create_publisher(PointCloud2, 'points', pub_qos)
-        self.pub_colormap = (self.create_publisher(Image, 'depth/colormap', pub_qos)
-                             if p['publish_colormap'] else None)
-        from diagnostic_msgs.msg import DiagnosticArray
-        self.pub_diagnostics = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
-
-        self.pipeline = DepthPipeline(
-            self.engine, OutputSettings.from_parameters(p),
-            topics={name: self.resolve_topic_name(name)
-                    for name in ('image', 'image/compressed', 'camera_info')},
-            warn=self._warn)
-        self.create_subscription(CameraInfo, 'camera_info', self.pipeline.on_camera_info,
-                                 sub_qos)
-        self.create_subscription(Image, 'image', self._on_image, sub_qos)
-        if p['use_compressed']:
-            self.create_subscription(CompressedImage, 'image/compressed', self._on_image,
-                                     sub_qos)
-
         self._lock = threading.Condition()
         self._slot = None  # (message, receive time) of the newest waiting frame
-        self._running = True
+        self._running = False
+        self._worker: threading.Thread | None = None
         self.counts = {'received': 0, 'processed': 0, 'dropped': 0, 'rejected': 0,
                        'skipped_no_subscribers': 0, 'failed': 0}
         self._latency_ms = deque(maxlen=STATS_WINDOW)
@@ -110,13 +97,38 @@ class DepthNode(Node):
         self._last_problem: str | None = None
         self._last_received = 0.0  # monotonic times, for the stall check
         self._last_output = time.monotonic()
-        self._worker = threading.Thread(target=self._work, name='depthclip_inference',
-                                        daemon=True)
+        from diagnostic_msgs.msg import DiagnosticArray
+        self.pub_diagnostics = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self.create_timer(1.0, self._publish_diagnostics)
 
-    # ------------------------------------------------------------------ lifecycle
-    def load(self) -> None:
-        """Load the model (may raise ``WeightsError``/``ValueError``) and start the worker."""
+    def _configure(self, create_publisher) -> None:
+        """The engine (not loaded), the pipeline and the output publishers."""
+        p = self._params
+        validate(p)
+        self.engine = DepthCLIP(
+            ModelConfig(model=p['model'], pretrained=p['pretrained'], device=p['device'],
+                        precision=p['precision'], feature_mode=p['feature_mode'],
+                        input_size=tuple(p['input_size'])),
+            head_from_parameters(p))
+        pub_qos = QoSProfile(depth=p['queue_depth'],
+                             reliability=ReliabilityPolicy.RELIABLE
+                             if p['publisher_qos'] == 'reliable'
+                             else ReliabilityPolicy.BEST_EFFORT)
+        self.pub_depth = create_publisher(Image, 'depth', pub_qos)
+        self.pub_info = create_publisher(CameraInfo, 'depth/camera_info', pub_qos)
+        self.pub_points = create_publisher(PointCloud2, 'points', pub_qos)
+        self.pub_colormap = (create_publisher(Image, 'depth/colormap', pub_qos)
+                             if p['publish_colormap'] else None)
+        image = self.resolve_topic_name('image')
+        self.pipeline = DepthPipeline(
+            self.engine, OutputSettings.from_parameters(p),
+            topics={'image': image, 'image/compressed': f'{image}/compressed',
+                    'camera_info': self.resolve_topic_name('camera_info')},
+            warn=self._warn)
+
+    def _load(self) -> None:
+        """Read the weights and encode the prompts (may raise ``WeightsError``,
+        ``ValueError``)."""
         self.engine.load()
         if self.engine.random_weights:
             self.get_logger().warning(RANDOM_WEIGHTS_BANNER)
@@ -125,17 +137,63 @@ class DepthNode(Node):
                                f'{self.engine.describe_device()}, '
                                f'{self.engine.config.feature_mode} mode, input '
                                f'{self.engine.config.input_size}')
+
+    def _subscribe(self) -> None:
+        """``camera_info`` and the image transport chosen (image_transport's naming: the
+        compressed stream of image topic T is ``T/compressed``, so one remap moves both)."""
+        p = self._params
+        qos = (qos_profile_sensor_data if p['subscriber_qos'] == 'sensor_data'
+               else QoSProfile(depth=p['queue_depth'], reliability=ReliabilityPolicy.RELIABLE))
+        subscribe = self.create_subscription
+        made = [subscribe(CameraInfo, 'camera_info', self.pipeline.on_camera_info, qos)]
+        if p['use_compressed']:
+            self.get_logger().warning(
+                'use_compressed is deprecated: set image_transport to compressed (or raw); '
+                'use_compressed: true keeps subscribing to both streams')
+        if p['image_transport'] == 'raw' or p['use_compressed']:
+            made.append(subscribe(Image, 'image', self._on_image, qos))
+        if p['image_transport'] == 'compressed' or p['use_compressed']:
+            made.append(subscribe(CompressedImage, self.pipeline.topics['image/compressed'],
+                                  self._on_image, qos))
+        self._subscriptions_made = made
+
+    def _unsubscribe(self) -> None:
+        for subscription in self._subscriptions_made:
+            self.destroy_subscription(subscription)
+        self._subscriptions_made = []
+
+    def _start_worker(self) -> None:
+        with self._lock:
+            self._running = True
+            self._slot = None
         self._last_output = time.monotonic()
+        self._worker = threading.Thread(target=self._work, name='depthclip_inference',
+                                        daemon=True)
         self._worker.start()
 
-    def stop(self) -> None:
-        """Stop the worker: a frame in progress may finish within ``WORKER_JOIN_S``; one
-        that takes longer (or a long prompt encoding) is abandoned, never waited for."""
+    def _stop_worker(self) -> None:
+        """Stop the worker and drop the waiting frame: a frame in progress may finish
+        within ``WORKER_JOIN_S``; one that takes longer (or a long prompt encoding) is
+        abandoned, never waited for."""
         with self._lock:
             self._running = False
+            self._slot = None
             self._lock.notify_all()
-        if self._worker.is_alive():
+        if self._worker is not None and self._worker.is_alive():
             self._worker.join(timeout=WORKER_JOIN_S)
+
+    def _release(self) -> None:
+        """Forget the model (and its GPU memory)."""
+        self.engine = None
+        if self.pipeline is not None:
+            self.pipeline.engine = None
+        self.pipeline = None
+        import gc
+        gc.collect()
+        import torch
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
 
     # ------------------------------------------------------------------ callbacks
     def _on_image(self, msg) -> None:
@@ -165,7 +223,8 @@ class DepthNode(Node):
         except (ValueError, TypeError) as error:
             return SetParametersResult(successful=False, reason=str(error))
         self._params = proposed
-        self.pipeline.settings = settings
+        if self.pipeline is not None:
+            self.pipeline.settings = settings
         if any(param.name in HEAD_PARAMETERS for param in parameters):
             with self._lock:
                 self._head_mismatch = mismatch
@@ -190,11 +249,11 @@ class DepthNode(Node):
         head_from_parameters({**values, 'distance_prompts': [f'bin {i}' for i in
                                                              range(len(bins))]})
         return None, (f'{len(prompts)} distance_prompts but {len(bins)} depth_bins_m: still '
-                      f'running on the last consistent {len(self.engine.head.depth_bins_m)} '
-                      f'bins; the new ones apply as soon as both have the same count')
+                      f'running on the last consistent configuration; the new ones apply as '
+                      f'soon as both have the same count')
 
     def _check_prompts(self, head: HeadConfig) -> None:
-        if self.engine.loaded:
+        if self.engine is not None and self.engine.loaded:
             self.engine.check_head(head)  # tokenises: prompts within CLIP's context
 
     # ------------------------------------------------------------------ worker
@@ -300,6 +359,8 @@ class DepthNode(Node):
                 f'{self._last_problem or "no frame finished (still processing?)"}')
         if self._head_mismatch:
             return DiagnosticStatus.WARN, self._head_mismatch
+        if self.engine is None:
+            return DiagnosticStatus.OK, 'not configured'
         if self.engine.random_weights:
             return DiagnosticStatus.WARN, 'random weights: not depth'
         if self.counts['failed'] or self.counts['rejected']:
@@ -310,15 +371,20 @@ class DepthNode(Node):
         from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
         status = DiagnosticStatus()
         status.name = f'{self.get_fully_qualified_name()}: depth'
-        status.hardware_id = self.engine.describe_device()
+        engine = self.engine
+        device = engine.describe_device() if engine is not None else 'not configured'
+        status.hardware_id = device
         values = {
             'input rate (Hz)': f'{self._rate("received"):.2f}',
             'output rate (Hz)': f'{self._rate("processed"):.2f}',
-            'device': self.engine.describe_device(),
-            'model': f'{self.engine.config.model} ({self.engine.config.pretrained})',
-            'feature mode': self.engine.config.feature_mode,
-            'random weights': str(self.engine.random_weights),
+            'device': device,
         }
+        if engine is not None:
+            values.update({
+                'model': f'{engine.config.model} ({engine.config.pretrained})',
+                'feature mode': engine.config.feature_mode,
+                'random weights': str(engine.random_weights),
+            })
         values.update({f'frames {k}': str(v) for k, v in self.counts.items()})
         if self._latency_ms:
             values['latency end-to-end median (ms)'] = \
@@ -335,6 +401,82 @@ class DepthNode(Node):
         array.header.stamp = self.get_clock().now().to_msg()
         array.status = [status]
         self.pub_diagnostics.publish(array)
+
+
+class DepthNode(DepthNodeCore, Node):
+    """The DepthCLIP ROS 2 node, subscribed from construction. Call :meth:`load` (weights,
+    worker) before spinning."""
+
+    def __init__(self, **kwargs):
+        Node.__init__(self, 'depth_node', **kwargs)
+        self._init_core()
+        self._configure(self.create_publisher)
+        self._subscribe()
+
+    def load(self) -> None:
+        """Load the model (may raise ``WeightsError``/``ValueError``) and start the worker."""
+        self._load()
+        self._start_worker()
+
+    def stop(self) -> None:
+        self._stop_worker()
+
+
+class DepthLifecycleNode(DepthNodeCore, LifecycleNode):
+    """``depth_node`` as a managed node (REP 2002 states), for lifecycle managers such as
+    Nav2's: configure validates the parameters and loads the model (a failure leaves it
+    unconfigured, with the reason logged); activate subscribes and publishes; deactivate
+    unsubscribes, stops the worker and drops the waiting frame; cleanup releases the model
+    (and GPU memory); shutdown works from any state."""
+
+    def __init__(self, **kwargs):
+        LifecycleNode.__init__(self, 'depth_node', **kwargs)
+        self._init_core()
+
+    def on_configure(self, state) -> TransitionCallbackReturn:
+        try:
+            self._configure(self.create_lifecycle_publisher)
+            self._load()
+        except (WeightsError, ValueError, RuntimeError) as error:
+            self.get_logger().error(f'configure failed, still unconfigured: '
+                                    f'{_with_hint(error)}')
+            self._destroy_outputs()
+            self._release()
+            return TransitionCallbackReturn.FAILURE
+        return super().on_configure(state)
+
+    def on_activate(self, state) -> TransitionCallbackReturn:
+        result = super().on_activate(state)  # activates the lifecycle publishers
+        self._start_worker()
+        self._subscribe()
+        return result
+
+    def on_deactivate(self, state) -> TransitionCallbackReturn:
+        self._unsubscribe()
+        self._stop_worker()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state) -> TransitionCallbackReturn:
+        self._destroy_outputs()
+        self._release()
+        return super().on_cleanup(state)
+
+    def on_shutdown(self, state) -> TransitionCallbackReturn:
+        self._unsubscribe()
+        self._stop_worker()
+        self._destroy_outputs()
+        self._release()
+        return super().on_shutdown(state)
+
+    def stop(self) -> None:
+        self._stop_worker()
+
+    def _destroy_outputs(self) -> None:
+        for name in ('pub_depth', 'pub_info', 'pub_points', 'pub_colormap'):
+            publisher = getattr(self, name)
+            if publisher is not None:
+                self.destroy_lifecycle_publisher(publisher)
+                setattr(self, name, None)
 
 
 def head_from_parameters(p: dict) -> HeadConfig:
@@ -379,8 +521,11 @@ def _wants_help(args: list[str]) -> bool:
     return any(a in ('-h', '--help') for a in own)
 
 
-def run(args=None) -> int:
+def run(args=None, managed: bool = False) -> int:
     """Start, spin until SIGINT/SIGTERM, clean up; the exit code (1: cannot start).
+
+    ``managed``: the lifecycle node, which starts unconfigured and loads the model when a
+    lifecycle manager configures it.
 
     Signals are the node's own (:mod:`depthclip_ros.shutdown`), never rclpy's: rclpy's
     handler shuts the context down from another thread at once, racing both the executor
@@ -400,8 +545,11 @@ def run(args=None) -> int:
     code = 0
     try:
         rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-        node = DepthNode()
-        node.load()
+        if managed:
+            node = DepthLifecycleNode()
+        else:
+            node = DepthNode()
+            node.load()
         SHUTDOWN.phase = 'running'
         executor = SingleThreadedExecutor()
         executor.add_node(node)
@@ -429,24 +577,23 @@ def run(args=None) -> int:
 
 
 def _with_hint(error: Exception) -> str:
-    """The error, its weights hint in the syntax of how the node was started: launch
-    arguments under ``ros2 launch`` (the launch file sets DEPTHCLIP_STARTED_BY_LAUNCH),
-    ROS parameters otherwise."""
-    hint = getattr(error, 'hint', None)
-    if not callable(hint):
-        return str(error)
-    style = 'launch' if os.environ.get('DEPTHCLIP_STARTED_BY_LAUNCH') else 'ros'
-    return f'{error}\n{hint(style)}'
+    """The error, with a weights hint in the syntax of how the node was started: launch
+    arguments under ``ros2 launch`` (the launch files set DEPTHCLIP_STARTED_BY_LAUNCH), ROS
+    parameters otherwise."""
+    if isinstance(error, WeightsError):
+        return error.message(node_hint_style())
+    return str(error)
 
 
-def main(args=None) -> None:
-    """The ``depth_node`` executable: :func:`run`, then exit at once.
+def main(args=None, managed: bool = False) -> None:
+    """The ``depth_node`` executable (``depth_lifecycle_node`` with ``managed``):
+    :func:`run`, then exit at once.
 
     Everything that needs closing (worker thread, node, DDS participant) is closed by
     ``run``; the interpreter's own teardown of torch and friends would add about a second
     (measured 1.0-1.2 s) to a shutdown that must finish within 2 s, so it is skipped.
     """
-    code = run(args)
+    code = run(args, managed)
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -81,8 +81,11 @@ PARAMETERS: tuple[Param, ...] = (
     Param('cloud_rgb', False, 'add a packed rgb field to points'),
     Param('publish_colormap', False, 'publish depth/colormap (rgb8) for people',
           read_only=True),
-    Param('use_compressed', False, 'also subscribe to image/compressed (jpeg, png)',
-          read_only=True),
+    Param('image_transport', 'raw', "input transport, image_transport's naming: raw "
+          '(image) or compressed (<image>/compressed, jpeg or png)', read_only=True,
+          choices=('raw', 'compressed')),
+    Param('use_compressed', False, 'deprecated (use image_transport): true subscribes to '
+          'both image and <image>/compressed', read_only=True),
     Param('intrinsics_source', 'K', 'K for raw images, P for rectified ones',
           choices=('K', 'P')),
     Param('fallback_hfov_deg', 0.0, 'horizontal FOV used when no CameraInfo has arrived; '

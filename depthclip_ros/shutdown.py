@@ -66,3 +66,10 @@ def depth_node() -> None:
     SHUTDOWN.install()
     from .node import main
     main()
+
+
+def depth_lifecycle_node() -> None:
+    """The ``depth_lifecycle_node`` console script (the managed node)."""
+    SHUTDOWN.install()
+    from .node import main
+    main(managed=True)

@@ -1,9 +1,17 @@
-"""Helpers for tests that run real rclpy (conftest has set the network-safe environment)."""
+"""Helpers for tests that run real rclpy (conftest has set the network-safe environment).
+
+Two test runs on one host may draw the same random ROS domain (PLATFORM.md): every test
+puts its nodes in a namespace of its own (:func:`unique_namespace`) and stamps what it
+sends, so it only ever hears itself. Best-effort input may be lost, above all while
+discovery settles or the machine is loaded: tests resend until the condition they wait for
+holds (:func:`repeat_until`), never a fixed number of times.
+"""
 
 from __future__ import annotations
 
 import threading
 import time
+import uuid
 
 import numpy as np
 from sensor_msgs.msg import CameraInfo, Image
@@ -16,6 +24,24 @@ def wait_for(predicate, timeout=20.0, period=0.02) -> bool:
             return True
         time.sleep(period)
     return predicate()
+
+
+def repeat_until(action, predicate, timeout=60.0, every=2.0) -> bool:
+    """Call ``action()`` (e.g. publish best-effort messages), then wait up to ``every``
+    seconds for ``predicate()``; again until it holds or ``timeout`` has passed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        action()
+        left = deadline - time.monotonic()
+        if wait_for(predicate, max(0.0, min(every, left))):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+
+
+def unique_namespace(name: str) -> str:
+    """``/<name>_<random>``: a namespace no other test, in this run or another, uses."""
+    return f'/{name}_{uuid.uuid4().hex[:10]}'
 
 
 class Spinner:

@@ -7,7 +7,9 @@ the same engine in this process, so the overhead of everything around the networ
 (decode, messages, DDS) is a ratio from one run.
 
 Traffic stays on this machine: discovery is limited to localhost in a random domain and
-Fast DDS uses the shipped loopback profile (large shared-memory segment).
+Fast DDS uses the shipped loopback profile (large shared-memory segment). The node and
+this peer share a namespace of their own, so that another run that drew the same domain
+cannot answer this run's frames.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 
 from .bench import device_description, time_engine
 from .common import add_model_arguments, load_engine
-from .node_process import isolate_ros_traffic, start_node
+from .node_process import isolate_ros_traffic, private_namespace, start_node
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,12 +55,13 @@ def run(args: argparse.Namespace) -> int:
     from ..geometry import Intrinsics
     from ..messages import camera_info_for, rgb_image
 
+    namespace = private_namespace('bench_node')
     node = start_node({'pretrained': args.pretrained, 'device': args.device,
                        'model': args.model, 'precision': args.precision,
                        'feature_mode': args.feature_mode,
-                       'input_size': list(args.input_size)})
+                       'input_size': list(args.input_size)}, namespace)
     rclpy.init()
-    peer = rclpy.create_node('bench_node_peer')
+    peer = rclpy.create_node('bench_node_peer', namespace=namespace)
     arrived: dict[int, dict[str, float]] = {}
     lock = threading.Lock()
 

@@ -2,6 +2,8 @@
 
 ``isolate_ros_traffic`` must run before rclpy starts: discovery limited to localhost, a
 random domain, and the shipped loopback Fast DDS profile (large shared-memory segment).
+A random domain can still be shared by two runs on one host, so every run also puts the
+node and its peers in a namespace of its own (``private_namespace``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import random
 import subprocess
 import sys
 import tempfile
+import uuid
 
 PROFILE = Path(__file__).resolve().parents[2] / 'config' / 'fastdds_localhost.xml'
 
@@ -23,12 +26,21 @@ def isolate_ros_traffic() -> None:
     os.environ['FASTRTPS_DEFAULT_PROFILES_FILE'] = str(PROFILE)
 
 
-def start_node(parameters: dict) -> subprocess.Popen:
-    """``python -m depthclip_ros.node`` with ``parameters`` (a params file), stdout
-    discarded, stderr piped (text)."""
-    params = Path(tempfile.mkdtemp()) / 'params.yaml'
+def private_namespace(name: str) -> str:
+    """``/<name>_<random>``: topics no other run on this host publishes to."""
+    return f'/{name}_{uuid.uuid4().hex[:12]}'
+
+
+def start_node(parameters: dict, namespace: str | None = None) -> subprocess.Popen:
+    """``python -m depthclip_ros.node`` with ``parameters`` (a params file), in
+    ``namespace`` if given, stdout discarded, stderr piped (text)."""
+    folder = Path(tempfile.mkdtemp(prefix='depthclip_node_'))
+    params = folder / 'params.yaml'
     params.write_text('/**:\n  ros__parameters:\n' + ''.join(
         f'    {name}: {json.dumps(value)}\n' for name, value in parameters.items()))
+    ros_args = ['--params-file', str(params)]
+    if namespace:
+        ros_args += ['-r', f'__ns:={namespace}']
     return subprocess.Popen([sys.executable, '-m', 'depthclip_ros.node', '--ros-args',
-                             '--params-file', str(params)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                             *ros_args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)

@@ -13,7 +13,9 @@ still streaming in and times the exit. Exits 1 when a check fails:
 * exit code 0 within 2 s of the signal, no traceback, no error logged while stopping.
 
 Traffic stays on this machine: discovery limited to localhost in a random domain, the
-shipped loopback Fast DDS profile.
+shipped loopback Fast DDS profile. The node and the camera live in a namespace of their
+own, and only that node's diagnostics are read: another run on this host that drew the
+same domain cannot mix its frames or counts into this one.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import subprocess
 import threading
 import time
 
-from .node_process import isolate_ros_traffic, start_node
+from .node_process import isolate_ros_traffic, private_namespace, start_node
 
 COUNT_KEYS = ('received', 'processed', 'dropped', 'rejected', 'failed',
               'skipped_no_subscribers')
@@ -73,14 +75,16 @@ def run(args: argparse.Namespace) -> int:
     from ..messages import camera_info_for, rgb_image
 
     height, width = args.image_size
+    namespace = private_namespace('soak')
     node = start_node({'pretrained': 'none', 'device': args.device,
-                       'input_size': list(args.input_size)})
+                       'input_size': list(args.input_size)}, namespace)
     stderr_lines: list[str] = []
     threading.Thread(target=lambda: stderr_lines.extend(node.stderr), daemon=True).start()
 
     context = rclpy.Context()
     rclpy.init(context=context)
-    peer = rclpy.create_node('soak_camera', context=context)
+    peer = rclpy.create_node('soak_camera', namespace=namespace, context=context)
+    status_name = f'{namespace}/depth_node: depth'
     state = {'depth': 0, 'diag': {}}
 
     def on_depth(msg):
@@ -88,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
 
     def on_diagnostics(msg):
         for status in msg.status:
-            if status.name.endswith(': depth'):
+            if status.name == status_name:  # this run's node only
                 state['diag'] = {kv.key: kv.value for kv in status.values}
 
     reliable = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
@@ -148,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
             next_time += period
             time.sleep(max(0.0, next_time - time.monotonic()))
         # Settle: every received frame is accounted for once the node is idle.
-        settle_until = time.monotonic() + 15
+        settle_until = time.monotonic() + 30
         while time.monotonic() < settle_until:
             time.sleep(1.2)
             c = counts()

@@ -177,8 +177,13 @@ def test_the_storage_file_itself_is_accepted(small, tmp_path):
 def test_original_ros1_bag(small, tmp_path):
     source = shared_data(*ROS1_BAG)
     out = tmp_path / 'out'
-    report = process_bag(source, out, DepthPipeline(small))
+    problems = []
+    report = process_bag(source, out, DepthPipeline(small), on_problem=problems.append)
     assert report.frames_written == 1 and report.frames_total == 1
+    # Not beside the image, frame_id empty: the nearest CameraInfo of the image's size is
+    # used, and said so (a depth camera's would have been refused).
+    assert report.camera_info_topic == '/device_0/sensor_1/Color_0/info/camera_info'
+    assert any('frame_id cannot be compared' in p for p in problems)
     # RealSense names with spaces are illegal in ROS 2: reported, not copied.
     assert '/device_0/sensor_0/option/Depth Units/value' in report.skipped_topics
     got = by_topic(mcap_messages(out))
@@ -293,6 +298,10 @@ def test_cli_prints_progress_summary_and_how_to_view(tmp_path, capsys):
     assert 'Foxglove' in captured.out and 'ros2 bag play' in captured.out
     assert '-f camera_optical --ros-args -r __ns:=/cam -r image:=image_raw' in captured.out
     assert 'RANDOM WEIGHTS' in captured.out
+    assert "CameraInfo: /cam/camera_info (beside the image; 64x48, frame_id 'camera_optical')" \
+        in captured.out  # the summary names the CameraInfo used
+    assert 'complete: metadata and index written' in captured.out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['in', 'out']  # no partial left
     got = by_topic(mcap_messages(out))
     assert got['/cam/points'][0].ros_msg.width == 32  # --cloud-stride reached the pipeline
     assert len(got['/cam/depth/colormap']) == 3
@@ -320,7 +329,8 @@ def test_interrupting_leaves_a_readable_bag_with_whole_frames(tmp_path, sig):
         proc.kill()
     assert proc.returncode == 130, stderr
     assert 'Traceback' not in stderr
-    assert 'INTERRUPTED' in stdout
+    assert 'INTERRUPTED, the bag is complete' in stdout
+    assert not (tmp_path / 'out.partial').exists()  # moved into place: a complete bag
     got = by_topic(mcap_messages(out))
     written = len(got['/cam/depth'])
     assert 1 <= written < total

@@ -135,6 +135,26 @@ def test_an_output_overlapping_the_input_is_refused_and_nothing_changes(
     assert tree(recordings) == before  # byte for byte, and nothing created or removed
 
 
+def test_a_bind_mount_of_the_input_is_recognised_by_identity(recordings, capsys, no_loading):
+    """No path spelling shows that a bind mount is the input: file identity does."""
+    mnt = recordings / 'mnt'
+    mnt.mkdir()
+    if subprocess.run(['mount', '--bind', str(recordings / 'data'), str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip('cannot bind-mount here (needs root); the path spellings are tested above')
+    try:
+        before = tree(recordings / 'data')
+        for output, relation in (('mnt/in', 'is the input'), ('mnt', 'contains the input'),
+                                 ('mnt/in/sub', 'is inside the input')):
+            assert main(['bag', 'data/in', output, '--overwrite', *CLI]) == 2
+            assert relation in capsys.readouterr().err
+            with pytest.raises(BagError, match=relation):
+                recover_partial('data/in', output, overwrite=True)
+        assert tree(recordings / 'data') == before
+    finally:
+        subprocess.run(['umount', '-l', str(mnt)], check=False)
+
+
 def test_an_output_beside_the_input_is_fine_and_overwrite_replaces_only_an_output(
         recordings, small_engine):
     before = {k: v for k, v in tree(recordings).items() if k.startswith('data/in')}

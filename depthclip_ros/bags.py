@@ -37,6 +37,7 @@ import logging
 import os
 from pathlib import Path
 import queue
+import re
 import shlex
 import signal
 import struct
@@ -214,6 +215,25 @@ def _partial_problem(path: Path) -> str | None:
     return None
 
 
+def _running_writer(partial: Path) -> int | None:
+    """The process id in a partial folder's note if that process (not this one) still
+    runs: its run is in progress, the folder is not left over."""
+    try:
+        found = re.search(r'by process (\d+)', (partial / PARTIAL_NOTE).read_text())
+    except (OSError, UnicodeDecodeError):
+        return None
+    pid = int(found.group(1)) if found else None
+    if pid is None or pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except OSError:  # exists, owned by someone else
+        return pid
+    return pid
+
+
 def plan_output(source: Path, destination: Path, overwrite: bool = False,
                 partial_suffix: str = PARTIAL_SUFFIX) -> OutputPlan:
     """Check the input and output paths; reads no bag and changes nothing.
@@ -259,6 +279,11 @@ def plan_output(source: Path, destination: Path, overwrite: bool = False,
         if problem:
             raise BagError(f'{partial} (where this run would write) exists and {problem}; '
                            f'move it away or choose another output')
+        writer = _running_writer(partial)
+        if writer:
+            raise BagError(f'{partial} is being written by process {writer}, still running '
+                           f'(see {partial / PARTIAL_NOTE}); wait for it, stop it, or choose '
+                           f'another output')
         if not overwrite:
             raise BagError(f'{partial} exists: the unfinished output of an earlier run (see '
                            f'{partial / PARTIAL_NOTE}). Recover it with "depthclip-ros bag '
@@ -421,7 +446,9 @@ def choose_topics(connections, image_topic: str | None, info_topic: str | None
 
     Without ``image_topic`` the bag must hold one image topic (topics named like depth
     images are not candidates when others exist). Without ``info_topic``: ``camera_info``
-    beside the image, else the CameraInfo topic sharing the longest namespace with it.
+    beside the image, else the CameraInfo topic sharing the longest namespace with it,
+    which :func:`check_camera_info` then accepts only if its first message matches the
+    first image (frame_id and size).
     """
     types = {}
     for conn in connections:

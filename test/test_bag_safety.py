@@ -404,6 +404,26 @@ def test_an_earlier_partial_is_kept_unless_overwrite_and_never_a_foreign_folder(
     assert (foreign / 'thesis.tex').read_text() == 'mine'
 
 
+def test_the_partial_of_a_run_still_in_progress_is_never_replaced(tmp_path):
+    source = write_bag(tmp_path / 'in', stream(frames(1)))
+    partial = tmp_path / 'out.partial'
+    (partial / 'out').mkdir(parents=True)
+    (partial / 'out' / 'out.mcap').write_bytes(b'being written')
+    running = subprocess.Popen(['sleep', '60'])
+    try:
+        (partial / PARTIAL_NOTE).write_text(f'started: now by process {running.pid}\n')
+        before = tree(tmp_path)
+        with pytest.raises(BagError, match=f'being written by process {running.pid}'):
+            process_bag(source, tmp_path / 'out', no_model, overwrite=True)
+        assert tree(tmp_path) == before
+    finally:
+        running.kill()
+        running.wait()
+    # once that process is gone, --overwrite may replace the leftover
+    with pytest.raises(BagError, match='pass --overwrite'):
+        process_bag(source, tmp_path / 'out', no_model)
+
+
 def test_recover_refuses_a_folder_without_a_complete_chunk(tmp_path):
     partial = tmp_path / 'out.partial' / 'out'
     partial.mkdir(parents=True)

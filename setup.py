@@ -14,14 +14,22 @@ setup(
         ('share/' + package_name + '/launch', glob('launch/*.launch.py')),
         ('share/' + package_name + '/config', glob('config/*')),
     ],
-    # Runtime dependencies are pinned in requirements.txt (pip) and package.xml (rosdep).
-    install_requires=['setuptools'],
+    # `pip install .` alone gives working tools (infer, evaluate, bench); the ROS 2
+    # wheels for the node, bags and demo are the `ros` extra (a ROS install provides them
+    # instead). Exact pins: requirements.txt (plain Python), requirements-ros.txt (next to
+    # a ROS distribution), package.xml (rosdep). colcon build installs none of these.
+    install_requires=['setuptools', 'numpy', 'opencv-python-headless', 'pillow', 'torch',
+                      'torchvision', 'open_clip_torch', 'safetensors', 'rosbags', 'tqdm'],
     zip_safe=True,
     maintainer='depthclip_ros maintainers',
     maintainer_email='maintainers@depthclip-ros.invalid',
     description='Zero-shot metric depth (DepthCLIP) for ROS 2 cameras',
     license='Apache-2.0',
-    extras_require={'test': ['pytest']},  # colcon test runs pytest when this names it
+    extras_require={
+        'ros': ['ros-rclpy', 'ros-rmw-fastrtps-cpp', 'ros-sensor-msgs', 'ros-std-msgs',
+                'ros-diagnostic-msgs'],
+        'test': ['pytest'],  # colcon test runs pytest when this names it
+    },
     entry_points={
         'console_scripts': [
             'depth_node = depthclip_ros.shutdown:depth_node',

@@ -3,24 +3,54 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+import types
 
-from .tools import bag, bench, bench_bag, bench_node, demo, evaluate, infer, soak
 from .tools.common import setup_logging
 
-COMMANDS = {
-    'infer': (infer, 'depth, 16-bit PNG, preview and PLY for images, folders or videos'),
-    'bag': (bag, 'a recorded bag (rosbag2 .mcap/.db3, ROS 1 .bag) through the node '
-                 'pipeline into a new MCAP bag'),
-    'evaluate': (evaluate, "the paper's metrics on RGB-D folders with ground truth"),
-    'bench': (bench, 'per-stage milliseconds on the chosen device'),
-    'bench-bag': (bench_bag, 'frames/s of bag processing against the bare engine'),
-    'bench-node': (bench_node, 'end-to-end latency of depth_node as its own process'),
-    'soak': (soak, 'depth_node as its own process under a long stream: memory, threads, '
-                   'fds, counts, shutdown'),
-    'demo': (demo, 'the main job without a camera: run the pipeline on given or generated '
-                   'input and say where the results are'),
-}
+# Python packages of ROS 2 itself: from a ROS install (source its setup file) or, without
+# one, the PyPI wheels (pip install 'depthclip_ros[ros]').
+ROS_MODULES = ('rclpy', 'rcl_interfaces', 'sensor_msgs', 'std_msgs', 'diagnostic_msgs',
+               'builtin_interfaces', 'rosidl_runtime_py', 'rpyutils')
+NEEDS_ROS = ('depthclip-ros {name} needs the ROS 2 Python packages ({missing} is missing): '
+             'source your ROS 2 setup file, or, without a ROS install, pip install '
+             '"depthclip_ros[ros]" (the PyPI ROS 2 wheels, see README)')
+
+
+def _tool(name: str):
+    """The tool's module, or a stand-in that says how to get what it needs when it imports
+    ROS 2 packages that are not installed (infer, evaluate and bench need none)."""
+    try:
+        return importlib.import_module(f'.tools.{name.replace("-", "_")}', __package__)
+    except ModuleNotFoundError as error:
+        missing = (error.name or '').split('.')[0]
+        if missing not in ROS_MODULES:
+            raise
+        message = NEEDS_ROS.format(name=name, missing=missing)
+
+        def add_arguments(parser):
+            parser.add_argument('rest', nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
+        def run(args):
+            print(message, file=sys.stderr)
+            return 2
+        return types.SimpleNamespace(add_arguments=add_arguments, run=run, __doc__=message)
+
+
+COMMANDS = {name: (_tool(name), summary) for name, summary in (
+    ('infer', 'depth, 16-bit PNG, preview and PLY for images, folders or videos'),
+    ('bag', 'a recorded bag (rosbag2 .mcap/.db3, ROS 1 .bag) through the node pipeline into '
+            'a new MCAP bag'),
+    ('evaluate', "the paper's metrics on RGB-D folders with ground truth"),
+    ('bench', 'per-stage milliseconds on the chosen device'),
+    ('bench-bag', 'frames/s of bag processing against the bare engine'),
+    ('bench-node', 'end-to-end latency of depth_node as its own process'),
+    ('soak', 'depth_node as its own process under a long stream: memory, threads, fds, '
+             'counts, shutdown'),
+    ('demo', 'the main job without a camera: run the pipeline on given or generated input '
+             'and say where the results are'),
+)}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -94,7 +94,8 @@ def encoded_image_size(source) -> tuple[int, int]:
             with PILImage.open(stream) as image:  # lazy: reads the header only
                 width, height = image.size
     except PILImage.DecompressionBombError as error:
-        raise ImageFormatError(f'compressed image declares an absurd size ({error})') from None
+        raise ImageFormatError(f'image declares an absurd size, more than any '
+                               f'max_input_pixels allows here ({error})') from None
     except UnidentifiedImageError:
         raise ImageFormatError('not a known image format (the header names none)') from None
     except (OSError, ValueError, SyntaxError) as error:

@@ -12,8 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 import math
 
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
-
 from .encodings import MAX_SIDE_PX
 from .model import (
     CANONICAL_FOCAL_RANGE_PX,
@@ -108,7 +106,10 @@ HEAD_PARAMETERS = frozenset({'distance_prompts', 'depth_bins_m', 'prompt_templat
 _BY_NAME = {p.name: p for p in PARAMETERS}
 
 
-def descriptor(param: Param) -> ParameterDescriptor:
+def descriptor(param: Param):
+    """The rcl_interfaces ParameterDescriptor of ``param`` (ROS imported here only, so the
+    tools that merely check values need no ROS install)."""
+    from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
     text = param.description
     if param.choices:
         text += f' (one of: {", ".join(param.choices)})'

@@ -20,9 +20,11 @@ complete bag of the frames done. A run killed or unable to write (disk full) lea
 OUTPUT.partial/ (with a note saying so); recover its complete chunks with
 ``depthclip-ros bag --recover OUTPUT.partial NEW_OUTPUT``.
 
-Exit codes: 0 done; 1 no frame got depth, the input was damaged, or writing failed;
-2 refused before anything was read or written (an option, a path, the topics: one line
-"depthclip-ros bag: <reason>"); 130 interrupted (the bag is complete).
+Exit codes: 0 done; 1 no frame got depth, the input was damaged, or writing failed (with
+--recover: nothing recoverable); 2 refused before anything was written (an option, a
+path, the bag or its topics: one line "depthclip-ros bag: <reason>"; options and paths are
+checked before the model is loaded or the input read); 130 interrupted (the bag is
+complete).
 
 Look at the result: open OUTPUT/*.mcap in Foxglove, or replay it with
 ``ros2 bag play OUTPUT --loop`` (Jazzy or newer) next to rviz2 with the shipped config;
@@ -198,7 +200,7 @@ def print_summary(report: BagReport, output: Path, random_weights: bool,
                   failed: str | None = None) -> None:
     """The run in a few lines. ``failed``: writing failed with that message (no bag)."""
     output = report.output or Path(output)
-    state = ('WRITE FAILED, no bag was made' if failed else
+    state = ('WRITE FAILED (the error message says what was kept where)' if failed else
              'INTERRUPTED, the bag is complete and holds the frames done so far'
              if report.interrupted else
              f'INPUT DAMAGED ({report.read_error}), the bag holds the frames before it'

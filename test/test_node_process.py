@@ -7,6 +7,7 @@ drew the same ROS domain never answers this run's frames."""
 import os
 from pathlib import Path
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -50,13 +51,14 @@ def read_realsense_frame():
     return found['/camera/color/image_raw'], found['/camera/color/camera_info']
 
 
-def start_node(tmp_path, namespace, extra=()):
-    """The node in ``namespace``, its inputs remapped to the bag's topics in there."""
+def start_node(tmp_path, namespace, extra=(), **env):
+    """The node in ``namespace``, its inputs remapped to the bag's topics in there, with
+    ``env`` added to its environment."""
     params = tmp_path / 'params.yaml'
     params.write_text('/**:\n  ros__parameters:\n    pretrained: none\n    device: cpu\n'
                       '    cloud_rgb: true\n    cloud_stride: 2\n    max_depth_m: 20.0\n')
     env = dict(os.environ, FASTRTPS_DEFAULT_PROFILES_FILE=LOOPBACK_PROFILE,
-               PYTHONUNBUFFERED='1')
+               PYTHONUNBUFFERED='1', **env)
     command = [sys.executable, '-m', 'depthclip_ros.node', '--ros-args', '--params-file',
                str(params), '-r', f'__ns:={namespace}',
                '-r', 'image:=camera/color/image_raw',
@@ -139,13 +141,42 @@ def test_real_frame_through_the_node_process(tmp_path, stop_signal):
     assert_exited_cleanly(process, err, exit_s)
 
 
-def test_missing_weights_end_the_node_with_one_clear_message(tmp_path):
+@pytest.mark.parametrize('launched', [False, True])
+def test_missing_weights_end_the_node_with_one_clear_message(tmp_path, launched):
+    """The hint names the parameter as the user gives it: ``-p pretrained:=...`` to
+    ``ros2 run`` / ``python -m``, the launch argument ``pretrained:=...`` under
+    ``ros2 launch`` (the launch file sets DEPTHCLIP_STARTED_BY_LAUNCH=1)."""
     process = start_node(tmp_path, unique_namespace('no_weights'),
-                         ['-p', f'pretrained:={tmp_path / "RN50.pt"}'])
-    out, err = process.communicate(timeout=60)
+                         ['-p', f'pretrained:={tmp_path / "RN50.pt"}'],
+                         DEPTHCLIP_STARTED_BY_LAUNCH='1' if launched else '')
+    out, err = process.communicate(timeout=120)
     assert process.returncode == 1
-    assert 'does not exist' in err and 'Supply weights' in err
+    assert err.count('does not exist') == 1 and err.count('Supply weights') == 1, err
+    assert '--pretrained' not in err  # the tools' syntax
+    if launched:
+        assert 'depth.launch.py pretrained:=' in err and '-p pretrained:=' not in err
+    else:
+        assert '-p pretrained:=none' in err
     assert 'Traceback' not in err
+
+
+def test_uncached_weights_without_network_end_the_node_in_seconds(tmp_path):
+    """The default ``pretrained: openai`` with nothing cached and no hub to reach (a closed
+    loopback port stands for it): one message, no hub retries (about 50 s before)."""
+    with socket.socket() as probe:
+        probe.bind(('127.0.0.1', 0))
+        port = probe.getsockname()[1]
+    started = time.monotonic()
+    process = start_node(tmp_path, unique_namespace('offline'), ['-p', 'pretrained:=openai'],
+                         HF_HUB_OFFLINE='', HF_HOME=str(tmp_path / 'hf_home'),
+                         HF_HUB_CACHE=str(tmp_path / 'hf_home' / 'hub'),
+                         HF_ENDPOINT=f'http://127.0.0.1:{port}')
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 1, err
+    assert err.count('not in the local cache') == 1 and 'no network' in err, err
+    assert err.count('Supply weights') == 1
+    assert 'Retrying' not in err and 'Traceback' not in err, err
+    assert time.monotonic() - started < 40  # the start of python and torch included
 
 
 @pytest.mark.parametrize('stop_signal', [signal.SIGINT, signal.SIGTERM])

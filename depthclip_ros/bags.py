@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 IMAGE_TYPES = {'sensor_msgs/msg/Image': Image,
                'sensor_msgs/msg/CompressedImage': CompressedImage}
 CAMERA_INFO_TYPE = 'sensor_msgs/msg/CameraInfo'
-OUTPUT_TYPES = {'depth': 'sensor_msgs/msg/Image',
+OUTPUT_TYPES = {'depth/image': 'sensor_msgs/msg/Image',
                 'depth/camera_info': CAMERA_INFO_TYPE,
                 'points': 'sensor_msgs/msg/PointCloud2',
                 'depth/colormap': 'sensor_msgs/msg/Image'}
@@ -869,7 +869,7 @@ class _Run:
 
 
 def _by_topic(out: Outputs) -> dict:
-    return {'depth': out.depth, 'depth/camera_info': out.camera_info,
+    return {'depth/image': out.depth, 'depth/camera_info': out.camera_info,
             'points': out.points, 'depth/colormap': out.colormap}
 
 

@@ -114,7 +114,7 @@ class DepthNodeCore:
                              reliability=ReliabilityPolicy.RELIABLE
                              if p['publisher_qos'] == 'reliable'
                              else ReliabilityPolicy.BEST_EFFORT)
-        self.pub_depth = create_publisher(Image, 'depth', pub_qos)
+        self.pub_depth = create_publisher(Image, 'depth/image', pub_qos)
         self.pub_info = create_publisher(CameraInfo, 'depth/camera_info', pub_qos)
         self.pub_points = create_publisher(PointCloud2, 'points', pub_qos)
         self.pub_colormap = (create_publisher(Image, 'depth/colormap', pub_qos)

@@ -41,7 +41,7 @@ from rosutil import camera_info, rgb8_image
 ROS2_BAG = ('bags', 'realsense_d435_single_frame_ros2')
 ROS1_BAG = ('bags', 'realsense_d435_single_depth_color_640x480.bag')
 RS_K = (613.2036743164062, 613.4193115234375, 319.9388427734375, 239.18299865722656)
-OUTPUTS = ('depth', 'depth/camera_info', 'points')
+OUTPUTS = ('depth/image', 'depth/camera_info', 'points')
 TYPESTORE = get_typestore(Stores.ROS2_JAZZY)
 
 
@@ -118,7 +118,7 @@ def stream(images, ns='/cam', fx=60.0, compressed=None):
 def check_frame(messages: dict, image_topic: str, ns: str, engine, rgb, camera, index=0):
     """The outputs of frame ``index`` equal the engine on the same pixels and camera."""
     image = messages[image_topic][index]
-    depth_msg = messages[f'{ns}/depth'][index]
+    depth_msg = messages[f'{ns}/depth/image'][index]
     info = messages[f'{ns}/depth/camera_info'][index]
     cloud = messages[f'{ns}/points'][index]
     for m in (depth_msg, info, cloud):
@@ -216,10 +216,10 @@ def test_db3_with_a_corrupt_message_and_a_bad_frame_in_the_middle(small, tmp_pat
                for p in problems)
     got = by_topic(mcap_messages(tmp_path / 'out'))
     assert len(got['/cam/image_raw']) == 4  # the rejected frame is copied, the corrupt not
-    assert len(got['/cam/depth']) == len(got['/cam/points']) == 3
+    assert len(got['/cam/depth/image']) == len(got['/cam/points']) == 3
     camera = Intrinsics(60.0, 60.0, 32.0, 24.0, 64, 48)
     for index, frame in enumerate((0, 2, 4)):
-        assert got['/cam/depth'][index].ros_msg.header.stamp.sec == 10 + frame
+        assert got['/cam/depth/image'][index].ros_msg.header.stamp.sec == 10 + frame
         check_frame({**got, '/cam/image_raw': [m for m in got['/cam/image_raw']
                                                if m.ros_msg.encoding != 'xyz42']},
                     '/cam/image_raw', '/cam', small, images[frame], camera, index)
@@ -232,7 +232,7 @@ def test_compressed_image_topics(small, tmp_path, fmt):
     report = process_bag(source, tmp_path / 'out', DepthPipeline(small))
     assert report.frames_written == 2
     got = by_topic(mcap_messages(tmp_path / 'out'))  # outputs beside image_raw, not in it
-    assert '/cam/depth' in got and '/cam/image_raw/compressed/depth' not in got
+    assert '/cam/depth/image' in got and '/cam/image_raw/compressed/depth/image' not in got
     data = bytes(got['/cam/image_raw/compressed'][1].ros_msg.data)
     decoded = cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR),
                            cv2.COLOR_BGR2RGB)
@@ -282,7 +282,7 @@ def test_existing_output_and_missing_input(small, tmp_path):
     process_bag(source, tmp_path / 'out', DepthPipeline(small))
     report = process_bag(source, tmp_path / 'out', DepthPipeline(small), overwrite=True)
     assert report.frames_written == 1
-    with pytest.raises(BagError, match='already has /cam/depth'):  # output as input
+    with pytest.raises(BagError, match='already has .*/cam/depth/image'):  # output as input
         process_bag(tmp_path / 'out', tmp_path / 'again', DepthPipeline(small))
 
 
@@ -332,10 +332,10 @@ def test_interrupting_leaves_a_readable_bag_with_whole_frames(tmp_path, sig):
     assert 'INTERRUPTED, the bag is complete' in stdout
     assert not (tmp_path / 'out.partial').exists()  # moved into place: a complete bag
     got = by_topic(mcap_messages(out))
-    written = len(got['/cam/depth'])
+    written = len(got['/cam/depth/image'])
     assert 1 <= written < total
     assert len(got['/cam/points']) == len(got['/cam/depth/camera_info']) == written
-    stamps = [m.ros_msg.header.stamp.sec for m in got['/cam/depth']]
+    stamps = [m.ros_msg.header.stamp.sec for m in got['/cam/depth/image']]
     assert stamps == list(range(10, 10 + written))
     with AnyReader([out]) as reader:  # metadata.yaml was written on the way out
         assert reader.message_count == sum(len(v) for v in got.values())
@@ -359,7 +359,7 @@ def test_an_inference_failure_skips_that_frame_only(small, tmp_path, monkeypatch
     assert (report.frames_written, report.frames_failed) == (2, 1)
     assert any('inference failed' in p and 'simulated' in p for p in problems)
     got = by_topic(mcap_messages(tmp_path / 'out'))
-    assert [m.ros_msg.header.stamp.sec for m in got['/cam/depth']] == [10, 12]
+    assert [m.ros_msg.header.stamp.sec for m in got['/cam/depth/image']] == [10, 12]
 
 
 def test_a_write_error_on_the_writer_thread_reaches_the_caller():
@@ -392,7 +392,7 @@ def test_a_bag_that_cannot_be_read_to_its_end(small, tmp_path, monkeypatch):
     monkeypatch.undo()
     assert 'CRC mismatch' in report.read_error and report.frames_written == 2
     assert any('cannot read further' in p for p in problems)
-    assert len(by_topic(mcap_messages(tmp_path / 'out'))['/cam/depth']) == 2
+    assert len(by_topic(mcap_messages(tmp_path / 'out'))['/cam/depth/image']) == 2
     truncated = write_bag(tmp_path / 'cut', stream(frames(4)))
     (file,) = truncated.glob('*.mcap')
     file.write_bytes(file.read_bytes()[:3000])  # a recording cut off by a crash

@@ -208,7 +208,7 @@ def _outputs_are_whole(bag: Path, source: Path, complete: bool = True) -> int:
     1 MiB chunks do), and copied input messages are byte-identical to the source's.
     Returns the number of whole frames."""
     got = by_topic(mcap_messages(bag))
-    order = ('/cam/image_raw', '/cam/depth', '/cam/depth/camera_info', '/cam/points')
+    order = ('/cam/image_raw', '/cam/depth/image', '/cam/depth/camera_info', '/cam/points')
     counts = []
     for topic in order:  # written in this order per frame
         stamps = [m.ros_msg.header.stamp.sec for m in got.get(topic, [])]

@@ -110,13 +110,17 @@ def test_installed_tools_find_the_shipped_files_outside_the_checkout(tmp_path):
     code = ('import depthclip_ros, depthclip_ros.resources as r; '
             'print(depthclip_ros.__file__); '
             "print(r.share_file('config/fastdds_localhost.xml')); "
-            "print(r.share_file('config/depthclip.yaml'))")
+            "print(r.share_file('config/depthclip.yaml')); "
+            # what bench-node and soak do first: the loopback profile of the install
+            'import os; from depthclip_ros.tools import node_process as n; '
+            "n.isolate_ros_traffic(); print(os.environ['FASTRTPS_DEFAULT_PROFILES_FILE'])")
     result = subprocess.run([sys.executable, '-I', '-c', code], capture_output=True,
                             text=True, cwd=tmp_path, timeout=60)
     if result.returncode != 0 and 'No module named' in result.stderr:
         pytest.skip('depthclip_ros is not installed in this environment (source tree only)')
     assert result.returncode == 0, result.stderr
-    module, profile, params = result.stdout.split()
+    module, profile, params, used = result.stdout.split()
+    assert used == profile
     if Path(module).resolve().is_relative_to(REPO / 'depthclip_ros'):
         pytest.skip('the importable depthclip_ros is the checkout itself')
     for found in (profile, params):

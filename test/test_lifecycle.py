@@ -67,7 +67,7 @@ def test_configure_activate_deactivate_cleanup_shutdown(ros):
     peer = rclpy.create_node('camera', namespace='managed', context=ros)
     spinner.add(peer)
     got = []
-    peer.create_subscription(Image, 'depth', got.append, RELIABLE)
+    peer.create_subscription(Image, 'depth/image', got.append, RELIABLE)
     image_pub = peer.create_publisher(Image, 'image', qos_profile_sensor_data)
     info_pub = peer.create_publisher(CameraInfo, 'camera_info', qos_profile_sensor_data)
     rgb = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
@@ -78,7 +78,7 @@ def test_configure_activate_deactivate_cleanup_shutdown(ros):
 
     try:
         assert manager.state() == State.PRIMARY_STATE_UNCONFIGURED
-        assert node.engine is None and peer.count_publishers('/managed/depth') == 0
+        assert node.engine is None and peer.count_publishers('/managed/depth/image') == 0
         assert manager.transition(Transition.TRANSITION_CONFIGURE)
         assert manager.state() == State.PRIMARY_STATE_INACTIVE
         assert node.engine is not None and node.engine.loaded

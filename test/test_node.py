@@ -32,7 +32,7 @@ FX, FY, CX, CY = 110.0, 112.0, 63.5, 47.5
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 SMALL = [Parameter('pretrained', value='none'), Parameter('device', value='cpu'),
          Parameter('input_size', value=[64, 96])]
-OUTPUTS = {'depth': Image, 'depth/camera_info': CameraInfo, 'points': PointCloud2}
+OUTPUTS = {'depth/image': Image, 'depth/camera_info': CameraInfo, 'points': PointCloud2}
 CONNECT_S = 30.0  # discovery between two nodes of one process (well under 1 s when quiet)
 OUTPUT_S = 60.0  # a frame's outputs, resending the frame every 2 s meanwhile
 
@@ -134,7 +134,7 @@ def wrap_predict(monkeypatch, engine, before):
 
 def test_outputs_match_the_input_and_each_other(harness):
     out = harness.output_for(100)
-    depth_msg, info, cloud = out['depth'], out['depth/camera_info'], out['points']
+    depth_msg, info, cloud = out['depth/image'], out['depth/camera_info'], out['points']
     assert depth_msg.encoding == '32FC1' and (depth_msg.height, depth_msg.width) == (H, W)
     for msg in (depth_msg, info, cloud):
         assert msg.header.frame_id == harness.frame_id and msg.header.stamp.sec == 100
@@ -153,13 +153,13 @@ def test_outputs_match_the_input_and_each_other(harness):
 
 def test_metric_scale_follows_the_camera_focal(harness):
     rgb = np.random.default_rng(5).integers(0, 256, (H, W, 3), dtype=np.uint8)
-    first = depth_from_image(harness.output_for(100, rgb=rgb)['depth']).copy()
+    first = depth_from_image(harness.output_for(100, rgb=rgb)['depth/image']).copy()
     doubled = harness.info(2 * FX, 2 * FY)
     pipeline = harness.node.pipeline
     assert repeat_until(lambda: harness.info_pub.publish(doubled),
                         lambda: pipeline.latest_info is not None
                         and pipeline.latest_info.k[0] == 2 * FX, 30)
-    second = harness.output_for(200, rgb=rgb, info=False)['depth']
+    second = harness.output_for(200, rgb=rgb, info=False)['depth/image']
     np.testing.assert_allclose(depth_from_image(second), 2 * first, rtol=1e-6)
 
 
@@ -197,7 +197,7 @@ def test_missing_camera_info_is_reported_or_uses_the_fallback_fov(ros):
     try:
         assert h.connected()
         assert h.send_until(lambda: h.node.counts['rejected'] > 0, 10, info=False)
-        assert not h.got['depth']
+        assert not h.got['depth/image']
         assert h.node.set_parameters([Parameter('fallback_hfov_deg', value=60.0)])[0].successful
         info = h.output_for(11, info=False)['depth/camera_info']
         assert info.k[0] == pytest.approx(0.5 * W / math.tan(math.radians(30)))
@@ -248,7 +248,7 @@ def test_two_namespaced_nodes_do_not_interfere(ros):
     try:
         assert left.connected() and right.connected()
         left.output_for(100)
-        assert right.node.counts['received'] == 0 and not right.got['depth']
+        assert right.node.counts['received'] == 0 and not right.got['depth/image']
         right.output_for(100)
         assert not left.foreign and not right.foreign
         assert left.node.get_fully_qualified_name() == f'{left.namespace}/depth_node'
@@ -275,10 +275,10 @@ def test_newest_frame_wins_and_counts_add_up(ros, monkeypatch):
         assert wait_for(lambda: h.node._slot is None and counts['received']
                         == counts['processed'] + counts['dropped'] + counts['rejected']
                         + counts['failed'] + counts['skipped_no_subscribers']
-                        and any(m.header.stamp.sec == 1029 for m in h.got['depth']), 60), \
+                        and any(m.header.stamp.sec == 1029 for m in h.got['depth/image']), 60), \
             counts
         assert counts['dropped'] > 0
-        assert h.got['depth'][-1].header.stamp.sec == 1029  # the newest frame was last
+        assert h.got['depth/image'][-1].header.stamp.sec == 1029  # the newest frame was last
     finally:
         spinner.stop()
         h.close()
@@ -295,7 +295,7 @@ def test_output_size_colormap_and_diagnostics(ros):
     try:
         assert h.connected()
         out = h.output_for(100)
-        depth, info = out['depth'], out['depth/camera_info']
+        depth, info = out['depth/image'], out['depth/camera_info']
         assert (depth.height, depth.width) == (info.height, info.width) == (48, 64)
         assert info.k[0] == pytest.approx(FX / 2) and info.k[5] == pytest.approx(CY / 2)
         assert wait_for(lambda: colormaps, 30)
@@ -353,7 +353,7 @@ def test_compressed_images_when_enabled(ros):
     def until_output(sec):
         assert repeat_until(lambda: send_compressed(png.tobytes(), sec),
                             lambda: all(h.outputs(sec).values()), OUTPUT_S)
-        return h.outputs(sec)['depth'][0]
+        return h.outputs(sec)['depth/image'][0]
 
     try:
         assert wait_for(lambda: pub.get_subscription_count() > 0, CONNECT_S)

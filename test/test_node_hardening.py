@@ -1,6 +1,7 @@
 """An accepted configuration never stops the output; a signal at any moment ends the node
 quietly (CPU, random weights, small input, real rclpy / Fast DDS on loopback)."""
 
+import itertools
 import json
 import os
 from pathlib import Path
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from test_node import Harness, send_until_output
+from test_node import Harness
 
 from depthclip_ros import node as node_module
 from depthclip_ros.geometry import Intrinsics
@@ -45,13 +46,20 @@ def harness():
     rclpy.try_shutdown(context=context)
 
 
+SECS = itertools.count(1000)  # a fresh frame stamp for every output awaited
+
+
+def send_until_output(h) -> bool:
+    h.output_for(next(SECS))  # asserts that the frame's outputs came back
+    return True
+
+
 def set_param(node, name, value):
     return node.set_parameters([Parameter(name, value=value)])[0]
 
 
-def outputs_continue(h, before=None):
-    before = len(h.got['depth']) if before is None else before
-    return send_until_output(h, count=before + 1)
+def outputs_continue(h):
+    return send_until_output(h)
 
 
 # ---------------------------------------------------------------- accepted = usable
@@ -108,7 +116,7 @@ def test_diagnostics_turn_error_when_frames_arrive_but_nothing_is_published(
     monkeypatch.setattr(harness.node.pipeline, 'process', failing)
 
     def stalled():
-        harness.send(sec=200)
+        harness.send(200)
         own = [s for s in statuses if s.name.startswith(harness.node.get_fully_qualified_name())]
         return own and own[-1].level == DiagnosticStatus.ERROR
     assert wait_for(stalled, 20, period=0.2)

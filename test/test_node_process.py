@@ -96,7 +96,7 @@ def test_real_frame_through_the_node_process(tmp_path, stop_signal):
     peer = rclpy.create_node('replay', namespace=namespace, context=context)
     got = {'depth': [], 'info': [], 'points': []}
     reliable = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
-    peer.create_subscription(Image, 'depth', got['depth'].append, reliable)
+    peer.create_subscription(Image, 'depth/image', got['depth'].append, reliable)
     peer.create_subscription(CameraInfo, 'depth/camera_info', got['info'].append, reliable)
     peer.create_subscription(PointCloud2, 'points', got['points'].append, reliable)
     image_pub = peer.create_publisher(Image, 'camera/color/image_raw', qos_profile_sensor_data)
@@ -193,7 +193,7 @@ def test_a_signal_during_inference_lets_the_frame_finish_then_exits_cleanly(stop
     rclpy.init(context=context)
     peer = rclpy.create_node('camera', namespace=namespace, context=context)
     depth = []
-    peer.create_subscription(Image, 'depth', depth.append,
+    peer.create_subscription(Image, 'depth/image', depth.append,
                              QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
     image_pub = peer.create_publisher(Image, 'image', qos_profile_sensor_data)
     info_pub = peer.create_publisher(CameraInfo, 'camera_info', qos_profile_sensor_data)

@@ -122,7 +122,7 @@ def test_demo_on_the_generated_scene(tmp_path, capsys):
     with AnyReader([tmp_path / 'corridor_depth']) as reader:
         counts = {c.topic: c.msgcount for c in reader.connections}
     assert counts == {'/camera/color/image_raw': 3, '/camera/color/camera_info': 3,
-                      '/camera/color/depth': 3, '/camera/color/depth/camera_info': 3,
+                      '/camera/color/depth/image': 3, '/camera/color/depth/camera_info': 3,
                       '/camera/color/points': 3, '/camera/color/depth/colormap': 3}
     assert main(args) == 0  # a second run replaces its own bags
 

@@ -3,7 +3,7 @@
 INPUT is a rosbag2 folder, .mcap or .db3 file, or a ROS 1 .bag. OUTPUT is a new rosbag2
 folder (MCAP storage) with the input topics plus depth, depth/camera_info and points
 (and depth/colormap with --colormap) next to the image topic: /cam/color/image_raw gives
-/cam/color/depth, /cam/color/depth/camera_info, /cam/color/points. Outputs carry the
+/cam/color/depth/image, /cam/color/depth/camera_info, /cam/color/points. Outputs carry the
 image's header and log time. Image topics may be sensor_msgs/Image or CompressedImage.
 
 Without --image-topic the bag's one colour image topic is used; without
@@ -175,7 +175,8 @@ class ProblemLog:
 
 def rviz_command(report: BagReport) -> str:
     """rviz2 with the shipped config, its relative topics pointed at the bag's."""
-    namespace = report.output_topics.get('depth', '/depth').rsplit('/', 1)[0] or '/'
+    depth = report.output_topics.get('depth/image', '/depth/image')
+    namespace = depth[:-len('/depth/image')] or '/'
     image = report.image_topic
     image = image[len(namespace.rstrip('/')) + 1:] if image.startswith(namespace) else image
     frame = f' -f {report.frame_id}' if report.frame_id else ''

@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         return callback
 
     reliable = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
-    peer.create_subscription(Image, 'depth', on_output('depth'), reliable)
+    peer.create_subscription(Image, 'depth/image', on_output('depth'), reliable)
     peer.create_subscription(PointCloud2, 'points', on_output('points'), reliable)
     image_pub = peer.create_publisher(Image, 'image', qos_profile_sensor_data)
     info_pub = peer.create_publisher(CameraInfo, 'camera_info', qos_profile_sensor_data)

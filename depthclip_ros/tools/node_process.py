@@ -17,13 +17,15 @@ import sys
 import tempfile
 import uuid
 
-PROFILE = Path(__file__).resolve().parents[2] / 'config' / 'fastdds_localhost.xml'
+from ..resources import share_file
+
+PROFILE = 'config/fastdds_localhost.xml'  # installed under share/depthclip_ros
 
 
 def isolate_ros_traffic() -> None:
     os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
     os.environ.setdefault('ROS_DOMAIN_ID', str(random.randint(1, 101)))
-    os.environ['FASTRTPS_DEFAULT_PROFILES_FILE'] = str(PROFILE)
+    os.environ['FASTRTPS_DEFAULT_PROFILES_FILE'] = str(share_file(PROFILE))
 
 
 def private_namespace(name: str) -> str:

@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
                 state['diag'] = {kv.key: kv.value for kv in status.values}
 
     reliable = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
-    peer.create_subscription(Image, 'depth', on_depth, reliable)
+    peer.create_subscription(Image, 'depth/image', on_depth, reliable)
     peer.create_subscription(DiagnosticArray, '/diagnostics', on_diagnostics, 10)
     image_pub = peer.create_publisher(Image, 'image', qos_profile_sensor_data)
     info_pub = peer.create_publisher(CameraInfo, 'camera_info', qos_profile_sensor_data)

@@ -58,3 +58,13 @@ def small_engine():
     from depthclip_ros.model import DepthCLIP, ModelConfig
 
     return DepthCLIP(ModelConfig(pretrained='none', device='cpu', input_size=(64, 96))).load()
+
+
+@pytest.fixture
+def ros():
+    """An rclpy context of its own for one test (conftest set the network-safe env)."""
+    import rclpy
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    yield context
+    rclpy.try_shutdown(context=context)

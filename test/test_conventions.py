@@ -26,14 +26,6 @@ def sibling_camera_info(image_topic: str) -> str:
     return f'{image_topic.rsplit("/", 1)[0]}/camera_info'
 
 
-@pytest.fixture
-def ros():
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    yield context
-    rclpy.try_shutdown(context=context)
-
-
 @pytest.mark.parametrize('namespace, remap, output_size', [
     ('', False, [0, 0]),
     ('robot/front', False, [24, 32]),

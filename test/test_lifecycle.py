@@ -4,7 +4,6 @@ manager drives it (CPU, random weights, small input)."""
 from lifecycle_msgs.msg import State, Transition
 from lifecycle_msgs.srv import ChangeState, GetState
 import numpy as np
-import pytest
 import rclpy
 from rclpy.parameter import Parameter
 from rclpy.qos import qos_profile_sensor_data, QoSProfile, ReliabilityPolicy
@@ -43,14 +42,6 @@ class Manager:
 
     def state(self) -> int:
         return self._call(self.get, GetState.Request()).current_state.id
-
-
-@pytest.fixture
-def ros():
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    yield context
-    rclpy.try_shutdown(context=context)
 
 
 def start(context, namespace, overrides=SMALL):

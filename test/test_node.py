@@ -104,14 +104,6 @@ class Harness:
 
 
 @pytest.fixture
-def ros():
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    yield context
-    rclpy.try_shutdown(context=context)
-
-
-@pytest.fixture
 def harness(ros):
     h = Harness(ros)
     spinner = Spinner(ros, h.node, h.peer)

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from test_node import Harness
+from test_node import Harness, harness  # noqa: F401 - harness: the fixture
 
 from depthclip_ros import node as node_module
 from depthclip_ros.geometry import Intrinsics
@@ -28,22 +28,6 @@ from rosutil import wait_for
 
 HERE = Path(__file__).resolve().parent
 LOOPBACK_PROFILE = str(HERE.parent / 'config' / 'fastdds_localhost.xml')
-
-
-@pytest.fixture
-def harness():
-    import rclpy
-
-    from rosutil import Spinner
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    h = Harness(context)
-    spinner = Spinner(context, h.node, h.peer)
-    assert h.connected()
-    yield h
-    spinner.stop()
-    h.close()
-    rclpy.try_shutdown(context=context)
 
 
 SECS = itertools.count(1000)  # a fresh frame stamp for every output awaited

@@ -2,16 +2,20 @@
 
 Topics (relative, remappable):
 
-* subscribes ``image`` (sensor_msgs/Image), ``camera_info`` (sensor_msgs/CameraInfo),
-  and with ``use_compressed`` ``image/compressed`` (sensor_msgs/CompressedImage);
-* publishes ``depth`` (32FC1 metres, NaN invalid), ``depth/camera_info``, ``points``
-  (organised PointCloud2), ``depth/colormap`` (rgb8, when ``publish_colormap``) and
-  ``/diagnostics`` at 1 Hz. Every output carries the input image's header.
+* subscribes ``image`` (sensor_msgs/Image) or, with ``image_transport: compressed``,
+  ``<image>/compressed`` (sensor_msgs/CompressedImage, image_transport's naming), and
+  ``camera_info`` (sensor_msgs/CameraInfo);
+* publishes ``depth/image`` (32FC1 metres, NaN invalid), ``depth/camera_info`` beside it
+  (image_transport pairs them), ``points`` (organised PointCloud2), ``depth/colormap``
+  (rgb8, when ``publish_colormap``) and ``/diagnostics`` at 1 Hz. Every output carries the
+  input image's header.
 
 Inference runs on a worker thread: the subscription callbacks only store the newest frame
 (an older one still waiting is dropped and counted), so the executor never stalls and
 latency cannot grow without bound. Outputs nobody subscribes to are not computed. The
 per-frame work is :class:`~depthclip_ros.pipeline.DepthPipeline`, shared with the bag tool.
+:class:`DepthNode` subscribes from construction; :class:`DepthLifecycleNode` is the same
+node under a lifecycle manager (``depth_lifecycle_node``).
 """
 
 from __future__ import annotations
@@ -193,7 +197,6 @@ class DepthNodeCore:
         import torch
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-
 
     # ------------------------------------------------------------------ callbacks
     def _on_image(self, msg) -> None:

@@ -2,6 +2,8 @@
 image_transport's CameraInfo pairing for every image the node publishes, and the
 compressed transport following the image topic."""
 
+import functools
+
 import cv2
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from depthclip_ros.node import DepthNode
 
-from rosutil import camera_info, rgb8_image, Spinner, wait_for
+from rosutil import camera_info, rgb8_image, Spinner, unique_namespace, wait_for
 
 SMALL = [Parameter('pretrained', value='none'), Parameter('device', value='cpu'),
          Parameter('input_size', value=[64, 96])]
@@ -47,10 +49,15 @@ def test_every_published_image_pairs_with_a_camera_info_of_its_size(ros, namespa
         images = sorted(t for t, types in ours.items() if 'sensor_msgs/msg/Image' in types)
         assert images, ours
         got = {}
+        frame_id = unique_namespace('optical')[1:]  # only this test's frames count
+
+        def keep(store, msg):
+            if msg.header.frame_id == frame_id:
+                store.append(msg)
         for topic in images + [sibling_camera_info(t) for t in images]:
             kind = Image if topic in images else CameraInfo
             got[topic] = []
-            peer.create_subscription(kind, topic, got[topic].append, RELIABLE)
+            peer.create_subscription(kind, topic, functools.partial(keep, got[topic]), RELIABLE)
         image_in = node.resolve_topic_name('image')
         info_in = node.resolve_topic_name('camera_info')
         image_pub = peer.create_publisher(Image, image_in, qos_profile_sensor_data)
@@ -58,8 +65,8 @@ def test_every_published_image_pairs_with_a_camera_info_of_its_size(ros, namespa
         rgb = np.random.default_rng(0).integers(0, 255, (H, W, 3), dtype=np.uint8)
 
         def arrived():
-            info_pub.publish(camera_info(H, W, 60.0, 60.0, 31.5, 23.5))
-            image_pub.publish(rgb8_image(rgb))
+            info_pub.publish(camera_info(H, W, 60.0, 60.0, 31.5, 23.5, frame_id=frame_id))
+            image_pub.publish(rgb8_image(rgb, frame_id=frame_id))
             return all(got.values())
         assert wait_for(arrived, 30, period=0.3), {k: len(v) for k, v in got.items()}
         for topic in images:
@@ -79,8 +86,9 @@ def test_every_published_image_pairs_with_a_camera_info_of_its_size(ros, namespa
 
 
 def test_the_compressed_stream_follows_the_remapped_image_topic(ros):
+    camera = unique_namespace('camera')  # an input topic no other run publishes to
     node = DepthNode(context=ros, cli_args=['--ros-args', '-r',
-                                            'image:=/camera/color/image_raw'],
+                                            f'image:={camera}/color/image_raw'],
                      parameter_overrides=[*SMALL, Parameter('image_transport',
                                                             value='compressed')])
     node.load()
@@ -88,16 +96,18 @@ def test_the_compressed_stream_follows_the_remapped_image_topic(ros):
     spinner = Spinner(ros, node, peer)
     try:
         assert wait_for(lambda: peer.count_subscribers(
-            '/camera/color/image_raw/compressed') == 1, 10)
+            f'{camera}/color/image_raw/compressed') == 1, 10)
         assert peer.count_subscribers('/image/compressed') == 0
-        assert peer.count_subscribers('/camera/color/image_raw') == 0  # one transport
+        assert peer.count_subscribers(f'{camera}/color/image_raw') == 0  # one transport
         got = []
-        peer.create_subscription(Image, 'depth/image', got.append, RELIABLE)
+        peer.create_subscription(Image, 'depth/image', lambda m: m.header.frame_id == camera[1:]
+                                 and got.append(m), RELIABLE)
         info_pub = peer.create_publisher(CameraInfo, 'camera_info', qos_profile_sensor_data)
-        pub = peer.create_publisher(CompressedImage, '/camera/color/image_raw/compressed',
+        pub = peer.create_publisher(CompressedImage, f'{camera}/color/image_raw/compressed',
                                     qos_profile_sensor_data)
         rgb = np.random.default_rng(1).integers(0, 255, (H, W, 3), dtype=np.uint8)
         msg = CompressedImage(format='png')
+        msg.header.frame_id = camera[1:]
         msg.data = cv2.imencode('.png', cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))[1].tobytes()
 
         def arrived():

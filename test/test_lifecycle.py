@@ -11,7 +11,7 @@ from sensor_msgs.msg import CameraInfo, Image
 
 from depthclip_ros.node import DepthLifecycleNode
 
-from rosutil import camera_info, rgb8_image, Spinner, wait_for
+from rosutil import camera_info, rgb8_image, Spinner, unique_namespace, wait_for
 
 SMALL = [Parameter('pretrained', value='none'), Parameter('device', value='cpu'),
          Parameter('input_size', value=[64, 96])]
@@ -54,8 +54,9 @@ def start(context, namespace, overrides=SMALL):
 
 
 def test_configure_activate_deactivate_cleanup_shutdown(ros):
-    node, manager, spinner = start(ros, 'managed')
-    peer = rclpy.create_node('camera', namespace='managed', context=ros)
+    namespace = unique_namespace('managed')
+    node, manager, spinner = start(ros, namespace)
+    peer = rclpy.create_node('camera', namespace=namespace, context=ros)
     spinner.add(peer)
     got = []
     peer.create_subscription(Image, 'depth/image', got.append, RELIABLE)
@@ -69,11 +70,11 @@ def test_configure_activate_deactivate_cleanup_shutdown(ros):
 
     try:
         assert manager.state() == State.PRIMARY_STATE_UNCONFIGURED
-        assert node.engine is None and peer.count_publishers('/managed/depth/image') == 0
+        assert node.engine is None and peer.count_publishers(f'{namespace}/depth/image') == 0
         assert manager.transition(Transition.TRANSITION_CONFIGURE)
         assert manager.state() == State.PRIMARY_STATE_INACTIVE
         assert node.engine is not None and node.engine.loaded
-        assert node.count_subscribers('/managed/image') == 0  # not listening yet
+        assert node.count_subscribers(f'{namespace}/image') == 0  # not listening yet
         for sec in range(5):  # inactive: nothing comes out
             send(sec)
         assert not wait_for(lambda: got, 1.5)
@@ -84,7 +85,7 @@ def test_configure_activate_deactivate_cleanup_shutdown(ros):
 
         assert manager.transition(Transition.TRANSITION_DEACTIVATE)
         assert manager.state() == State.PRIMARY_STATE_INACTIVE
-        assert wait_for(lambda: peer.count_subscribers('/managed/image') == 0, 5)
+        assert wait_for(lambda: peer.count_subscribers(f'{namespace}/image') == 0, 5)
         count = len(got)
         for sec in range(20, 25):
             send(sec)
@@ -109,7 +110,7 @@ def test_configure_activate_deactivate_cleanup_shutdown(ros):
 def test_a_failed_configure_stays_unconfigured_with_the_reason(ros, capfd):
     overrides = [Parameter('pretrained', value='/nonexistent/RN50.pt'),
                  Parameter('device', value='cpu'), Parameter('input_size', value=[64, 96])]
-    node, manager, spinner = start(ros, 'failing', overrides)
+    node, manager, spinner = start(ros, unique_namespace('failing'), overrides)
     try:
         assert not manager.transition(Transition.TRANSITION_CONFIGURE)
         assert manager.state() == State.PRIMARY_STATE_UNCONFIGURED

@@ -24,7 +24,7 @@ from depthclip_ros import node as node_module
 from depthclip_ros.geometry import Intrinsics
 from depthclip_ros.model import PAPER_DEPTH_BINS_M, PAPER_DISTANCE_PROMPTS
 
-from rosutil import wait_for
+from rosutil import unique_namespace, wait_for
 
 HERE = Path(__file__).resolve().parent
 LOOPBACK_PROFILE = str(HERE.parent / 'config' / 'fastdds_localhost.xml')
@@ -194,14 +194,15 @@ def test_every_accepted_value_is_usable(lone_node, name, template, words, number
 
 
 # ---------------------------------------------------------------- signals at any moment
-def start(params: dict) -> subprocess.Popen:
+def start(params: dict, namespace: str = '/') -> subprocess.Popen:
     path = Path(tempfile.mkdtemp()) / 'params.yaml'
     path.write_text('/**:\n  ros__parameters:\n' + ''.join(
         f'    {k}: {json.dumps(v)}\n' for k, v in params.items()))
     env = dict(os.environ, FASTRTPS_DEFAULT_PROFILES_FILE=LOOPBACK_PROFILE,
                PYTHONUNBUFFERED='1')
     return subprocess.Popen([sys.executable, '-m', 'depthclip_ros.node', '--ros-args',
-                             '--params-file', str(path)], env=env, stdout=subprocess.PIPE,
+                             '--params-file', str(path), '-r', f'__ns:={namespace}'],
+                            env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=HERE.parent)
 
 
@@ -238,14 +239,15 @@ def test_a_signal_while_starting_exits_zero_quickly_without_traceback(delay_s, s
 def test_a_signal_while_the_worker_encodes_prompts_does_not_wait_for_it():
     import rclpy
     from rclpy.parameter import Parameter as P
-    process = start({'pretrained': 'none', 'device': 'cpu', 'input_size': [64, 64]})
+    namespace = unique_namespace('encoding')  # no other run's node answers
+    process = start({'pretrained': 'none', 'device': 'cpu', 'input_size': [64, 64]}, namespace)
     context = rclpy.Context()
     rclpy.init(context=context)
     try:
         peer = rclpy.create_node('setter', context=context)
         client = peer.create_client(
             __import__('rcl_interfaces.srv', fromlist=['SetParameters']).SetParameters,
-            '/depth_node/set_parameters')
+            f'{namespace}/depth_node/set_parameters')
         from rclpy.executors import SingleThreadedExecutor
         executor = SingleThreadedExecutor(context=context)
         executor.add_node(peer)

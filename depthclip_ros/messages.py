@@ -90,17 +90,12 @@ def intrinsics_from_camera_info(msg: CameraInfo, height: int, width: int,
                               f'fy={fy}')
     if msg.width <= 0 or msg.height <= 0:
         raise CameraInfoError(f'CameraInfo size {msg.width}x{msg.height} is invalid')
-    bx, by = msg.binning_x or 1, msg.binning_y or 1
-    roi = msg.roi
-    if roi.width == 0 and roi.height == 0 and roi.x_offset == 0 and roi.y_offset == 0:
-        x0, y0, roi_w, roi_h = 0, 0, msg.width, msg.height
-    else:
-        x0, y0, roi_w, roi_h = roi.x_offset, roi.y_offset, roi.width, roi.height
-        if roi_w == 0 or roi_h == 0 or x0 + roi_w > msg.width or y0 + roi_h > msg.height:
-            raise CameraInfoError(f'CameraInfo roi (x_offset={x0}, y_offset={y0}, '
-                                  f'{roi_w}x{roi_h}) does not lie inside the calibrated '
-                                  f'{msg.width}x{msg.height} image')
-    full_w, full_h = roi_w // bx, roi_h // by
+    x0, y0, roi_w, roi_h, bx, by = _region(msg)
+    if roi_w == 0 or roi_h == 0 or x0 + roi_w > msg.width or y0 + roi_h > msg.height:
+        raise CameraInfoError(f'CameraInfo roi (x_offset={x0}, y_offset={y0}, '
+                              f'{roi_w}x{roi_h}) does not lie inside the calibrated '
+                              f'{msg.width}x{msg.height} image')
+    full_h, full_w = image_size_of(msg)
     if full_w == 0 or full_h == 0:
         raise CameraInfoError(f'CameraInfo binning {bx}x{by} leaves no pixel of the '
                               f'{roi_w}x{roi_h} region')
@@ -121,13 +116,21 @@ def intrinsics_from_camera_info(msg: CameraInfo, height: int, width: int,
         raise CameraInfoError(f'CameraInfo {source} is unusable: {error}') from None
 
 
+def _region(msg: CameraInfo) -> tuple[int, int, int, int, int, int]:
+    """``(x_offset, y_offset, width, height, binning_x, binning_y)`` of the part of the
+    calibrated image that ``msg``'s images show (image_geometry's rules: an all-zero ROI is
+    the full image, binning 0 means 1). Not checked: see intrinsics_from_camera_info."""
+    roi = msg.roi
+    bx, by = msg.binning_x or 1, msg.binning_y or 1
+    if roi.width == 0 and roi.height == 0 and roi.x_offset == 0 and roi.y_offset == 0:
+        return 0, 0, msg.width, msg.height, bx, by
+    return roi.x_offset, roi.y_offset, roi.width, roi.height, bx, by
+
+
 def image_size_of(msg: CameraInfo) -> tuple[int, int]:
     """``(height, width)`` of the image ``msg`` describes: its ROI, binned (image_geometry's
     reduced resolution); the calibrated size when there is neither."""
-    bx, by = msg.binning_x or 1, msg.binning_y or 1
-    roi = msg.roi
-    width = roi.width if roi.width else msg.width
-    height = roi.height if roi.height else msg.height
+    _, _, width, height, bx, by = _region(msg)
     return height // by, width // bx
 
 

@@ -51,7 +51,7 @@ from ..bags import (
 )
 from ..model import RANDOM_WEIGHTS_BANNER
 from ..pipeline import DepthPipeline, OutputSettings
-from .common import add_model_arguments, configs_from_args, load_engine
+from .common import add_model_arguments, configs_from_args, load_engine, option_problem
 
 PLAIN_PROGRESS_S = 5.0
 SHOWN_PER_PROBLEM = 3
@@ -109,15 +109,6 @@ def settings_from_args(args: argparse.Namespace) -> OutputSettings:
                           cloud_rgb=args.cloud_rgb, intrinsics_source=args.intrinsics_source,
                           fallback_hfov_deg=args.fallback_hfov_deg,
                           max_input_pixels=args.max_input_pixels)
-
-
-def option_problem(error: ValueError, args: argparse.Namespace) -> str:
-    """A refused value's reason, led by the option that gave it (``--cloud-stride: ...``)."""
-    reason = str(error)
-    name = reason.split(maxsplit=1)[0] if reason else ''
-    if name and name in vars(args):
-        return f'--{name.replace("_", "-")}: {reason}'
-    return reason
 
 
 class Progress:

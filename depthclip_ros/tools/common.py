@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 
 from ..model import (
@@ -15,6 +16,8 @@ from ..model import (
     PAPER_DISTANCE_PROMPTS,
     PAPER_TEMPERATURE,
     RANDOM_WEIGHTS_BANNER,
+    resolve_device,
+    resolve_dtype,
     WeightsError,
 )
 
@@ -50,6 +53,28 @@ def configs_from_args(args: argparse.Namespace) -> tuple[ModelConfig, HeadConfig
                       canonical_focal_px=args.canonical_focal_px,
                       flip_average=args.flip_average)
     return model, head
+
+
+def check_model_options(args: argparse.Namespace) -> None:
+    """The model options as the node checks them, and the device's availability;
+    ``ValueError`` with the reason. Loads nothing."""
+    model, _ = configs_from_args(args)
+    resolve_dtype(model.precision, resolve_device(model.device))
+
+
+def check_max_depth(value: float, minimum: float = 0.0) -> None:
+    if not (math.isfinite(value) and value > minimum):
+        raise ValueError(f'--max-depth-m must be finite and > {minimum:g}, got {value}')
+
+
+def option_problem(error: ValueError, args: argparse.Namespace) -> str:
+    """A refused value's reason, led by the option that gave it (``--cloud-stride: ...``):
+    the parameter rules name parameters, the tools' users typed options."""
+    reason = str(error)
+    name = reason.split(maxsplit=1)[0] if reason else ''
+    if name and name in vars(args):
+        return f'--{name.replace("_", "-")}: {reason}'
+    return reason
 
 
 def load_engine(args: argparse.Namespace) -> DepthCLIP:

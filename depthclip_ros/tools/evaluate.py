@@ -39,8 +39,7 @@ from ..metrics import (
 )
 from ..model import DepthCLIP, RANDOM_WEIGHTS_BANNER
 from ..visualize import atomic_path, check_output_file
-from .common import add_model_arguments, load_engine
-from .infer import check_max_depth, check_model_options
+from .common import add_model_arguments, check_max_depth, check_model_options, load_engine
 
 PROG = 'depthclip-ros evaluate'
 MIN_GT_DEPTH_M = 1e-3  # ground truth at or below this is invalid

@@ -39,7 +39,7 @@ import torch
 from ..dataset import expand_inputs, is_video, iter_images, one_line
 from ..encodings import MAX_SIDE_PX
 from ..geometry import backproject, Intrinsics, intrinsics_from_hfov
-from ..model import DepthCLIP, RANDOM_WEIGHTS_BANNER, resolve_device, resolve_dtype
+from ..model import DepthCLIP, RANDOM_WEIGHTS_BANNER
 from ..parameters import DEFAULT_MAX_INPUT_PIXELS, validate
 from ..visualize import (
     check_output_dir,
@@ -49,7 +49,13 @@ from ..visualize import (
     write_ply,
     write_rgb_png,
 )
-from .common import add_model_arguments, configs_from_args, load_engine
+from .common import (
+    add_model_arguments,
+    check_max_depth,
+    check_model_options,
+    load_engine,
+    option_problem,
+)
 
 PROG = 'depthclip-ros infer'
 OUTPUT_SUFFIXES = ('_depth.npy', '_depth.png', '_preview.png', '.ply')
@@ -79,18 +85,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # Options, checked before anything is loaded
 
 
-def check_model_options(args: argparse.Namespace) -> None:
-    """The model options as the node checks them, and the device's availability;
-    ``ValueError`` with the reason. Loads nothing."""
-    model, _ = configs_from_args(args)
-    resolve_dtype(model.precision, resolve_device(model.device))
-
-
-def check_max_depth(value: float, minimum: float = 0.0) -> None:
-    if not (math.isfinite(value) and value > minimum):
-        raise ValueError(f'--max-depth-m must be finite and > {minimum:g}, got {value}')
-
-
 def check_options(args: argparse.Namespace) -> None:
     check_model_options(args)
     if args.intrinsics is not None:
@@ -111,8 +105,7 @@ def check_options(args: argparse.Namespace) -> None:
     try:
         validate({'max_input_pixels': args.max_input_pixels})
     except ValueError as error:
-        raise ValueError(f'--{error}'.replace('max_input_pixels', 'max-input-pixels', 1)) \
-            from None
+        raise ValueError(option_problem(error, args)) from None
 
 
 def intrinsics_for(args: argparse.Namespace, height: int, width: int) -> Intrinsics:

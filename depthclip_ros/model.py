@@ -607,16 +607,22 @@ class DepthCLIP:
         return self._text_features
 
     # ----------------------------------------------------------------- image side
-    def preprocess(self, images: np.ndarray) -> torch.Tensor:
-        """``(B, H, W, 3)`` uint8 RGB (host) -> ``(B, 3, h, w)`` normalised network input."""
+    def preprocess(self, images: np.ndarray, size: tuple[int, int] | None = None
+                   ) -> torch.Tensor:
+        """``(B, H, W, 3)`` uint8 RGB (host) -> ``(B, 3, h, w)`` normalised network input
+        at ``size`` (default the configured input size; bilinear, antialiased)."""
         self._require_loaded()
+        size = tuple(size or self.config.input_size)
         x = torch.from_numpy(images).to(self.device, non_blocking=True)
         x = x.permute(0, 3, 1, 2).float()
-        if tuple(x.shape[-2:]) != tuple(self.config.input_size):
-            x = F.interpolate(x, size=self.config.input_size, mode='bilinear',
-                              align_corners=False, antialias=True)
-        x = (x - self._mean) / self._std
-        return x.to(self.dtype)
+        if tuple(x.shape[-2:]) != size:
+            x = F.interpolate(x, size=size, mode='bilinear', align_corners=False,
+                              antialias=True)
+        return self.normalise(x)
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, h, w)`` float RGB in [0, 255] -> network input (model dtype)."""
+        return ((x - self._mean) / self._std).to(self.dtype)
 
     def image_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """CLIP image trunk without its final pooling: ``(B, C, h, w)`` last-stage map."""
@@ -649,7 +655,6 @@ class DepthCLIP:
         depth = weights @ self._bins  # (B, HW)
         return depth.view(-1, 1, *grid)
 
-    @torch.inference_mode()
     def predict(self, images: np.ndarray, intrinsics: Intrinsics | list[Intrinsics],
                 output_size: tuple[int, int] | None = None,
                 timer: StageTimer | None = None) -> np.ndarray:
@@ -660,6 +665,16 @@ class DepthCLIP:
         width)`` of the returned depth, default the input image size.
         Returns ``(H', W')`` or ``(B, H', W')`` float32 metres.
         """
+        return self.predict_with_tokens(images, intrinsics, output_size, timer)[0]
+
+    @torch.inference_mode()
+    def predict_with_tokens(self, images: np.ndarray,
+                            intrinsics: Intrinsics | list[Intrinsics],
+                            output_size: tuple[int, int] | None = None,
+                            timer: StageTimer | None = None
+                            ) -> tuple[np.ndarray, torch.Tensor]:
+        """:meth:`predict`, plus the trunk's last feature map of the (unflipped) images,
+        ``(B, C, h, w)`` on the device: what the referring engine reuses."""
         self._require_loaded()
         batch, single = _as_batch(images)
         height, width = batch.shape[1:3]
@@ -700,7 +715,8 @@ class DepthCLIP:
         with stage('upsample'):
             depth = F.interpolate(depth, size=output_size, mode='bilinear', align_corners=True)
             out = depth[:, 0].cpu().numpy()
-        return out[0] if single else out
+        tokens = tokens[:len(batch)]
+        return (out[0] if single else out), tokens
 
     def _require_loaded(self) -> None:
         if not self.loaded:

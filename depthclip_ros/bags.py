@@ -1,6 +1,7 @@
 """Recorded camera data through the node's pipeline: rosbag2 (.mcap, .db3) and ROS 1
 (.bag) in, a rosbag2 MCAP out with the input topics plus ``depth``,
-``depth/camera_info`` and ``points`` (and optionally ``depth/colormap``).
+``depth/camera_info`` and ``points`` (and optionally ``depth/colormap``, and with object
+queries ``objects/markers``, ``objects/points`` and ``objects/labels``).
 
 Reading, ROS 1 -> ROS 2 message conversion and writing are done by the ``rosbags``
 library (its ``convert`` module migrates ROS 1 definitions such as CameraInfo's upper-case
@@ -64,7 +65,11 @@ CAMERA_INFO_TYPE = 'sensor_msgs/msg/CameraInfo'
 OUTPUT_TYPES = {'depth/image': 'sensor_msgs/msg/Image',
                 'depth/camera_info': CAMERA_INFO_TYPE,
                 'points': 'sensor_msgs/msg/PointCloud2',
-                'depth/colormap': 'sensor_msgs/msg/Image'}
+                'depth/colormap': 'sensor_msgs/msg/Image',
+                'objects/markers': 'visualization_msgs/msg/MarkerArray',
+                'objects/points': 'sensor_msgs/msg/PointCloud2',
+                'objects/labels': 'sensor_msgs/msg/Image'}
+OBJECT_OUTPUTS = ('objects/markers', 'objects/points', 'objects/labels')
 BAG_SUFFIXES = ('.bag', '.mcap', '.db3')
 # rosbag2 metadata version 8 is read by Jazzy and newer; Foxglove reads the MCAP itself.
 METADATA_VERSION = 8
@@ -113,6 +118,11 @@ class BagReport:
     camera_info_choice: str = ''  # how it was chosen and what it describes
     camera_info_rejected: int = 0  # frames rejected for want of a usable CameraInfo
     frames_fallback: int = 0  # frames processed with fallback_hfov_deg intrinsics
+    object_queries: int = 0  # queries per frame (0: no object outputs)
+    object_frames: int = 0  # frames whose object outputs were written
+    object_frames_failed: int = 0  # frames with depth whose object step failed
+    objects_located: int = 0  # query answers with a 3-D location, over all frames
+    object_messages: int = 0  # messages on the objects/* topics
     messages_written: int = 0  # handed to the bag file by the writer thread
     output: Path | None = None  # the finished bag (real path)
     replaced: bool = False  # an earlier output was replaced by it
@@ -425,8 +435,9 @@ def output_namespace(image_topic: str, msgtype: str) -> str:
     return namespace or '/'
 
 
-def output_topics(namespace: str, colormap: bool) -> dict[str, str]:
-    names = [n for n in OUTPUT_TYPES if colormap or n != 'depth/colormap']
+def output_topics(namespace: str, colormap: bool, objects: bool = False) -> dict[str, str]:
+    names = [n for n in OUTPUT_TYPES if (colormap or n != 'depth/colormap')
+             and (objects or n not in OBJECT_OUTPUTS)]
     prefix = namespace.rstrip('/')
     return {name: f'{prefix}/{name}' for name in names}
 
@@ -659,7 +670,7 @@ def process_bag(source: Path, destination: Path,
                 pipeline: DepthPipeline | Callable[[], DepthPipeline], *,
                 image_topic: str | None = None, info_topic: str | None = None,
                 namespace: str | None = None, colormap: bool = False,
-                overwrite: bool = False,
+                objects: bool = False, overwrite: bool = False,
                 on_frame: Callable[[BagReport], None] | None = None,
                 on_problem: Callable[[str], None] | None = None) -> BagReport:
     """Run every image of ``source`` through ``pipeline`` into a new MCAP bag.
@@ -668,7 +679,10 @@ def process_bag(source: Path, destination: Path,
     outputs are written at their image's log time. Bad or unreadable messages are
     reported to ``on_problem`` and skipped. ``pipeline`` may be a function that builds
     it, called only once the paths, the bag and its topics were found usable (so that a
-    refusal does not wait for the model).
+    refusal does not wait for the model). ``objects``: also the object outputs of the
+    pipeline's queries (``objects/markers``, ``objects/points``, ``objects/labels``;
+    built-in proposals, ``node`` protocol); a frame whose object step fails keeps its
+    depth outputs.
 
     The input is only read. The bag is written into ``OUTPUT.partial/`` and moved to
     ``destination`` once closed (at the end, or after SIGINT/SIGTERM, which stop after
@@ -691,7 +705,7 @@ def process_bag(source: Path, destination: Path,
         image_topic, image_type, chosen_info = choose_topics(reader.connections, image_topic,
                                                              info_topic)
         outputs = output_topics(namespace or output_namespace(image_topic, image_type),
-                                colormap)
+                                colormap, objects)
         report.image_topic, report.output_topics = image_topic, outputs
         clash = sorted(set(outputs.values()) & {c.topic for c in reader.connections})
         if clash:
@@ -710,6 +724,9 @@ def process_bag(source: Path, destination: Path,
         if not isinstance(pipeline, DepthPipeline):
             pipeline = pipeline()
             start = time.perf_counter()
+        if objects and not pipeline.objects.queries:
+            raise BagError('object outputs need a pipeline with object queries')
+        report.object_queries = len(pipeline.objects.queries) if objects else 0
         pipeline.topics.update({'image': image_topic, 'image/compressed': image_topic,
                                 'camera_info': chosen_info or '(no CameraInfo topic)'})
         pipeline.warn = problem  # warnings about frames that are still processed
@@ -745,9 +762,12 @@ def _write_bag(plan: OutputPlan, reader, copied, pipeline: DepthPipeline,
                                                      typestore=ros2)
                          for name, topic in report.output_topics.items()}
             background = _WriterThread(writer)
+            objects = bool(report.object_queries)
+            want = Wanted(colormap=colormap, markers=objects, object_points=objects,
+                          labels=objects)
             run = _Run(pipeline, background, report, problem, report.image_topic,
-                       image_type, report.camera_info_topic, Wanted(colormap=colormap),
-                       out_conns, connmap, convert)
+                       image_type, report.camera_info_topic, want, out_conns, connmap,
+                       convert)
             messages = reader.messages(connections=copied)
             try:
                 while not stop.requested:
@@ -841,8 +861,11 @@ class _Run:
             if self.report.frame_id is None:
                 self.report.frame_id = msg.header.frame_id
             try:
-                outputs = _by_topic(self.pipeline.process(msg, self.want, self.report.timer))
+                processed = self.pipeline.process(msg, self.want, self.report.timer)
+                outputs = _by_topic(processed)
                 self.report.frames_fallback += self.pipeline.latest_info is None
+                if processed.frame is not None:
+                    outputs.update(self._objects(processed, conn.topic, stamp))
             except FrameRejected as error:
                 self.report.frames_rejected += 1
                 camera = self.pipeline.topics['camera_info']
@@ -859,6 +882,9 @@ class _Run:
             serialized = [(self.out_conns[name], serialize_message(message))
                           for name, message in outputs.items()
                           if name in self.out_conns and message is not None]
+        self.report.object_messages += sum(
+            1 for name, message in outputs.items()
+            if name in OBJECT_OUTPUTS and name in self.out_conns and message is not None)
         with self.report.timer.stage('write'):
             self.writer.write(self.connmap[(conn.id, conn.owner)], stamp, data)
             for out_conn, payload in serialized:
@@ -866,6 +892,24 @@ class _Run:
         if outputs:
             self.report.frames_written += 1
         return is_image
+
+    def _objects(self, processed: Outputs, topic: str, stamp: int) -> dict:
+        """The object outputs of a processed frame; none (reported) when the object step
+        fails: the frame keeps its depth outputs."""
+        try:
+            found = self.pipeline.find(processed.frame, self.want, None, self.report.timer)
+        except Exception as error:  # noqa: BLE001 - as for inference: skip, report, go on
+            self.report.object_frames_failed += 1
+            self.problem(f'objects failed on {topic} at {stamp} ns: '
+                         f'{type(error).__name__}: {error}; the frame has depth but no '
+                         f'object outputs')
+            return {}
+        finally:
+            processed.frame = None  # the feature map is not kept beyond this frame
+        self.report.object_frames += 1
+        self.report.objects_located += sum(r.location is not None for r in found.objects)
+        return {'objects/markers': found.markers, 'objects/points': found.object_points,
+                'objects/labels': found.labels}
 
 
 def _by_topic(out: Outputs) -> dict:
@@ -951,7 +995,8 @@ def recover_partial(source: Path, destination: Path, *, overwrite: bool = False,
                         break
                     if isinstance(record, Schema):
                         schemas[record.id] = record
-                    elif isinstance(record, Channel):
+                    elif isinstance(record, Channel) and record.id not in conns:
+                        # (a complete file repeats its channels in the summary section)
                         schema = schemas.get(record.schema_id)
                         if schema is None:
                             problem(f'channel {record.topic} has no schema; skipped')

@@ -1,4 +1,5 @@
-"""``depthclip-ros``: the command-line entry (infer, bag, evaluate, bench, bench-node, demo)."""
+"""``depthclip-ros``: the command-line entry (infer, locate, bag, evaluate, bench, bench-node,
+demo)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ NEEDS_ROS = ('depthclip-ros {name} needs the ROS 2 Python packages ({missing} is
 
 def _tool(name: str):
     """The tool's module, or a stand-in that says how to get what it needs when it imports
-    ROS 2 packages that are not installed (infer, evaluate and bench need none)."""
+    ROS 2 packages that are not installed (infer, locate, evaluate and bench need none)."""
     try:
         return importlib.import_module(f'.tools.{name.replace("-", "_")}', __package__)
     except ModuleNotFoundError as error:
@@ -40,6 +41,8 @@ def _tool(name: str):
 
 COMMANDS = {name: (_tool(name), summary) for name, summary in (
     ('infer', 'depth, 16-bit PNG, preview and PLY for images, folders or videos'),
+    ('locate', 'objects named in words (--query "the red chair next to the door") in one '
+               'image: chosen mask, 3-D points and position in metres'),
     ('bag', 'a recorded bag (rosbag2 .mcap/.db3, ROS 1 .bag) through the node pipeline into '
             'a new MCAP bag'),
     ('evaluate', "the paper's metrics on RGB-D folders with ground truth"),

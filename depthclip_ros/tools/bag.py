@@ -6,6 +6,13 @@ folder (MCAP storage) with the input topics plus depth, depth/camera_info and po
 /cam/color/depth/image, /cam/color/depth/camera_info, /cam/color/points. Outputs carry the
 image's header and log time. Image topics may be sensor_msgs/Image or CompressedImage.
 
+With --query TEXT (repeatable) the objects those words describe are found in every frame
+(built-in proposals, the node's protocol) and written as objects/markers
+(visualization_msgs/MarkerArray: rviz boxes and labels), objects/points (their inlier
+points, tagged with the query index) and objects/labels (mono16: query index + 1 where its
+chosen mask is), beside the depth outputs with the same header and log time. With random
+weights (--pretrained none) these answers are meaningless.
+
 Without --image-topic the bag's one colour image topic is used; without
 --camera-info-topic the camera_info beside it, else the nearest CameraInfo topic, which
 is refused when its first message does not match the first image (frame_id, size, aspect:
@@ -50,7 +57,8 @@ from ..bags import (
     RecoveryReport,
 )
 from ..model import RANDOM_WEIGHTS_BANNER
-from ..pipeline import DepthPipeline, OutputSettings
+from ..pipeline import DepthPipeline, ObjectSettings, OutputSettings
+from ..referring import ReferringCLIP
 from .common import add_model_arguments, configs_from_args, load_engine, option_problem
 
 PLAIN_PROGRESS_S = 5.0
@@ -79,6 +87,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              'killed or failed run (OUTPUT.partial), into a complete bag '
                              'OUTPUT; no model is loaded')
     add_output_arguments(parser)
+    add_object_arguments(parser)
     add_model_arguments(parser)
 
 
@@ -99,6 +108,44 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--max-input-pixels', type=int, default=node.max_input_pixels,
                        help='largest image (width x height) processed; larger ones are '
                             f'refused from their header (default {node.max_input_pixels})')
+
+
+def add_object_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group('objects named in words (same meaning as the node '
+                                      'parameters object_*)')
+    node = ObjectSettings()
+    group.add_argument('--query', dest='queries', action='append', metavar='TEXT',
+                       help='a referring expression ("the red chair next to the door"); '
+                            'repeat for more (at most 16); adds objects/markers, '
+                            'objects/points and objects/labels')
+    group.add_argument('--object-alpha', type=float,
+                       help=f'visual mix: alpha * global + (1 - alpha) * local feature '
+                            f'(default {node.alpha})')
+    group.add_argument('--object-beta', type=float,
+                       help=f'text mix: beta * sentence + (1 - beta) * noun phrase '
+                            f'(default {node.beta})')
+
+
+def objects_from_args(args: argparse.Namespace) -> ObjectSettings:
+    """The object settings (no query: none); ``ValueError`` naming the option."""
+    queries = tuple(args.queries or ())
+    if not queries:
+        given = [f'--{name.replace("_", "-")}' for name in ('object_alpha', 'object_beta')
+                 if getattr(args, name) is not None]
+        if given:
+            raise ValueError(f'{" and ".join(given)} need at least one --query')
+        return ObjectSettings()
+    node = ObjectSettings()
+    try:
+        return ObjectSettings(
+            queries=queries,
+            alpha=node.alpha if args.object_alpha is None else args.object_alpha,
+            beta=node.beta if args.object_beta is None else args.object_beta)
+    except ValueError as error:
+        reason = str(error)
+        if reason.startswith('object_queries: '):
+            reason = '--query: ' + reason[len('object_queries: '):]
+        raise ValueError(reason) from None
 
 
 def settings_from_args(args: argparse.Namespace) -> OutputSettings:
@@ -210,6 +257,14 @@ def print_summary(report: BagReport, output: Path, random_weights: bool,
     if report.frames_fallback:
         print(f'{report.frames_fallback} frames had no CameraInfo yet and used the '
               f'--fallback-hfov-deg intrinsics (approximate metres)')
+    if report.object_queries:
+        answers = report.object_frames * report.object_queries
+        failed = (f', {report.object_frames_failed} frames with depth but no objects (the '
+                  f'object step failed, see above)' if report.object_frames_failed else '')
+        print(f'objects: {report.object_messages} messages on objects/markers, '
+              f'objects/points and objects/labels ({report.object_frames} frames x 3); '
+              f'{report.objects_located} of {answers} answers to {report.object_queries} '
+              f'queries located in 3-D{failed}')
     frames = max(report.frames_seen, 1)
     totals = {name: sum(values) for name, values in report.timer.samples.items()}
     if totals:
@@ -225,12 +280,15 @@ def print_summary(report: BagReport, output: Path, random_weights: bool,
     print(f'output: {output.resolve()}  (rosbag2, MCAP storage; complete: metadata and '
           f'index written{replaced})')
     print(f'  topics: {", ".join(report.output_topics.values())}')
+    objects = (' and objects/markers, Image panel on objects/labels' if report.object_queries
+               else '')
     print(f'  Foxglove: open {output.resolve()}/*.mcap; Image panel on depth/colormap or '
-          f'depth, 3D panel on points')
+          f'depth, 3D panel on points{objects}')
     print(f'  ROS 2 (Jazzy or newer): ros2 bag play {output} --loop  and  '
           f'{rviz_command(report)}')
     if random_weights:
-        print(RANDOM_WEIGHTS_BANNER)
+        print(RANDOM_WEIGHTS_BANNER + (' The objects found are meaningless too.'
+                                       if report.object_queries else ''))
 
 
 def refuse(reason: str) -> int:
@@ -242,6 +300,7 @@ def run(args: argparse.Namespace) -> int:
     # Every option first: nothing is read, loaded or written for a value the node refuses.
     try:
         settings = settings_from_args(args)
+        objects = objects_from_args(args)
         configs_from_args(args)
     except ValueError as error:
         return refuse(option_problem(error, args))
@@ -256,16 +315,22 @@ def run(args: argparse.Namespace) -> int:
     def make_pipeline() -> DepthPipeline:  # only once the bag and its topics are usable
         nonlocal engine
         engine = load_engine(args)
+        referring = ReferringCLIP(engine)
+        for query in objects.queries:  # refused once, not on every frame
+            try:
+                referring.check_text(query)
+            except ValueError as error:
+                raise BagError(f'--query: {error}') from None
         progress.restart()
-        return DepthPipeline(engine, settings)
+        return DepthPipeline(engine, settings, objects=objects)
 
     progress = Progress()
     try:
         report = process_bag(args.input, args.output, make_pipeline,
                              image_topic=args.image_topic, info_topic=args.camera_info_topic,
                              namespace=args.output_namespace, colormap=args.colormap,
-                             overwrite=args.overwrite, on_frame=progress,
-                             on_problem=ProblemLog())
+                             objects=bool(objects.queries), overwrite=args.overwrite,
+                             on_frame=progress, on_problem=ProblemLog())
     except BagWriteError as error:
         progress.close()
         if error.report is not None:

@@ -18,8 +18,9 @@ setup(
     # wheels for the node, bags and demo are the `ros` extra (a ROS install provides them
     # instead). Exact pins: requirements.txt (plain Python), requirements-ros.txt (next to
     # a ROS distribution), package.xml (rosdep). colcon build installs none of these.
-    install_requires=['setuptools', 'numpy', 'opencv-python-headless', 'pillow', 'torch',
-                      'torchvision', 'open_clip_torch', 'safetensors', 'rosbags', 'tqdm'],
+    install_requires=['setuptools', 'numpy', 'opencv-python-headless', 'pillow',
+                      'scikit-image', 'scipy', 'torch', 'torchvision', 'open_clip_torch',
+                      'safetensors', 'rosbags', 'tqdm'],
     zip_safe=True,
     maintainer='depthclip_ros maintainers',
     maintainer_email='maintainers@depthclip-ros.invalid',
@@ -27,7 +28,7 @@ setup(
     license='Apache-2.0',
     extras_require={
         'ros': ['ros-rclpy', 'ros-rmw-fastrtps-cpp', 'ros-sensor-msgs', 'ros-std-msgs',
-                'ros-diagnostic-msgs'],
+                'ros-diagnostic-msgs', 'ros-visualization-msgs'],
         'test': ['pytest'],  # colcon test runs pytest when this names it
     },
     entry_points={

@@ -9,6 +9,12 @@ Topics (relative, remappable):
   (image_transport pairs them), ``points`` (organised PointCloud2), ``depth/colormap``
   (rgb8, when ``publish_colormap``) and ``/diagnostics`` at 1 Hz. Every output carries the
   input image's header.
+* with ``object_queries`` set: ``objects/markers`` (MarkerArray: a box and a label per
+  query), ``objects/points`` (PointCloud2 x, y, z, query), ``objects/labels`` (mono16,
+  query index + 1, aligned with ``depth/image``) and, where vision_msgs is installed,
+  ``objects/detections`` (Detection3DArray); candidates from the built-in proposals or
+  from label images on ``objects/masks`` (matched by stamp). The object step runs after
+  the frame's depth is published, so it never delays depth.
 
 Inference runs on a worker thread: the subscription callbacks only store the newest frame
 (an older one still waiting is dropped and counted), so the executor never stalls and
@@ -24,7 +30,7 @@ if __name__ == '__main__':  # python -m depthclip_ros.node: signals handled from
     from depthclip_ros.shutdown import SHUTDOWN
     SHUTDOWN.install()
 
-from collections import deque
+from collections import deque, OrderedDict
 import logging
 import os
 import statistics
@@ -40,6 +46,7 @@ from rclpy.qos import qos_profile_sensor_data, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
+from .encodings import ImageFormatError
 from .model import (
     DepthCLIP,
     HeadConfig,
@@ -48,6 +55,7 @@ from .model import (
     RANDOM_WEIGHTS_BANNER,
     WeightsError,
 )
+from .object_messages import labels_from_image
 from .parameters import (
     declare_parameters,
     HEAD_PARAMETERS,
@@ -55,7 +63,7 @@ from .parameters import (
     PARAMETERS,
     validate,
 )
-from .pipeline import DepthPipeline, FrameRejected, OutputSettings, Wanted
+from .pipeline import DepthPipeline, FrameRejected, ObjectSettings, OutputSettings, Wanted
 from .shutdown import SHUTDOWN, StopRequested
 from .timing import StageTimer, Throttle
 
@@ -64,6 +72,9 @@ SPIN_POLL_S = 0.05  # how soon the spin loop notices a SIGINT/SIGTERM
 STATS_WINDOW = 100
 STALL_S = 5.0  # frames arriving but nothing published for this long: diagnostics ERROR
 WORKER_JOIN_S = 1.0  # at shutdown, wait this long for the frame in progress
+MASKS_KEPT = 8  # label images on objects/masks remembered, newest stamps first
+OUTPUT_PUBLISHERS = ('pub_depth', 'pub_info', 'pub_points', 'pub_colormap', 'pub_markers',
+                     'pub_object_points', 'pub_labels', 'pub_detections')
 
 
 class DepthNodeCore:
@@ -83,7 +94,10 @@ class DepthNodeCore:
         validate(p)
         self.engine: DepthCLIP | None = None
         self.pipeline: DepthPipeline | None = None
-        self.pub_depth = self.pub_info = self.pub_points = self.pub_colormap = None
+        for name in OUTPUT_PUBLISHERS:
+            setattr(self, name, None)
+        self._masks: OrderedDict[int, object] = OrderedDict()  # stamp (ns) -> label image
+        self.objects_found: list = []  # the latest frame's ObjectResults
         self._subscriptions_made: list = []
         self._next_head: HeadConfig | None = None  # accepted, applied by the worker
         self._head_mismatch: str | None = None  # prompts and bins waiting to agree
@@ -93,7 +107,8 @@ class DepthNodeCore:
         self._running = False
         self._worker: threading.Thread | None = None
         self.counts = {'received': 0, 'processed': 0, 'dropped': 0, 'rejected': 0,
-                       'skipped_no_subscribers': 0, 'failed': 0}
+                       'skipped_no_subscribers': 0, 'failed': 0, 'objects_found': 0,
+                       'objects_skipped': 0}
         self._latency_ms = deque(maxlen=STATS_WINDOW)
         self._stage_ms: dict[str, deque] = {}
         self._rate_marks = {'received': (time.monotonic(), 0), 'processed': (time.monotonic(), 0)}
@@ -123,12 +138,20 @@ class DepthNodeCore:
         self.pub_points = create_publisher(PointCloud2, 'points', pub_qos)
         self.pub_colormap = (create_publisher(Image, 'depth/colormap', pub_qos)
                              if p['publish_colormap'] else None)
+        from visualization_msgs.msg import MarkerArray
+        self.pub_markers = create_publisher(MarkerArray, 'objects/markers', pub_qos)
+        self.pub_object_points = create_publisher(PointCloud2, 'objects/points', pub_qos)
+        self.pub_labels = create_publisher(Image, 'objects/labels', pub_qos)
+        detections = _detection_type()
+        self.pub_detections = (create_publisher(detections, 'objects/detections', pub_qos)
+                               if detections is not None else None)
         image = self.resolve_topic_name('image')
         self.pipeline = DepthPipeline(
             self.engine, OutputSettings.from_parameters(p),
             topics={'image': image, 'image/compressed': f'{image}/compressed',
-                    'camera_info': self.resolve_topic_name('camera_info')},
-            warn=self._warn)
+                    'camera_info': self.resolve_topic_name('camera_info'),
+                    'objects/masks': self.resolve_topic_name('objects/masks')},
+            warn=self._warn, objects=ObjectSettings.from_parameters(p))
 
     def _load(self) -> None:
         """Read the weights and encode the prompts (may raise ``WeightsError``,
@@ -159,6 +182,7 @@ class DepthNodeCore:
         if p['image_transport'] == 'compressed' or p['use_compressed']:
             made.append(subscribe(CompressedImage, self.pipeline.topics['image/compressed'],
                                   self._on_image, qos))
+        made.append(subscribe(Image, 'objects/masks', self._on_masks, qos))
         self._subscriptions_made = made
 
     def _unsubscribe(self) -> None:
@@ -170,6 +194,7 @@ class DepthNodeCore:
         with self._lock:
             self._running = True
             self._slot = None
+            self._masks.clear()
         self._last_output = time.monotonic()
         self._worker = threading.Thread(target=self._work, name='depthclip_inference',
                                         daemon=True)
@@ -208,6 +233,20 @@ class DepthNodeCore:
             self._slot = (msg, time.monotonic())
             self._lock.notify()
 
+    def _on_masks(self, msg: Image) -> None:
+        """A label image for the object step: decoded and kept (bounded) by stamp."""
+        topic = self.pipeline.topics['objects/masks'] if self.pipeline else 'objects/masks'
+        try:
+            labels = labels_from_image(msg, self._params['max_input_pixels'])
+        except ImageFormatError as error:
+            self._problem('error', f'bad label image on {topic}: {error}; ignored')
+            return
+        with self._lock:
+            self._masks[_stamp_ns(msg.header)] = labels
+            while len(self._masks) > MASKS_KEPT:
+                self._masks.popitem(last=False)
+            self._lock.notify_all()
+
     def _on_set_parameters(self, parameters):
         """Accept a change only if everything it needs can be built from it.
 
@@ -222,12 +261,15 @@ class DepthNodeCore:
         try:
             validate(proposed)
             settings = OutputSettings.from_parameters(proposed)
+            objects = ObjectSettings.from_parameters(proposed)
+            self._check_queries(objects.queries)
             head, mismatch = self._head_or_mismatch(proposed)
         except (ValueError, TypeError) as error:
             return SetParametersResult(successful=False, reason=str(error))
         self._params = proposed
         if self.pipeline is not None:
             self.pipeline.settings = settings
+            self.pipeline.objects = objects
         if any(param.name in HEAD_PARAMETERS for param in parameters):
             with self._lock:
                 self._head_mismatch = mismatch
@@ -258,6 +300,14 @@ class DepthNodeCore:
     def _check_prompts(self, head: HeadConfig) -> None:
         if self.engine is not None and self.engine.loaded:
             self.engine.check_head(head)  # tokenises: prompts within CLIP's context
+
+    def _check_queries(self, queries) -> None:
+        """Every query within CLIP's text context (tokenising only)."""
+        if queries and self.engine is not None and self.engine.loaded:
+            from .referring import ReferringCLIP
+            checker = ReferringCLIP(self.engine)
+            for query in queries:
+                checker.check_text(query)
 
     # ------------------------------------------------------------------ worker
     def _work(self) -> None:
@@ -290,12 +340,16 @@ class DepthNodeCore:
                                    f'previous ones: {type(error).__name__}: {error}')
 
     def _process(self, msg, received: float) -> None:
+        queries = bool(self.pipeline.objects.queries)
         want = Wanted(
-            depth=self.pub_depth.get_subscription_count() > 0,
-            camera_info=self.pub_info.get_subscription_count() > 0,
-            points=self.pub_points.get_subscription_count() > 0,
-            colormap=(self.pub_colormap is not None
-                      and self.pub_colormap.get_subscription_count() > 0))
+            depth=_subscribed(self.pub_depth),
+            camera_info=_subscribed(self.pub_info),
+            points=_subscribed(self.pub_points),
+            colormap=_subscribed(self.pub_colormap),
+            markers=queries and _subscribed(self.pub_markers),
+            object_points=queries and _subscribed(self.pub_object_points),
+            labels=queries and _subscribed(self.pub_labels),
+            detections=queries and _subscribed(self.pub_detections))
         if not want.any():
             self.counts['skipped_no_subscribers'] += 1
             self._last_output = time.monotonic()
@@ -317,8 +371,56 @@ class DepthNodeCore:
         self.counts['processed'] += 1
         self._last_output = time.monotonic()
         self._latency_ms.append((self._last_output - received) * 1e3)
+        if out.frame is not None:
+            self._find_objects(out.frame, want, timer)
         for name, values in timer.samples.items():
             self._stage_ms.setdefault(name, deque(maxlen=STATS_WINDOW)).append(sum(values))
+
+    def _find_objects(self, frame, want: Wanted, timer: StageTimer) -> None:
+        """The object step of a frame whose depth is already out: candidates (built in, or
+        the label image of the same stamp, waited for up to ``object_masks_wait_s``), then
+        the object outputs. A problem here skips the frame's objects, never its depth."""
+        objects = self.pipeline.objects
+        labels = None
+        if objects.proposals == 'topic':
+            labels = self._masks_for(frame.header, objects.masks_wait_s)
+            if labels is None:
+                return
+        try:
+            out = self.pipeline.find(frame, want, labels, timer)
+        except (FrameRejected, ValueError) as error:
+            self.counts['objects_skipped'] += 1
+            self._problem('error', f'objects: {error}')
+            return
+        with timer.stage('publish objects'):
+            for publisher, message in ((self.pub_markers, out.markers),
+                                       (self.pub_object_points, out.object_points),
+                                       (self.pub_labels, out.labels),
+                                       (self.pub_detections, out.detections)):
+                if message is not None and publisher is not None:
+                    publisher.publish(message)
+        self.objects_found = out.objects
+        self.counts['objects_found'] += 1
+
+    def _masks_for(self, header, wait_s: float):
+        """The label image stamped like ``header``, waiting up to ``wait_s`` for it (it
+        usually comes from a segmenter fed the same image); ``None`` (warned) if none."""
+        stamp = _stamp_ns(header)
+        deadline = time.monotonic() + wait_s
+        with self._lock:
+            while self._running:
+                if stamp in self._masks:
+                    return self._masks.pop(stamp)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._lock.wait(remaining)
+            newest = (f'{max(self._masks) * 1e-9:.3f} s' if self._masks else 'none yet')
+        self.counts['objects_skipped'] += 1
+        self._problem('warning', f'no label image on {self.pipeline.topics["objects/masks"]} '
+                                 f'stamped {stamp * 1e-9:.3f} s within {wait_s:g} s (newest: '
+                                 f'{newest}); objects skipped for this frame')
+        return None
 
     def _warn(self, text: str) -> None:
         self._log('warning', text)
@@ -403,7 +505,38 @@ class DepthNodeCore:
         array = DiagnosticArray()
         array.header.stamp = self.get_clock().now().to_msg()
         array.status = [status]
+        objects = self._objects_status()
+        if objects is not None:
+            array.status.append(objects)
         self.pub_diagnostics.publish(array)
+
+    def _objects_status(self):
+        """A second status, ``<node>: objects``, while queries are set: per query its score,
+        the margin to the runner-up and the position in the optical frame."""
+        from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+        if self.pipeline is None or not self.pipeline.objects.queries:
+            return None
+        status = DiagnosticStatus()
+        status.name = f'{self.get_fully_qualified_name()}: objects'
+        status.hardware_id = self.engine.describe_device() if self.engine else ''
+        values = {'queries': str(len(self.pipeline.objects.queries)),
+                  'proposals': self.pipeline.objects.proposals,
+                  'frames with objects': str(self.counts['objects_found']),
+                  'frames without objects': str(self.counts['objects_skipped'])}
+        for result in self.objects_found:
+            prefix = f'query {result.index} "{result.query}"'
+            values[f'{prefix} score'] = f'{result.score:.2f}'
+            values[f'{prefix} margin'] = ('n/a' if result.margin is None
+                                          else f'{result.margin:.2f}')
+            values[f'{prefix} position (m)'] = (
+                'no depth' if result.location is None else
+                ' '.join(f'{v:.3f}' for v in result.location.position_m))
+        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+        random = self.engine is not None and self.engine.random_weights
+        status.level = DiagnosticStatus.WARN if random else DiagnosticStatus.OK
+        status.message = ('random weights: objects are meaningless' if random
+                          else f'{len(self.objects_found)} objects located')
+        return status
 
 
 class DepthNode(DepthNodeCore, Node):
@@ -475,11 +608,29 @@ class DepthLifecycleNode(DepthNodeCore, LifecycleNode):
         self._stop_worker()
 
     def _destroy_outputs(self) -> None:
-        for name in ('pub_depth', 'pub_info', 'pub_points', 'pub_colormap'):
+        for name in OUTPUT_PUBLISHERS:
             publisher = getattr(self, name)
             if publisher is not None:
                 self.destroy_lifecycle_publisher(publisher)
                 setattr(self, name, None)
+
+
+def _subscribed(publisher) -> bool:
+    return publisher is not None and publisher.get_subscription_count() > 0
+
+
+def _stamp_ns(header) -> int:
+    return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+
+
+def _detection_type():
+    """vision_msgs/Detection3DArray where vision_msgs is installed (a ROS install), else
+    ``None``: the node works without it."""
+    try:
+        from vision_msgs.msg import Detection3DArray
+    except ImportError:
+        return None
+    return Detection3DArray
 
 
 def head_from_parameters(p: dict) -> HeadConfig:
@@ -498,9 +649,12 @@ USAGE = """usage: depth_node [--help] [--ros-args ...]
 DepthCLIP metric depth for a ROS 2 camera.
 
   subscribes  image (sensor_msgs/Image), camera_info (sensor_msgs/CameraInfo),
-              image/compressed (sensor_msgs/CompressedImage, with use_compressed)
-  publishes   depth (32FC1 m), depth/camera_info, points (PointCloud2),
-              depth/colormap (with publish_colormap), /diagnostics
+              image/compressed (sensor_msgs/CompressedImage, with image_transport
+              compressed), objects/masks (label Image, with object_proposals topic)
+  publishes   depth/image (32FC1 m), depth/camera_info, points (PointCloud2),
+              depth/colormap (with publish_colormap), /diagnostics; with
+              object_queries: objects/markers (MarkerArray), objects/points,
+              objects/labels (mono16), objects/detections (with vision_msgs)
 
   e.g. depth_node --ros-args --params-file config/depthclip.yaml \\
            -p pretrained:=none -r image:=/camera/color/image_raw \\

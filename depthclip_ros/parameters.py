@@ -39,6 +39,7 @@ class Param:
     float_range: tuple[float, float] | None = None
     int_range: tuple[int, int] | None = None
     choices: tuple[str, ...] | None = None
+    items: type | None = None  # the element type of a list (declared typed when empty)
 
 
 PARAMETERS: tuple[Param, ...] = (
@@ -91,6 +92,19 @@ PARAMETERS: tuple[Param, ...] = (
     Param('max_input_pixels', DEFAULT_MAX_INPUT_PIXELS, 'largest image (width x height) '
           'processed; larger ones are refused from their header, before decoding',
           int_range=(1024, MAX_SIDE_PX * MAX_SIDE_PX)),
+    Param('object_queries', [], 'referring expressions to find ("the red chair next to '
+          'the door"); empty = object outputs off. At most 16', items=str),
+    Param('object_proposals', 'builtin', 'candidate masks: builtin (colour and depth '
+          'segmentation, no weights) or topic (label images on objects/masks, matched by '
+          'stamp)', choices=('builtin', 'topic')),
+    Param('object_alpha', 0.95, 'visual mix: alpha * global + (1 - alpha) * local feature '
+          '(0.85 suits long expressions)', float_range=(0.0, 1.0)),
+    Param('object_beta', 0.5, 'text mix: beta * sentence + (1 - beta) * noun phrase',
+          float_range=(0.0, 1.0)),
+    Param('object_max_masks', 32, 'candidate masks per frame (the largest are kept)',
+          int_range=(1, 64)),
+    Param('object_masks_wait_s', 0.2, 'with object_proposals topic: how long to wait for '
+          "the frame's label image after its depth is published", float_range=(0.0, 2.0)),
     Param('subscriber_qos', 'sensor_data', 'sensor_data (best effort) or reliable',
           read_only=True, choices=('sensor_data', 'reliable')),
     Param('publisher_qos', 'reliable', 'reliable or best_effort', read_only=True,
@@ -124,9 +138,23 @@ def descriptor(param: Param):
 
 
 def declare_parameters(node) -> None:
-    """Declare every parameter on ``node`` (overrides come from --ros-args)."""
+    """Declare every parameter on ``node`` (overrides come from --ros-args).
+
+    rclpy cannot infer a type from an empty list (it would declare a byte array), so an
+    empty list is declared with its element type and then set to ``[]`` unless overridden.
+    """
+    from rclpy.parameter import Parameter
     for param in PARAMETERS:
-        node.declare_parameter(param.name, param.default, descriptor(param))
+        if param.items is None or param.default:
+            node.declare_parameter(param.name, param.default, descriptor(param))
+            continue
+        kind = {str: Parameter.Type.STRING_ARRAY, float: Parameter.Type.DOUBLE_ARRAY,
+                int: Parameter.Type.INTEGER_ARRAY}[param.items]
+        node.declare_parameter(param.name, kind, descriptor(param))
+        try:
+            node.get_parameter(param.name)
+        except Exception:  # noqa: BLE001 - rclpy's ParameterUninitializedException
+            node.set_parameters([Parameter(param.name, kind, list(param.default))])
 
 
 def validate(values: dict) -> None:
@@ -144,6 +172,12 @@ def validate(values: dict) -> None:
             values['min_depth_m'] >= values['max_depth_m']:
         raise ValueError(f'min_depth_m ({values["min_depth_m"]}) must be < max_depth_m '
                          f'({values["max_depth_m"]})')
+    if values.get('object_queries'):
+        from .referring import check_queries
+        try:
+            check_queries(values['object_queries'])
+        except (TypeError, ValueError) as error:
+            raise ValueError(f'object_queries: {error}') from None
     if 'output_size' in values:
         height, width = values['output_size']
         limit = values.get('max_input_pixels', DEFAULT_MAX_INPUT_PIXELS)
@@ -162,6 +196,9 @@ def _check_one(param: Param, value) -> None:
             raise ValueError(f'{name} must be a list, got {value!r}')
     elif not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
         raise ValueError(f'{name} must be {expected.__name__}, got {value!r}')
+    if param.items is not None and not all(
+            isinstance(item, param.items) and not isinstance(item, bool) for item in value):
+        raise ValueError(f'{name} must be a list of {param.items.__name__}, got {value!r}')
     if param.choices and value not in param.choices:
         raise ValueError(f'{name} must be one of {param.choices}, got {value!r}')
     if isinstance(value, float) and not math.isfinite(value):

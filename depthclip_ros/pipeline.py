@@ -8,13 +8,14 @@ function serves a live subscription and a recording.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Callable
 
 import numpy as np
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
 from .encodings import ImageFormatError
+from .finder import find_objects
 from .geometry import Intrinsics, intrinsics_from_hfov
 from .messages import (
     camera_info_for,
@@ -28,7 +29,10 @@ from .messages import (
     rgb_image,
 )
 from .model import DepthCLIP
+from .object_messages import detections_3d, labels_image, object_cloud, object_markers
+from .objects import ObjectResult
 from .parameters import PARAMETERS, validate
+from .referring import ReferringCLIP
 from .timing import stage_or_nothing, StageTimer
 from .visualize import colorize_depth
 
@@ -68,6 +72,36 @@ class OutputSettings:
 
 
 @dataclass(frozen=True)
+class ObjectSettings:
+    """The node parameters of language-referred objects (``object_*``); node defaults.
+    No query: the object step is off. Checked like :class:`OutputSettings`."""
+
+    queries: tuple[str, ...] = ()
+    proposals: str = _DEFAULTS['object_proposals']
+    alpha: float = _DEFAULTS['object_alpha']
+    beta: float = _DEFAULTS['object_beta']
+    max_masks: int = _DEFAULTS['object_max_masks']
+    masks_wait_s: float = _DEFAULTS['object_masks_wait_s']
+
+    def __post_init__(self):
+        object.__setattr__(self, 'queries', tuple(self.queries))
+        validate(self.as_parameters())
+
+    def as_parameters(self) -> dict:
+        return {'object_queries': list(self.queries), 'object_proposals': self.proposals,
+                'object_alpha': self.alpha, 'object_beta': self.beta,
+                'object_max_masks': self.max_masks,
+                'object_masks_wait_s': self.masks_wait_s}
+
+    @classmethod
+    def from_parameters(cls, values: dict) -> ObjectSettings:
+        return cls(queries=tuple(values['object_queries']),
+                   proposals=values['object_proposals'], alpha=values['object_alpha'],
+                   beta=values['object_beta'], max_masks=values['object_max_masks'],
+                   masks_wait_s=values['object_masks_wait_s'])
+
+
+@dataclass(frozen=True)
 class Wanted:
     """Which outputs to build (the node asks only for those with subscribers)."""
 
@@ -75,20 +109,47 @@ class Wanted:
     camera_info: bool = True
     points: bool = True
     colormap: bool = False
+    markers: bool = False  # objects/markers
+    object_points: bool = False  # objects/points
+    labels: bool = False  # objects/labels
+    detections: bool = False  # objects/detections (vision_msgs)
+
+    def objects(self) -> bool:
+        return self.markers or self.object_points or self.labels or self.detections
 
     def any(self) -> bool:
-        return self.depth or self.camera_info or self.points or self.colormap
+        return (self.depth or self.camera_info or self.points or self.colormap
+                or self.objects())
+
+
+@dataclass
+class Frame:
+    """What the object step needs of a processed frame, at the output size."""
+
+    header: object
+    rgb: np.ndarray  # (H, W, 3) uint8
+    depth: np.ndarray  # (H, W) float32 metres
+    camera: Intrinsics
+    tokens: object  # the depth pass's trunk feature map (torch, on the device)
+    input_size: tuple[int, int]  # (height, width) of the image as received
 
 
 @dataclass
 class Outputs:
     """The messages of one frame; ``None`` for what was not wanted. All carry the input
-    image's header."""
+    image's header. ``frame`` is set when objects were wanted (for
+    :meth:`DepthPipeline.find`)."""
 
     depth: Image | None = None
     camera_info: CameraInfo | None = None
     points: PointCloud2 | None = None
     colormap: Image | None = None
+    frame: Frame | None = None
+    markers: object | None = None  # visualization_msgs/MarkerArray
+    object_points: PointCloud2 | None = None
+    labels: Image | None = None
+    detections: object | None = None  # vision_msgs/Detection3DArray
+    objects: list[ObjectResult] = field(default_factory=list)
 
 
 class FrameRejected(ValueError):
@@ -105,11 +166,15 @@ class DepthPipeline:
 
     def __init__(self, engine: DepthCLIP, settings: OutputSettings | None = None,
                  topics: dict[str, str] | None = None,
-                 warn: Callable[[str], None] | None = None):
+                 warn: Callable[[str], None] | None = None,
+                 objects: ObjectSettings | None = None):
         self.engine = engine
         self.settings = settings or OutputSettings()
+        self.objects = objects or ObjectSettings()
+        self._referring = None
         self.topics = {'image': 'image', 'image/compressed': 'image/compressed',
-                       'camera_info': 'camera_info', **(topics or {})}
+                       'camera_info': 'camera_info', 'objects/masks': 'objects/masks',
+                       **(topics or {})}
         self.warn = warn or (lambda text: None)
         self._infos: OrderedDict[tuple[int, int], CameraInfo] = OrderedDict()
         self.latest_info: CameraInfo | None = None
@@ -156,9 +221,16 @@ class DepthPipeline:
         out_size = (height, width) if s.output_size[0] <= 0 else tuple(s.output_size)
         out_camera = camera if out_size == (height, width) else camera.resized(*out_size)
 
-        depth = self.engine.predict(rgb, camera, output_size=out_size, timer=timer)
+        objects = want.objects() and bool(self.objects.queries)
+        depth, tokens = self.engine.predict_with_tokens(rgb, camera, output_size=out_size,
+                                                        timer=timer)
         header = msg.header
         out = Outputs()
+        out_rgb = None
+        if objects or (want.points and s.cloud_rgb):
+            out_rgb = rgb if out_size == (height, width) else _resize_rgb(rgb, out_size)
+        if objects:
+            out.frame = Frame(header, out_rgb, depth, out_camera, tokens, (height, width))
         with stage('messages'):
             if want.depth:
                 out.depth = depth_image(depth, header)
@@ -169,12 +241,62 @@ class DepthPipeline:
                 out.colormap = rgb_image(coloured, header)
         if want.points:
             with stage('cloud'):
-                colours = None
-                if s.cloud_rgb:
-                    colours = rgb if out_size == (height, width) else _resize_rgb(rgb, out_size)
                 out.points = pointcloud(depth, out_camera, header, s.cloud_stride,
-                                        s.min_depth_m, s.max_depth_m, colours)
+                                        s.min_depth_m, s.max_depth_m,
+                                        out_rgb if s.cloud_rgb else None)
         return out
+
+    def find(self, frame: Frame, want: Wanted, labels: np.ndarray | None = None,
+             timer: StageTimer | None = None) -> Outputs:
+        """The object outputs of a processed frame (:attr:`Outputs.frame`).
+
+        ``labels``: the frame's candidates as a label image (at the received image's size or
+        the output size), or ``None`` for the built-in proposals. Raises
+        :class:`FrameRejected` for a label image that does not fit the frame.
+        """
+        o = self.objects
+        stage = stage_or_nothing(timer)
+        if labels is not None:
+            labels = self._fit_labels(labels, frame)
+        referring = self._referring_clip()
+        found = find_objects(referring, frame.rgb, frame.depth, frame.camera, o.queries,
+                             labels, protocol='node', tokens=frame.tokens,
+                             max_masks=o.max_masks, min_depth_m=self.settings.min_depth_m,
+                             max_depth_m=self.settings.max_depth_m, timer=timer)
+        out = Outputs(objects=found.results)
+        with stage('object messages'):
+            if want.markers:
+                out.markers = object_markers(found.results, frame.header)
+            if want.object_points:
+                out.object_points = object_cloud(found.results, frame.header)
+            if want.labels:
+                out.labels = labels_image(found.labels, frame.header)
+            if want.detections:
+                out.detections = detections_3d(found.results, frame.header)
+        return out
+
+    def _referring_clip(self) -> ReferringCLIP:
+        """The referring engine on this pipeline's CLIP, with the current mixing weights."""
+        o = self.objects
+        if self._referring is None or self._referring.engine is not self.engine:
+            self._referring = ReferringCLIP(self.engine)
+        self._referring.alpha, self._referring.beta = o.alpha, o.beta
+        return self._referring
+
+    def _fit_labels(self, labels: np.ndarray, frame: Frame) -> np.ndarray:
+        """A label image at the received image's size, brought to the output size
+        (nearest neighbour: labels are not blended)."""
+        size = frame.depth.shape
+        if labels.shape == size:
+            return labels
+        if labels.shape != frame.input_size:
+            raise FrameRejected(
+                f'label image on {self.topics["objects/masks"]} is {labels.shape[1]}x'
+                f'{labels.shape[0]}, the image is {frame.input_size[1]}x'
+                f'{frame.input_size[0]}; objects skipped for this frame')
+        import cv2
+        return cv2.resize(labels.astype(np.int32, copy=False), (size[1], size[0]),
+                          interpolation=cv2.INTER_NEAREST_EXACT)
 
     def _check_header(self, header) -> None:
         """Stamps going backwards or an empty frame_id: warned, the frame still processed."""

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 from rosbags.highlevel import AnyReader
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
-from test_bag import by_topic, frames, mcap_messages, stamp_of, stream, write_bag
 from visualization_msgs.msg import Marker, MarkerArray
 
 from depthclip_ros.bags import process_bag, read_topic, recover_partial
@@ -15,6 +14,8 @@ from depthclip_ros.cli import main
 from depthclip_ros.model import RANDOM_WEIGHTS_BANNER
 from depthclip_ros.object_messages import labels_from_image, object_cloud_array
 from depthclip_ros.pipeline import DepthPipeline, ObjectSettings
+
+from test_bag import by_topic, frames, mcap_messages, stamp_of, stream, write_bag
 
 FAST = ['--pretrained', 'none', '--device', 'cpu', '--input-size', '64', '96']
 OBJECT_TOPICS = ('/cam/objects/markers', '/cam/objects/points', '/cam/objects/labels')

@@ -26,7 +26,6 @@ import time
 import pytest
 from rosbags.highlevel import AnyReader
 from rosbags.rosbag2 import Writer
-from test_bag import by_topic, frames, mcap_messages, stream, write_bag
 
 from depthclip_ros import bags
 from depthclip_ros.bags import (
@@ -41,6 +40,7 @@ from depthclip_ros.pipeline import DepthPipeline
 
 from conftest import REPO
 from rosutil import camera_info, rgb8_image
+from test_bag import by_topic, frames, mcap_messages, stream, write_bag
 
 CLI = ['--pretrained', 'none', '--device', 'cpu', '--input-size', '64', '64']
 

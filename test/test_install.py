@@ -14,9 +14,11 @@ REPO = Path(__file__).resolve().parents[1]
 # import name -> distribution that provides it
 DISTRIBUTIONS = {'numpy': 'numpy', 'cv2': 'opencv-python-headless', 'PIL': 'pillow',
                  'torch': 'torch', 'torchvision': 'torchvision', 'open_clip': 'open_clip_torch',
-                 'safetensors': 'safetensors', 'rosbags': 'rosbags', 'tqdm': 'tqdm'}
+                 'safetensors': 'safetensors', 'rosbags': 'rosbags', 'tqdm': 'tqdm',
+                 'skimage': 'scikit-image', 'scipy': 'scipy'}
 ROS = {'rclpy', 'rcl_interfaces', 'sensor_msgs', 'std_msgs', 'diagnostic_msgs',
-       'lifecycle_msgs', 'ament_index_python', 'launch', 'launch_ros', 'builtin_interfaces'}
+       'lifecycle_msgs', 'ament_index_python', 'launch', 'launch_ros', 'builtin_interfaces',
+       'visualization_msgs', 'geometry_msgs', 'vision_msgs'}
 
 
 def requirements(path: Path) -> dict[str, str]:
@@ -59,7 +61,7 @@ def imported_top_levels() -> set[str]:
 def test_setup_declares_every_third_party_import():
     setup = (REPO / 'setup.py').read_text()
     third_party = imported_top_levels() - set(sys.stdlib_module_names) - ROS - {
-        'depthclip_ros', 'huggingface_hub', 'mcap', 'mcap_ros2', 'yaml'}
+        'depthclip_ros', 'huggingface_hub', 'mcap', 'mcap_ros2', 'yaml', 'spacy'}
     unknown = third_party - set(DISTRIBUTIONS)
     assert not unknown, f'map these imports to distributions: {unknown}'
     for name in third_party:

@@ -13,6 +13,12 @@ CASES = [
     ('depthclip_ros.messages', ('rclpy', 'torch')),
     ('depthclip_ros.encodings', ('rclpy', 'torch', 'sensor_msgs')),
     ('depthclip_ros.pipeline', ('rclpy',)),
+    ('depthclip_ros.phrases', ('spacy', 'torch', 'rclpy')),
+    ('depthclip_ros.referring', ('rclpy', 'sensor_msgs', 'spacy')),
+    ('depthclip_ros.objects', ('torch', 'rclpy', 'sensor_msgs')),
+    ('depthclip_ros.proposals', ('torch', 'rclpy', 'sensor_msgs', 'skimage')),
+    ('depthclip_ros.finder', ('rclpy', 'sensor_msgs')),
+    ('depthclip_ros.object_messages', ('rclpy', 'torch', 'vision_msgs')),
 ]
 
 

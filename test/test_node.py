@@ -114,14 +114,15 @@ def harness(ros):
 
 
 def wrap_predict(monkeypatch, engine, before):
-    """Make ``engine.predict`` call ``before()`` first (to slow it down or make it fail)."""
-    real_predict = engine.predict
+    """Make the engine's inference (``predict_with_tokens``, which the pipeline calls) call
+    ``before()`` first (to slow it down or make it fail)."""
+    real_predict = engine.predict_with_tokens
 
     def predict(*args, **kwargs):
         before()
         return real_predict(*args, **kwargs)
 
-    monkeypatch.setattr(engine, 'predict', predict)
+    monkeypatch.setattr(engine, 'predict_with_tokens', predict)
 
 
 def test_outputs_match_the_input_and_each_other(harness):

@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from test_node import Harness, harness  # noqa: F401 - harness: the fixture
 
 from depthclip_ros import node as node_module
 from depthclip_ros.geometry import Intrinsics
 from depthclip_ros.model import PAPER_DEPTH_BINS_M, PAPER_DISTANCE_PROMPTS
 
 from rosutil import unique_namespace, wait_for
+from test_node import Harness, harness  # noqa: F401 - harness: the fixture
 
 HERE = Path(__file__).resolve().parent
 LOOPBACK_PROFILE = str(HERE.parent / 'config' / 'fastdds_localhost.xml')

@@ -99,6 +99,21 @@ def test_bench_prints_every_stage_and_the_device(capsys):
     assert 'device: cpu' in text and 'everything but the network' in text
 
 
+def test_bench_times_the_object_step_per_query(tmp_path, capsys):
+    out = tmp_path / 'bench.json'
+    assert main(['bench', '--device', 'cpu', '--warmup', '0', '--repeat', '1',
+                 '--image-size', '60', '80', '--input-size', '64', '96', '--queries', '3',
+                 '--max-masks', '4', '--json', str(out)]) == 0
+    text = capsys.readouterr().out
+    for stage in ('proposals', 'referring', 'locate'):
+        assert f'\n{stage}' in text
+    assert '1q ms' in text and '3q ms' in text and 'per added query' in text
+    import json
+    figures = json.loads(out.read_text())['objects_median_ms']
+    assert set(figures) == {'1', '3'} and figures['3']['total'] > 0
+    assert main(['bench', '--queries', '17']) == 2
+
+
 def test_demo_without_weights_stops_with_instructions(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         main(['demo', '--output', str(tmp_path), '--pretrained', str(tmp_path / 'no.pt'),

@@ -68,8 +68,10 @@ OUTPUT_TYPES = {'depth/image': 'sensor_msgs/msg/Image',
                 'depth/colormap': 'sensor_msgs/msg/Image',
                 'objects/markers': 'visualization_msgs/msg/MarkerArray',
                 'objects/points': 'sensor_msgs/msg/PointCloud2',
-                'objects/labels': 'sensor_msgs/msg/Image'}
-OBJECT_OUTPUTS = ('objects/markers', 'objects/points', 'objects/labels')
+                'objects/labels': 'sensor_msgs/msg/Image',
+                'objects/camera_info': CAMERA_INFO_TYPE}
+OBJECT_OUTPUTS = ('objects/markers', 'objects/points', 'objects/labels',
+                  'objects/camera_info')
 BAG_SUFFIXES = ('.bag', '.mcap', '.db3')
 # rosbag2 metadata version 8 is read by Jazzy and newer; Foxglove reads the MCAP itself.
 METADATA_VERSION = 8
@@ -909,7 +911,7 @@ class _Run:
         self.report.object_frames += 1
         self.report.objects_located += sum(r.location is not None for r in found.objects)
         return {'objects/markers': found.markers, 'objects/points': found.object_points,
-                'objects/labels': found.labels}
+                'objects/labels': found.labels, 'objects/camera_info': found.labels_info}
 
 
 def _by_topic(out: Outputs) -> dict:

@@ -11,7 +11,8 @@ Topics (relative, remappable):
   input image's header.
 * with ``object_queries`` set: ``objects/markers`` (MarkerArray: a box and a label per
   query), ``objects/points`` (PointCloud2 x, y, z, query), ``objects/labels`` (mono16,
-  query index + 1, aligned with ``depth/image``) and, where vision_msgs is installed,
+  query index + 1, aligned with ``depth/image``; its sibling ``objects/camera_info`` is a
+  copy of ``depth/camera_info``) and, where vision_msgs is installed,
   ``objects/detections`` (Detection3DArray); candidates from the built-in proposals or
   from label images on ``objects/masks`` (matched by stamp). The object step runs after
   the frame's depth is published, so it never delays depth.
@@ -74,7 +75,7 @@ STALL_S = 5.0  # frames arriving but nothing published for this long: diagnostic
 WORKER_JOIN_S = 1.0  # at shutdown, wait this long for the frame in progress
 MASKS_KEPT = 8  # label images on objects/masks remembered, newest stamps first
 OUTPUT_PUBLISHERS = ('pub_depth', 'pub_info', 'pub_points', 'pub_colormap', 'pub_markers',
-                     'pub_object_points', 'pub_labels', 'pub_detections')
+                     'pub_object_points', 'pub_labels', 'pub_labels_info', 'pub_detections')
 
 
 class DepthNodeCore:
@@ -142,6 +143,7 @@ class DepthNodeCore:
         self.pub_markers = create_publisher(MarkerArray, 'objects/markers', pub_qos)
         self.pub_object_points = create_publisher(PointCloud2, 'objects/points', pub_qos)
         self.pub_labels = create_publisher(Image, 'objects/labels', pub_qos)
+        self.pub_labels_info = create_publisher(CameraInfo, 'objects/camera_info', pub_qos)
         detections = _detection_type()
         self.pub_detections = (create_publisher(detections, 'objects/detections', pub_qos)
                                if detections is not None else None)
@@ -348,7 +350,8 @@ class DepthNodeCore:
             colormap=_subscribed(self.pub_colormap),
             markers=queries and _subscribed(self.pub_markers),
             object_points=queries and _subscribed(self.pub_object_points),
-            labels=queries and _subscribed(self.pub_labels),
+            labels=queries and (_subscribed(self.pub_labels)
+                                or _subscribed(self.pub_labels_info)),
             detections=queries and _subscribed(self.pub_detections))
         if not want.any():
             self.counts['skipped_no_subscribers'] += 1
@@ -396,6 +399,7 @@ class DepthNodeCore:
             for publisher, message in ((self.pub_markers, out.markers),
                                        (self.pub_object_points, out.object_points),
                                        (self.pub_labels, out.labels),
+                                       (self.pub_labels_info, out.labels_info),
                                        (self.pub_detections, out.detections)):
                 if message is not None and publisher is not None:
                     publisher.publish(message)
@@ -654,7 +658,8 @@ DepthCLIP metric depth for a ROS 2 camera.
   publishes   depth/image (32FC1 m), depth/camera_info, points (PointCloud2),
               depth/colormap (with publish_colormap), /diagnostics; with
               object_queries: objects/markers (MarkerArray), objects/points,
-              objects/labels (mono16), objects/detections (with vision_msgs)
+              objects/labels (mono16) + objects/camera_info,
+              objects/detections (with vision_msgs)
 
   e.g. depth_node --ros-args --params-file config/depthclip.yaml \\
            -p pretrained:=none -r image:=/camera/color/image_raw \\

@@ -132,6 +132,7 @@ class Frame:
     camera: Intrinsics
     tokens: object  # the depth pass's trunk feature map (torch, on the device)
     input_size: tuple[int, int]  # (height, width) of the image as received
+    camera_info: CameraInfo  # that of depth/image (objects/labels pairs with a copy)
 
 
 @dataclass
@@ -148,6 +149,7 @@ class Outputs:
     markers: object | None = None  # visualization_msgs/MarkerArray
     object_points: PointCloud2 | None = None
     labels: Image | None = None
+    labels_info: CameraInfo | None = None  # objects/camera_info: depth/camera_info's twin
     detections: object | None = None  # vision_msgs/Detection3DArray
     objects: list[ObjectResult] = field(default_factory=list)
 
@@ -230,7 +232,8 @@ class DepthPipeline:
         if objects or (want.points and s.cloud_rgb):
             out_rgb = rgb if out_size == (height, width) else _resize_rgb(rgb, out_size)
         if objects:
-            out.frame = Frame(header, out_rgb, depth, out_camera, tokens, (height, width))
+            out.frame = Frame(header, out_rgb, depth, out_camera, tokens, (height, width),
+                              camera_info_for(out_camera, header, template))
         with stage('messages'):
             if want.depth:
                 out.depth = depth_image(depth, header)
@@ -271,6 +274,8 @@ class DepthPipeline:
                 out.object_points = object_cloud(found.results, frame.header)
             if want.labels:
                 out.labels = labels_image(found.labels, frame.header)
+                # image_transport pairs an image with its sibling camera_info
+                out.labels_info = frame.camera_info
             if want.detections:
                 out.detections = detections_3d(found.results, frame.header)
         return out

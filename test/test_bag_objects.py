@@ -18,7 +18,8 @@ from depthclip_ros.pipeline import DepthPipeline, ObjectSettings
 from test_bag import by_topic, frames, mcap_messages, stamp_of, stream, write_bag
 
 FAST = ['--pretrained', 'none', '--device', 'cpu', '--input-size', '64', '96']
-OBJECT_TOPICS = ('/cam/objects/markers', '/cam/objects/points', '/cam/objects/labels')
+OBJECT_TOPICS = ('/cam/objects/markers', '/cam/objects/points', '/cam/objects/labels',
+                 '/cam/objects/camera_info')
 QUERIES = ('the bright square', 'the dark corner on the left')
 
 
@@ -42,7 +43,7 @@ def test_object_topics_carry_the_frames_stamps(small_engine, tmp_path):
     pipeline = DepthPipeline(small_engine, objects=ObjectSettings(queries=QUERIES))
     report = process_bag(source, out, pipeline, objects=True)
     assert (report.frames_written, report.object_frames, report.object_frames_failed,
-            report.object_queries, report.object_messages) == (2, 2, 0, 2, 6)
+            report.object_queries, report.object_messages) == (2, 2, 0, 2, 8)
     assert report.objects_located <= 4
     assert set(OBJECT_TOPICS) <= set(report.output_topics.values())
     got = by_topic(mcap_messages(out))  # decoded with the schemas stored in the file
@@ -66,6 +67,9 @@ def test_object_topics_carry_the_frames_stamps(small_engine, tmp_path):
                                 marker.pose.position.z]).all()
         texts = [m.text for m in array.markers if m.type == Marker.TEXT_VIEW_FACING]
         assert all(any(t.startswith(q) for q in QUERIES) for t in texts)
+    infos = [info for _, info in read_topic(out, '/cam/depth/camera_info', CameraInfo)]
+    assert [info for _, info in read_topic(out, '/cam/objects/camera_info', CameraInfo)] \
+        == infos  # objects/labels' sibling: the same calibration as depth/image's
     for _, labels in read_topic(out, '/cam/objects/labels', Image):
         assert labels.encoding == 'mono16' and (labels.height, labels.width) == (48, 64)
         assert set(np.unique(labels_from_image(labels)).tolist()) <= {0, 1, 2}
@@ -95,7 +99,7 @@ def test_a_failing_object_step_keeps_the_frames_depth(small_engine, tmp_path, mo
     report = process_bag(source, tmp_path / 'out', pipeline, objects=True,
                          on_problem=problems.append)
     assert (report.frames_written, report.object_frames, report.object_frames_failed,
-            report.object_messages) == (3, 2, 1, 6)
+            report.object_messages) == (3, 2, 1, 8)
     assert any('objects failed' in p and 'simulated' in p for p in problems)
     got = by_topic(mcap_messages(tmp_path / 'out'))
     assert len(got['/cam/depth/image']) == 3
@@ -132,8 +136,9 @@ def test_cli_query_counts_the_object_messages(tmp_path, capsys):
                  '--object-alpha', '0.85', '--object-beta', '0.4', *FAST]) == 0
     text = capsys.readouterr().out
     assert 'done: 3 of 3 frames with depth' in text
-    assert re.search(r'objects: 9 messages on objects/markers, objects/points and '
-                     r'objects/labels \(3 frames x 3\); \d of 6 answers to 2 queries', text)
+    assert re.search(r'objects: 12 messages on objects/markers, objects/points, '
+                     r'objects/labels and objects/camera_info \(3 frames x 4\); \d of 6 '
+                     r'answers to 2 queries', text)
     assert 'RANDOM WEIGHTS' in text and 'objects/markers' in text
     got = by_topic(mcap_messages(out))
     assert all(len(got[topic]) == 3 for topic in OBJECT_TOPICS)

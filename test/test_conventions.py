@@ -39,7 +39,10 @@ def test_every_published_image_pairs_with_a_camera_info_of_its_size(ros, namespa
            '-r', 'camera_info:=/camera/color/camera_info'] if remap else None
     node = DepthNode(context=ros, namespace=namespace, cli_args=cli, parameter_overrides=[
         *SMALL, Parameter('publish_colormap', value=True),
-        Parameter('output_size', value=output_size)])
+        Parameter('output_size', value=output_size),
+        # objects/labels too: a label image aligned with depth/image
+        Parameter('object_queries', Parameter.Type.STRING_ARRAY, ['a thing']),
+        Parameter('object_max_masks', value=2)])
     node.load()
     peer = rclpy.create_node('camera', context=ros)
     spinner = Spinner(ros, node, peer)

@@ -10,7 +10,8 @@ With --query TEXT (repeatable) the objects those words describe are found in eve
 (built-in proposals, the node's protocol) and written as objects/markers
 (visualization_msgs/MarkerArray: rviz boxes and labels), objects/points (their inlier
 points, tagged with the query index) and objects/labels (mono16: query index + 1 where its
-chosen mask is), beside the depth outputs with the same header and log time. With random
+chosen mask is; with its sibling objects/camera_info, a copy of depth/camera_info), beside
+the depth outputs with the same header and log time. With random
 weights (--pretrained none) these answers are meaningless.
 
 Without --image-topic the bag's one colour image topic is used; without
@@ -117,7 +118,7 @@ def add_object_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--query', dest='queries', action='append', metavar='TEXT',
                        help='a referring expression ("the red chair next to the door"); '
                             'repeat for more (at most 16); adds objects/markers, '
-                            'objects/points and objects/labels')
+                            'objects/points, objects/labels and objects/camera_info')
     group.add_argument('--object-alpha', type=float,
                        help=f'visual mix: alpha * global + (1 - alpha) * local feature '
                             f'(default {node.alpha})')
@@ -262,7 +263,8 @@ def print_summary(report: BagReport, output: Path, random_weights: bool,
         failed = (f', {report.object_frames_failed} frames with depth but no objects (the '
                   f'object step failed, see above)' if report.object_frames_failed else '')
         print(f'objects: {report.object_messages} messages on objects/markers, '
-              f'objects/points and objects/labels ({report.object_frames} frames x 3); '
+              f'objects/points, objects/labels and objects/camera_info '
+              f'({report.object_frames} frames x 4); '
               f'{report.objects_located} of {answers} answers to {report.object_queries} '
               f'queries located in 3-D{failed}')
     frames = max(report.frames_seen, 1)

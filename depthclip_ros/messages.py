@@ -198,13 +198,20 @@ def depth_image(depth: np.ndarray, header) -> Image:
     if not (np.isfinite(depth).all() and (depth > 0).all()):
         with np.errstate(invalid='ignore'):
             depth = np.where(np.isfinite(depth) & (depth > 0), depth, np.float32(np.nan))
+    return image_message(depth, header, '32FC1')
+
+
+def image_message(pixels: np.ndarray, header, encoding: str) -> Image:
+    """``(H, W)`` or ``(H, W, C)`` little-endian pixels -> an Image of ``encoding``, rows
+    unpadded (``step`` = width x bytes per pixel), one copy of the data."""
+    pixels = np.ascontiguousarray(pixels)
     msg = Image()
     msg.header = header
-    msg.height, msg.width = depth.shape
-    msg.encoding = '32FC1'
+    msg.height, msg.width = pixels.shape[:2]
+    msg.encoding = encoding
     msg.is_bigendian = 0
-    msg.step = depth.shape[1] * 4
-    msg.data = _bytes(depth)
+    msg.step = pixels.shape[1] * pixels.itemsize * (pixels.shape[2] if pixels.ndim == 3 else 1)
+    msg.data = _bytes(pixels)
     return msg
 
 
@@ -219,13 +226,7 @@ def depth_from_image(msg: Image) -> np.ndarray:
 
 def rgb_image(rgb: np.ndarray, header) -> Image:
     """``(H, W, 3)`` uint8 -> rgb8 Image."""
-    msg = Image()
-    msg.header = header
-    msg.height, msg.width = rgb.shape[:2]
-    msg.encoding = 'rgb8'
-    msg.step = rgb.shape[1] * 3
-    msg.data = _bytes(rgb)
-    return msg
+    return image_message(rgb, header, 'rgb8')
 
 
 def _cloud_fields(with_rgb: bool) -> list[PointField]:

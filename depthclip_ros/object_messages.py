@@ -22,7 +22,7 @@ from std_msgs.msg import ColorRGBA
 from visualization_msgs.msg import Marker, MarkerArray
 
 from .encodings import check_pixels, ImageFormatError, MAX_SIDE_PX
-from .messages import _bytes
+from .messages import _bytes, image_message
 from .objects import ObjectResult
 
 MIN_MARKER_SIZE_M = 0.01  # rviz cannot draw a box thinner than nothing
@@ -179,14 +179,7 @@ def labels_image(labels: np.ndarray, header) -> Image:
     if labels.size and (labels.min() < 0 or labels.max() > np.iinfo(np.uint16).max):
         raise ValueError(f'labels must lie in [0, 65535] for mono16, got '
                          f'[{labels.min()}, {labels.max()}]')
-    msg = Image()
-    msg.header = header
-    msg.height, msg.width = labels.shape
-    msg.encoding = 'mono16'
-    msg.is_bigendian = 0
-    msg.step = labels.shape[1] * 2
-    msg.data = _bytes(labels.astype('<u2'))
-    return msg
+    return image_message(labels.astype('<u2'), header, 'mono16')
 
 
 def labels_from_image(msg: Image, max_pixels: int | None = None) -> np.ndarray:

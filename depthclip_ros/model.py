@@ -578,16 +578,21 @@ class DepthCLIP:
     def check_head(self, head: HeadConfig) -> None:
         """Raise ``ValueError`` if ``head``'s prompts do not fit the text encoder's context
         (CLIP would silently cut them); cheap (tokenising only). Needs :meth:`load`."""
+        for sentence in (s for group in head.prompts() for s in group):
+            self.check_text(sentence, 'prompt')
+
+    def check_text(self, sentence: str, kind: str = 'text') -> None:
+        """Raise ``ValueError`` (naming it a ``kind``) if ``sentence`` does not fit the text
+        encoder's context; tokenising only. Needs :meth:`load`."""
         self._require_loaded()
         encode = getattr(self._tokenizer, 'encode', None)
         context = getattr(self._tokenizer, 'context_length', 77)
         if encode is None:
             return
-        for sentence in (s for group in head.prompts() for s in group):
-            tokens = len(encode(sentence)) + 2  # start and end of text
-            if tokens > context:
-                raise ValueError(f'prompt {sentence[:40]!r}... is {tokens} tokens, more than '
-                                 f"the text encoder's context of {context}")
+        tokens = len(encode(sentence)) + 2  # start and end of text
+        if tokens > context:
+            raise ValueError(f"{kind} {sentence[:40]!r}... is longer than the text encoder's "
+                             f'context of {context} tokens ({tokens} tokens)')
 
     @torch.inference_mode()
     def encode_prompts(self, prompts: list[list[str]]) -> torch.Tensor:

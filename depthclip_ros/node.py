@@ -305,11 +305,9 @@ class DepthNodeCore:
 
     def _check_queries(self, queries) -> None:
         """Every query within CLIP's text context (tokenising only)."""
-        if queries and self.engine is not None and self.engine.loaded:
-            from .referring import ReferringCLIP
-            checker = ReferringCLIP(self.engine)
+        if self.engine is not None and self.engine.loaded:
             for query in queries:
-                checker.check_text(query)
+                self.engine.check_text(query, 'query')
 
     # ------------------------------------------------------------------ worker
     def _work(self) -> None:

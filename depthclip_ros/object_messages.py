@@ -13,7 +13,6 @@ All points are in the camera optical frame (x right, y down, z forward) of ``hea
 from __future__ import annotations
 
 from collections.abc import Sequence
-import colorsys
 
 from geometry_msgs.msg import Point, Pose, Quaternion, Vector3
 import numpy as np
@@ -24,12 +23,11 @@ from visualization_msgs.msg import Marker, MarkerArray
 from .encodings import check_pixels, ImageFormatError, MAX_SIDE_PX
 from .messages import _bytes, image_message
 from .objects import ObjectResult
+from .visualize import query_rgb
 
 MIN_MARKER_SIZE_M = 0.01  # rviz cannot draw a box thinner than nothing
 MARKER_ALPHA = 0.5
 TEXT_HEIGHT_M = 0.08  # height of an upper-case letter of the label, metres
-GOLDEN_RATIO_CONJUGATE = 0.618033988749895
-
 # label image encodings -> (numpy sample type without byte order, bytes per pixel)
 LABEL_ENCODINGS: dict[str, tuple[str, int]] = {
     'mono8': ('u1', 1), '8UC1': ('u1', 1),
@@ -47,10 +45,8 @@ OBJECT_CLOUD_DTYPE = np.dtype([('x', '<f4'), ('y', '<f4'), ('z', '<f4'), ('query
 
 
 def query_colour(index: int, alpha: float = MARKER_ALPHA) -> ColorRGBA:
-    """A colour of its own for query ``index``: hues a golden-ratio step apart (never
-    repeating), saturated and bright."""
-    hue = (index * GOLDEN_RATIO_CONJUGATE) % 1.0
-    r, g, b = colorsys.hsv_to_rgb(hue, 0.85, 0.95)
+    """A colour of its own for query ``index`` (:func:`visualize.query_rgb`)."""
+    r, g, b = query_rgb(index)
     return ColorRGBA(r=float(r), g=float(g), b=float(b), a=float(alpha))
 
 

@@ -88,17 +88,14 @@ class ObjectSettings:
         validate(self.as_parameters())
 
     def as_parameters(self) -> dict:
-        return {'object_queries': list(self.queries), 'object_proposals': self.proposals,
-                'object_alpha': self.alpha, 'object_beta': self.beta,
-                'object_max_masks': self.max_masks,
-                'object_masks_wait_s': self.masks_wait_s}
+        """The values under their parameter names (each field is ``object_<field>``)."""
+        values = {f'object_{f.name}': getattr(self, f.name) for f in fields(self)}
+        values['object_queries'] = list(self.queries)
+        return values
 
     @classmethod
     def from_parameters(cls, values: dict) -> ObjectSettings:
-        return cls(queries=tuple(values['object_queries']),
-                   proposals=values['object_proposals'], alpha=values['object_alpha'],
-                   beta=values['object_beta'], max_masks=values['object_max_masks'],
-                   masks_wait_s=values['object_masks_wait_s'])
+        return cls(**{f.name: values[f'object_{f.name}'] for f in fields(cls)})
 
 
 @dataclass(frozen=True)
@@ -231,14 +228,14 @@ class DepthPipeline:
         out_rgb = None
         if objects or (want.points and s.cloud_rgb):
             out_rgb = rgb if out_size == (height, width) else _resize_rgb(rgb, out_size)
-        if objects:
-            out.frame = Frame(header, out_rgb, depth, out_camera, tokens, (height, width),
-                              camera_info_for(out_camera, header, template))
         with stage('messages'):
             if want.depth:
                 out.depth = depth_image(depth, header)
+            info = None
+            if want.depth or want.camera_info or objects:
+                info = camera_info_for(out_camera, header, template)
             if want.depth or want.camera_info:
-                out.camera_info = camera_info_for(out_camera, header, template)
+                out.camera_info = info
             if want.colormap:
                 coloured, _, _ = colorize_depth(depth, s.min_depth_m, s.max_depth_m)
                 out.colormap = rgb_image(coloured, header)
@@ -247,6 +244,9 @@ class DepthPipeline:
                 out.points = pointcloud(depth, out_camera, header, s.cloud_stride,
                                         s.min_depth_m, s.max_depth_m,
                                         out_rgb if s.cloud_rgb else None)
+        if objects:
+            out.frame = Frame(header, out_rgb, depth, out_camera, tokens, (height, width),
+                              info)
         return out
 
     def find(self, frame: Frame, want: Wanted, labels: np.ndarray | None = None,

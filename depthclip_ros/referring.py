@@ -138,12 +138,7 @@ class ReferringCLIP:
 
     def check_text(self, sentence: str) -> None:
         """Raise ``ValueError`` if ``sentence`` does not fit CLIP's text context."""
-        tokenizer = self.engine._tokenizer
-        encode = getattr(tokenizer, 'encode', None)
-        context = getattr(tokenizer, 'context_length', 77)
-        if encode is not None and len(encode(sentence)) + 2 > context:
-            raise ValueError(f'query {sentence[:40]!r}... is longer than the text '
-                             f"encoder's context of {context} tokens")
+        self.engine.check_text(sentence, 'query')
 
     @torch.inference_mode()
     def sentence_features(self, sentence: str, noun_phrase: str) -> tuple[torch.Tensor,
@@ -154,7 +149,6 @@ class ReferringCLIP:
         if key in self._text:
             self._text.move_to_end(key)
             return self._text[key]
-        self.engine._require_loaded()
         for text in key:
             self.check_text(text)
         tokens = self.engine._tokenizer([sentence, noun_phrase]).to(self.engine.device)

@@ -8,6 +8,7 @@ raise ``OSError`` naming the file.
 
 from __future__ import annotations
 
+import colorsys
 from contextlib import contextmanager
 import os
 from pathlib import Path
@@ -72,6 +73,17 @@ def check_output_file(path: str | Path) -> None:
         raise ValueError(f'output {path}: folder {folder} is not writable')
     if os.path.lexists(path) and not os.access(path, os.W_OK):
         raise ValueError(f'output {path} is not writable')
+
+
+GOLDEN_RATIO_CONJUGATE = 0.618033988749895
+
+
+def query_rgb(index: int) -> tuple[float, float, float]:
+    """The colour of object query ``index`` (r, g, b in [0, 1]), the same in rviz markers
+    and in ``locate``'s preview: hues a golden-ratio step apart (never repeating),
+    saturated and bright."""
+    hue = (index * GOLDEN_RATIO_CONJUGATE) % 1.0
+    return colorsys.hsv_to_rgb(hue, 0.85, 0.95)
 
 
 def colorize_depth(depth: np.ndarray, min_depth_m: float | None = None,

@@ -9,7 +9,6 @@ separate.
 
 from __future__ import annotations
 
-import importlib.util
 import time
 
 import numpy as np
@@ -24,9 +23,6 @@ from depthclip_ros.proposals import (
     propose,
     WORK_PIXELS_PER_SECOND,
 )
-
-needs_skimage = pytest.mark.skipif(importlib.util.find_spec('skimage') is None,
-                                   reason='propose() needs scikit-image')
 
 WALL_DEPTH_M = 5.0
 
@@ -167,7 +163,6 @@ def test_scenes_have_touching_objects_and_a_similar_colour_pair_at_other_depths(
 
 # --- propose -------------------------------------------------------------------------
 
-@needs_skimage
 @pytest.mark.parametrize('name', list(SCENES))
 def test_every_rendered_object_is_one_proposal(name):
     rgb, depth, masks = scene(name)
@@ -177,7 +172,6 @@ def test_every_rendered_object_is_one_proposal(name):
     assert min(ious) >= 0.8, f'{name}: best IoU per object {np.round(ious, 3).tolist()}'
 
 
-@needs_skimage
 def test_depth_separates_the_same_colour_at_two_depths():
     rgb, depth, masks = scene('vga_red_pair')
     without = [best_iou(propose(rgb), m) for m in masks[:2]]
@@ -185,7 +179,6 @@ def test_depth_separates_the_same_colour_at_two_depths():
     assert min(without) < 0.8 <= min(with_depth), (without, with_depth)
 
 
-@needs_skimage
 def test_depth_is_optional():
     rgb, _, masks = scene('vga_row_of_boxes')
     labels = propose(rgb, None)
@@ -194,7 +187,6 @@ def test_depth_is_optional():
     assert min(best_iou(labels, masks[i]) for i in (0, 2, 4)) >= 0.8
 
 
-@needs_skimage
 def test_sparse_depth_like_lidar_still_separates_distinct_objects():
     rgb, depth, masks = scene('vga_row_of_boxes')
     sparse = np.where(np.random.default_rng(5).random(depth.shape) < 0.15, depth, np.nan)
@@ -203,7 +195,6 @@ def test_sparse_depth_like_lidar_still_separates_distinct_objects():
     assert min(best_iou(labels, masks[i]) for i in (0, 2, 4)) >= 0.8
 
 
-@needs_skimage
 def test_propose_is_deterministic_and_ignores_memory_layout():
     rgb, depth, _ = scene('vga_yellow_pair')
     first = propose(rgb, depth)
@@ -214,7 +205,6 @@ def test_propose_is_deterministic_and_ignores_memory_layout():
     assert np.array_equal(first, propose(wide[:, ::2], depth.astype(np.float64)))
 
 
-@needs_skimage
 def test_max_masks_bounds_the_proposals():
     # a 12 x 16 checkerboard of random colours: far more regions than the bound
     rng = np.random.default_rng(7)
@@ -231,7 +221,6 @@ def test_max_masks_bounds_the_proposals():
         assert np.array_equal(labels, np.where(many <= bound, many, 0))
 
 
-@needs_skimage
 def test_min_area_fraction_drops_small_regions():
     rgb, depth, masks = scene('vga_red_pair')
     green = masks[3].mean()  # the smallest object
@@ -242,7 +231,6 @@ def test_min_area_fraction_drops_small_regions():
     assert counts.min() >= green * 1.2 * labels.size
 
 
-@needs_skimage
 def test_constant_image_and_unknown_depth_give_valid_labels():
     rgb = np.full((48, 64, 3), 128, np.uint8)
     for depth in (None, np.full((48, 64), np.nan), np.full((48, 64), np.inf),
@@ -259,7 +247,6 @@ def test_constant_image_and_unknown_depth_give_valid_labels():
     check_label_image(propose(rgb, depth), rgb.shape[:2], MAX_MASKS)
 
 
-@needs_skimage
 @pytest.mark.parametrize('shape', [(1, 1), (1, 9), (9, 1), (2, 3), (3, 2), (5, 4)])
 def test_tiny_images(shape):
     rng = np.random.default_rng(3)
@@ -309,7 +296,6 @@ def test_working_resolution_is_bounded_by_the_budget():
     assert sizes == sorted(sizes)
 
 
-@needs_skimage
 def test_cpu_time_does_not_grow_with_the_input_size():
     """4x the pixels at the same budget: the same working size, so far less than 4x the
     CPU time (a ratio within this run; the best of three runs of each)."""
@@ -415,7 +401,6 @@ def test_masks_from_labels_rejects_bad_input():
         masks_from_labels(np.ones((2, 2, 2), np.int32))
 
 
-@needs_skimage
 def test_proposals_round_trip_through_masks_from_labels():
     rgb, depth, _ = scene('vga_yellow_pair')
     labels = propose(rgb, depth, max_masks=8)

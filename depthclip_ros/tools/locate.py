@@ -25,7 +25,6 @@ summary say so.
 from __future__ import annotations
 
 import argparse
-import colorsys
 import json
 import math
 import os
@@ -56,6 +55,7 @@ from ..visualize import (
     atomic_path,
     check_output_dir,
     check_output_file,
+    query_rgb,
     write_ply,
     write_rgb_png,
 )
@@ -67,7 +67,6 @@ PROG = 'depthclip-ros locate'
 PREVIEW_MIN_WIDTH = 480  # smaller images are enlarged (nearest) so that the text is legible
 PREVIEW_MAX_SCALE = 8
 LABEL_LINE = 20  # pixels between stacked text lines in the preview
-GOLDEN_RATIO_CONJUGATE = 0.618033988749895  # the hues of object_messages.query_colour
 RANDOM_PREVIEW_BANNER = 'RANDOM WEIGHTS: masks and scores are not a result'
 
 
@@ -245,9 +244,8 @@ def prepare(args: argparse.Namespace) -> Job:
 
 
 def query_colour(index: int) -> tuple[int, int, int]:
-    """RGB of query ``index``: the hue rviz shows it in (object_messages.query_colour)."""
-    hue = (index * GOLDEN_RATIO_CONJUGATE) % 1.0
-    return tuple(int(round(255 * c)) for c in colorsys.hsv_to_rgb(hue, 0.85, 0.95))
+    """8-bit RGB of query ``index``: the colour rviz shows it in."""
+    return tuple(int(round(255 * c)) for c in query_rgb(index))
 
 
 def _ascii(text: str) -> str:

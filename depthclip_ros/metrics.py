@@ -23,8 +23,26 @@ NYU_MAX_DEPTH_M = 10.0
 # DepthCLIP, ACM MM 2022, Table 1 (NYU Depth v2 Eigen test, 654 images).
 PAPER_NYU = {'d1': 0.394, 'd2': 0.683, 'd3': 0.851, 'abs_rel': 0.388, 'log10': 0.156,
              'rmse': 1.167}
+RANDOM_GUESS_MAX_M = 10.0  # the paper's random guess: uniform depth in 0-10 m
 RANDOM_GUESS_NYU = {'d1': 0.140, 'd2': 0.297, 'd3': 0.471, 'abs_rel': 1.327, 'log10': 0.323,
                     'rmse': 2.934}
+
+
+def evaluated_pixels(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray | None = None
+                     ) -> np.ndarray:
+    """The pixels :func:`depth_metrics` evaluates: ``(H, W)`` bool, ``mask`` (when given)
+    where ``gt`` and ``pred`` are both finite and ``> 0``. Raises ``ValueError`` if the
+    shapes differ."""
+    pred = np.asarray(pred)
+    gt = np.asarray(gt)
+    if pred.shape != gt.shape:
+        raise ValueError(f'pred shape {pred.shape} != gt shape {gt.shape}')
+    valid = np.isfinite(gt) & (gt > 0) & np.isfinite(pred) & (pred > 0)
+    if mask is not None:
+        if mask.shape != gt.shape:
+            raise ValueError(f'mask shape {mask.shape} != gt shape {gt.shape}')
+        valid &= mask.astype(bool)
+    return valid
 
 
 def depth_metrics(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray | None = None
@@ -36,13 +54,7 @@ def depth_metrics(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray | None = No
     """
     pred = np.asarray(pred, dtype=np.float64)
     gt = np.asarray(gt, dtype=np.float64)
-    if pred.shape != gt.shape:
-        raise ValueError(f'pred shape {pred.shape} != gt shape {gt.shape}')
-    valid = np.isfinite(gt) & (gt > 0) & np.isfinite(pred) & (pred > 0)
-    if mask is not None:
-        if mask.shape != gt.shape:
-            raise ValueError(f'mask shape {mask.shape} != gt shape {gt.shape}')
-        valid &= mask.astype(bool)
+    valid = evaluated_pixels(pred, gt, mask)
     if not valid.any():
         raise ValueError('no valid pixel to evaluate')
     p = pred[valid]
@@ -66,6 +78,39 @@ def mean_metrics(per_frame: list[dict[str, float]]) -> dict[str, float]:
     if not per_frame:
         raise ValueError('no frames to average')
     return {name: float(np.mean([m[name] for m in per_frame])) for name in METRIC_NAMES}
+
+
+def median_of_counts(values: np.ndarray, counts: np.ndarray) -> float:
+    """Median of the multiset holding ``values[i]`` ``counts[i]`` times, equal to
+    ``np.median(np.repeat(values, counts))`` (the mean of the two middle values for an even
+    total) without building that array. Raises ``ValueError`` when it is empty."""
+    values = np.asarray(values, dtype=np.float64).ravel()
+    counts = np.asarray(counts, dtype=np.int64).ravel()
+    if values.shape != counts.shape:
+        raise ValueError(f'{values.size} values but {counts.size} counts')
+    if np.any(counts < 0):
+        raise ValueError('counts must be >= 0')
+    total = int(counts.sum())
+    if total == 0:
+        raise ValueError('no value to take the median of')
+    order = np.argsort(values, kind='stable')
+    values, ends = values[order], np.cumsum(counts[order])
+
+    def at(rank: int) -> float:  # the rank-th value (0-based) of the sorted multiset
+        return float(values[np.searchsorted(ends, rank, side='right')])
+
+    middle = total // 2
+    return at(middle) if total % 2 else 0.5 * (at(middle - 1) + at(middle))
+
+
+def uniform_random_depth(rng: np.random.Generator, size: int | tuple[int, ...],
+                         high_m: float = RANDOM_GUESS_MAX_M) -> np.ndarray:
+    """Depths uniform in ``(0, high_m]`` metres: ``high_m - U[0, high_m)``, so never exactly
+    0 (log metrics stay finite) and every value of ``[0, high_m]`` but 0 can come out.
+    float64, from ``rng`` (the caller seeds it for reproducible runs)."""
+    if not (np.isfinite(high_m) and high_m > 0):
+        raise ValueError(f'high_m must be finite and > 0, got {high_m}')
+    return high_m - rng.uniform(0.0, high_m, size)
 
 
 def nyu_eval_mask(gt: np.ndarray) -> np.ndarray:

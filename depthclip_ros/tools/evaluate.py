@@ -11,11 +11,29 @@ pair) and the ``--json`` path are checked before the model is loaded; a problem 
 one line and exit status 2. A frame that cannot be used (unreadable or corrupt file, size
 not the intrinsics size, no valid ground truth) is reported on one line and left out of
 the means; the run then ends with exit status 1 (0 when every frame was evaluated).
+
+Under the model's row every dataset gets three baselines, which need no model, scored on
+exactly the pixels and frames the model's metrics were (same clip of the prediction, same
+per-frame mean):
+
+* ``median_gt``: a constant at the median ground truth of the dataset (over the evaluated
+  pixels of all its evaluated frames). It reads the ground truth: an *oracle* scale.
+* ``median_bins``: a constant at the median of the depth bins times the metric scale the
+  engine applies to the frame (``mean(fx, fy)`` of the camera at the network input over
+  ``canonical_focal_px``, METHOD.md section 2): what DepthCLIP predicts when its
+  similarities say nothing.
+* ``uniform_random``: per pixel, uniform depth in ``(0, 10]`` m (the paper's random guess;
+  drawn as ``10 - U[0, 10)`` so never 0), from ``numpy.random.default_rng(0)`` per dataset,
+  over the evaluated pixels frame by frame in row-major order: reproducible.
+
+``--json`` holds, per dataset, ``baselines: {name: mean metrics}`` and ``baseline_depth_m``
+(the median-GT constant, the distinct median-bins constants, the random range).
 """
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 import json
 import os
 from pathlib import Path
@@ -26,16 +44,21 @@ import numpy as np
 import torch
 
 from ..dataset import DatasetError, one_line, RGBDFolder
+from ..geometry import Intrinsics, metric_scale
 from ..metrics import (
     depth_metrics,
+    evaluated_pixels,
     format_table,
     mean_metrics,
+    median_of_counts,
     nyu_eval_mask,
     NYU_INPUT_CROP,
     NYU_MAX_DEPTH_M,
     NYU_MIN_DEPTH_M,
     PAPER_NYU,
+    RANDOM_GUESS_MAX_M,
     RANDOM_GUESS_NYU,
+    uniform_random_depth,
 )
 from ..model import DepthCLIP, RANDOM_WEIGHTS_BANNER
 from ..visualize import atomic_path, check_output_file
@@ -44,6 +67,18 @@ from .common import add_model_arguments, check_max_depth, check_model_options, l
 PROG = 'depthclip-ros evaluate'
 MIN_GT_DEPTH_M = 1e-3  # ground truth at or below this is invalid
 FRAME_ERRORS = (ValueError, OSError, cv2.error, MemoryError, torch.cuda.OutOfMemoryError)
+RANDOM_SEED = 0  # of the uniform_random baseline, per dataset
+BASELINES = ('median_gt', 'median_bins', 'uniform_random')
+
+
+@dataclass
+class FrameResult:
+    """What one evaluated frame gives: the model's metrics, the ground truth at the pixels
+    they were computed on (1-D, metres, row-major) and the intrinsics the model was given."""
+
+    metrics: dict[str, float]
+    gt_m: np.ndarray
+    camera: Intrinsics
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -89,44 +124,119 @@ def find_datasets(paths: list[Path]) -> list[tuple[str, RGBDFolder]]:
             for p, folder in found]
 
 
+def prediction_range(folder: RGBDFolder, max_depth_m: float = 80.0) -> tuple[float, float]:
+    """``(low, high)`` metres every prediction of ``folder`` is clipped to, the model's and
+    the baselines'."""
+    return (NYU_MIN_DEPTH_M, NYU_MAX_DEPTH_M) if folder.is_nyu else (MIN_GT_DEPTH_M,
+                                                                      max_depth_m)
+
+
+def median_bins_depth(engine: DepthCLIP, camera: Intrinsics) -> float:
+    """The ``median_bins`` constant for a frame given to the engine with ``camera``: the
+    median of the engine's depth bins times the metric scale the engine applies to it
+    (the camera resized to the network input, over ``canonical_focal_px``)."""
+    net_h, net_w = engine.config.input_size
+    scale = metric_scale(camera.resized(net_h, net_w), engine.head.canonical_focal_px)
+    return float(np.median(engine.head.depth_bins_m)) * scale
+
+
 def evaluate_frame(engine: DepthCLIP, folder: RGBDFolder, index: int,
-                   max_depth_m: float = 80.0) -> dict[str, float]:
-    """Metrics of one frame; ``ValueError`` (or ``OSError``) when it cannot be used."""
+                   max_depth_m: float = 80.0) -> FrameResult:
+    """Metrics of one frame (and what the baselines need); ``ValueError`` (or
+    ``OSError``) when it cannot be used."""
     frame = folder.frame(index)
+    low, high = prediction_range(folder, max_depth_m)
     if folder.is_nyu:
         left, top, right, bottom = NYU_INPUT_CROP
         crop = np.ascontiguousarray(frame.rgb[top:bottom, left:right])
         camera = frame.intrinsics.cropped(left, top, right - left, bottom - top)
         pred = np.full(frame.depth_m.shape, np.nan, dtype=np.float32)
         pred[top:bottom, left:right] = engine.predict(crop, camera)
-        pred = np.clip(pred, NYU_MIN_DEPTH_M, NYU_MAX_DEPTH_M)
         mask = nyu_eval_mask(frame.depth_m)
     else:
-        pred = np.clip(engine.predict(frame.rgb, frame.intrinsics), MIN_GT_DEPTH_M,
-                       max_depth_m)
+        camera = frame.intrinsics
+        pred = engine.predict(frame.rgb, camera)
         mask = (frame.depth_m > MIN_GT_DEPTH_M) & (frame.depth_m <= max_depth_m)
+    pred = np.clip(pred, low, high)
     try:
-        return depth_metrics(pred, frame.depth_m, mask)
+        metrics = depth_metrics(pred, frame.depth_m, mask)
     except ValueError as error:
         raise DatasetError(f'{error} (no ground truth in range)') from None
+    gt = frame.depth_m[evaluated_pixels(pred, frame.depth_m, mask)]
+    return FrameResult(metrics, gt, camera)
+
+
+class Baselines:
+    """The baselines of one dataset, fed frame by frame with what the model was scored
+    on (:meth:`add`); :meth:`means` gives their metrics averaged like the model's."""
+
+    def __init__(self, engine: DepthCLIP, low: float, high: float):
+        self.engine, self.low, self.high = engine, low, high
+        self.rng = np.random.default_rng(RANDOM_SEED)
+        self.per_frame: dict[str, list[dict[str, float]]] = {'median_bins': [],
+                                                             'uniform_random': []}
+        self.bins_depths: set[float] = set()
+        self.gt_counts: list[tuple[np.ndarray, np.ndarray]] = []  # per frame, compact
+
+    def constant(self, value: float, gt: np.ndarray) -> dict[str, float]:
+        return depth_metrics(np.full(gt.shape, np.clip(value, self.low, self.high)), gt)
+
+    def add(self, frame: FrameResult) -> None:
+        gt = frame.gt_m
+        bins_depth = median_bins_depth(self.engine, frame.camera)
+        self.bins_depths.add(bins_depth)
+        self.per_frame['median_bins'].append(self.constant(bins_depth, gt))
+        guess = np.clip(uniform_random_depth(self.rng, gt.size), self.low, self.high)
+        self.per_frame['uniform_random'].append(depth_metrics(guess, gt))
+        # The median GT needs every frame first: keep each frame's ground truth as
+        # (distinct values, counts), small for quantised depth (millimetre PNGs).
+        self.gt_counts.append(np.unique(gt, return_counts=True))
+
+    def median_gt(self) -> float:
+        return median_of_counts(np.concatenate([v for v, _ in self.gt_counts]),
+                                np.concatenate([c for _, c in self.gt_counts]))
+
+    def means(self) -> dict[str, dict[str, float]]:
+        median = self.median_gt()
+        per_frame = {'median_gt': [self.constant(median, np.repeat(values, counts))
+                                   for values, counts in self.gt_counts],
+                     **self.per_frame}
+        return {name: mean_metrics(per_frame[name]) for name in BASELINES}
+
+    def depths(self) -> dict:
+        return {'median_gt': self.median_gt(), 'median_bins': sorted(self.bins_depths),
+                'uniform_random': [0.0, RANDOM_GUESS_MAX_M]}
+
+    def labels(self) -> dict[str, str]:
+        bins = sorted(self.bins_depths)
+        bins = f'{bins[0]:.2f} m' if len(bins) == 1 else f'{bins[0]:.2f}-{bins[-1]:.2f} m'
+        return {'median_gt': f'baseline: constant median GT = {self.median_gt():.2f} m (oracle)',
+                'median_bins': f'baseline: constant median bin x focal scale = {bins}',
+                'uniform_random': f'baseline: uniform random (0, {RANDOM_GUESS_MAX_M:g}] m, '
+                                  f'seed {RANDOM_SEED}'}
 
 
 def evaluate_folder(engine: DepthCLIP, folder: RGBDFolder, max_depth_m: float = 80.0
-                    ) -> tuple[dict[str, float] | None, list[dict], list[dict]]:
+                    ) -> tuple[dict[str, float] | None, list[dict], list[dict],
+                               Baselines | None]:
     """Mean metrics of ``folder`` (``None`` when no frame could be evaluated), the
-    per-frame metrics, and the frames skipped (``{'frame', 'reason'}``, each reported on
-    stderr)."""
+    per-frame metrics, the frames skipped (``{'frame', 'reason'}``, each reported on
+    stderr) and the baselines on the same frames and pixels (``None`` with no frame)."""
     per_frame, skipped = [], []
+    baselines = Baselines(engine, *prediction_range(folder, max_depth_m))
     for index, (rgb_path, _) in enumerate(folder.pairs):
         try:
-            metrics = evaluate_frame(engine, folder, index, max_depth_m)
+            result = evaluate_frame(engine, folder, index, max_depth_m)
         except FRAME_ERRORS as error:
             reason = one_line(error)
             print(f'{PROG}: skipped {rgb_path}: {reason}', file=sys.stderr, flush=True)
             skipped.append({'frame': rgb_path.stem, 'reason': reason})
             continue
-        per_frame.append({'frame': rgb_path.stem, **metrics})
-    return (mean_metrics(per_frame) if per_frame else None), per_frame, skipped
+        per_frame.append({'frame': rgb_path.stem, **result.metrics})
+        baselines.add(result)
+    if not per_frame:
+        return None, per_frame, skipped, None
+    return mean_metrics(per_frame), per_frame, skipped, baselines
 
 
 def prepare(args: argparse.Namespace) -> list[tuple[str, RGBDFolder]]:
@@ -159,11 +269,15 @@ def run(args: argparse.Namespace) -> int:
         if folder.unpaired:
             print(f'note: {len(folder.unpaired)} rgb image(s) without a depth file are not '
                   f'evaluated (first: {folder.unpaired[0].name})')
-        mean, per_frame, skipped = evaluate_folder(engine, folder, args.max_depth_m)
+        mean, per_frame, skipped, baselines = evaluate_folder(engine, folder,
+                                                              args.max_depth_m)
         evaluated += len(per_frame)
         failed += len(skipped)
+        scores = baselines.means() if baselines else None
         results['datasets'][name] = {'protocol': protocol, 'frames': len(per_frame),
-                                     'skipped': skipped, 'mean': mean,
+                                     'skipped': skipped, 'mean': mean, 'baselines': scores,
+                                     'baseline_depth_m': baselines.depths() if baselines
+                                     else None,
                                      'per_frame': per_frame}
         if mean is None:
             print(f'no frame of {name} could be evaluated')
@@ -171,6 +285,8 @@ def run(args: argparse.Namespace) -> int:
         label = 'ours (RANDOM WEIGHTS)' if engine.random_weights else 'ours'
         count = f'{len(per_frame)} frames' + (f' ({len(skipped)} skipped)' if skipped else '')
         rows = {f'{label}, {count}': mean}
+        labels = baselines.labels()
+        rows.update({labels[key]: scores[key] for key in BASELINES})
         if folder.is_nyu:
             rows['DepthCLIP paper (654 frames)'] = PAPER_NYU
             rows['random guess 0-10 m (paper)'] = RANDOM_GUESS_NYU

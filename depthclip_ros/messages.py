@@ -201,6 +201,15 @@ def depth_image(depth: np.ndarray, header) -> Image:
     return image_message(depth, header, '32FC1')
 
 
+def uncertainty_image(sigma: np.ndarray, header) -> Image:
+    """``(H, W)`` float standard deviations (m) -> 32FC1 Image; NaN where not finite (0 is
+    a valid value: a certain pixel)."""
+    sigma = np.ascontiguousarray(sigma, dtype=np.float32)
+    if not np.isfinite(sigma).all():
+        sigma = np.where(np.isfinite(sigma), sigma, np.float32(np.nan))
+    return image_message(sigma, header, '32FC1')
+
+
 def image_message(pixels: np.ndarray, header, encoding: str) -> Image:
     """``(H, W)`` or ``(H, W, C)`` little-endian pixels -> an Image of ``encoding``, rows
     unpadded (``step`` = width x bytes per pixel), one copy of the data."""

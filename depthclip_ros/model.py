@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 import logging
 import math
 import os
+from typing import Sequence
 import zipfile
 
 import numpy as np
@@ -60,6 +61,9 @@ MAX_PROMPT_CHARS = 300
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CLIP_LOGIT_SCALE = 100.0
+BINS_MODES = ('fixed', 'scene_soft', 'scene_hard')
+SCENE_PROMPT_TEMPLATE = 'a photo of a {}.'  # CLIP's zero-shot template (METHOD.md §5)
+MAX_SCENES = 32  # scene_names (each one text embedding, one bin set)
 
 FEATURE_MODES = ('paper', 'projected')
 PRECISIONS = ('auto', 'fp16', 'fp32')
@@ -168,12 +172,21 @@ class HeadConfig:
     temperature: float = PAPER_TEMPERATURE
     canonical_focal_px: float = NYU_FOCAL_PX
     flip_average: bool = False
+    # Scene-adaptive bins (METHOD.md §5): with bins_mode scene_soft or scene_hard the bins
+    # of each frame come from scene_bins_m (one set per scene, flattened), mixed or picked
+    # by the frame's zero-shot scene probabilities; depth_bins_m is then unused.
+    bins_mode: str = 'fixed'
+    scene_names: tuple[str, ...] = ()
+    scene_bins_m: tuple[float, ...] = ()
+    scene_prompt_template: str = SCENE_PROMPT_TEMPLATE
 
     def __post_init__(self):
         # Normalise sequences to tuples so that configs compare and hash by value.
         object.__setattr__(self, 'distance_prompts', tuple(self.distance_prompts))
         object.__setattr__(self, 'depth_bins_m', tuple(float(b) for b in self.depth_bins_m))
         object.__setattr__(self, 'prompt_objects', tuple(self.prompt_objects))
+        object.__setattr__(self, 'scene_names', tuple(self.scene_names))
+        object.__setattr__(self, 'scene_bins_m', tuple(float(b) for b in self.scene_bins_m))
         prompts, bins = self.distance_prompts, self.depth_bins_m
         if len(prompts) < 2:
             raise ValueError(f'need at least 2 distance prompts, got {len(prompts)}')
@@ -211,6 +224,38 @@ class HeadConfig:
         if not _in_range(self.canonical_focal_px, CANONICAL_FOCAL_RANGE_PX):
             raise ValueError(f'canonical_focal_px must be in [{CANONICAL_FOCAL_RANGE_PX[0]:g}, '
                              f'{CANONICAL_FOCAL_RANGE_PX[1]:g}], got {self.canonical_focal_px}')
+        self._check_scenes()
+
+    def _check_scenes(self) -> None:
+        if self.bins_mode not in BINS_MODES:
+            raise ValueError(f'bins_mode must be one of {BINS_MODES}, got {self.bins_mode!r}')
+        if self.bins_mode == 'fixed':
+            return  # the scene settings are kept but unused
+        names, flat, count = self.scene_names, self.scene_bins_m, len(self.distance_prompts)
+        scene_prompts(names, self.scene_prompt_template)  # names, template, lengths
+        if len(flat) != len(names) * count:
+            raise ValueError(f'scene_bins_m must hold one set of {count} bins (one per '
+                             f'distance prompt) for each of the {len(names)} scene_names, '
+                             f'{len(names) * count} values in all; got {len(flat)}')
+        for name, bins in zip(names, self.scene_bin_sets):
+            if any(not math.isfinite(b) or b <= 0 for b in bins) or \
+                    any(b1 <= b0 for b0, b1 in zip(bins, bins[1:])):
+                raise ValueError(f'scene_bins_m: the bins of scene {name!r} must be finite, '
+                                 f'> 0 and strictly increasing, got {list(bins)}')
+
+    @property
+    def scene_bin_sets(self) -> tuple[tuple[float, ...], ...]:
+        """``scene_bins_m`` as one bin set per scene (empty when the count does not fit)."""
+        count = len(self.distance_prompts)
+        if not self.scene_names or len(self.scene_bins_m) != len(self.scene_names) * count:
+            return ()
+        return tuple(self.scene_bins_m[i * count:(i + 1) * count]
+                     for i in range(len(self.scene_names)))
+
+    def scene_prompts(self) -> list[str]:
+        """The scene classifier's sentences (raises ``ValueError`` for bad names or a
+        template that is not one plain ``{}`` field)."""
+        return scene_prompts(self.scene_names, self.scene_prompt_template)
 
     def prompts(self) -> list[list[str]]:
         """The prompt sentences of every bin: ``K`` lists of ``len(prompt_objects)``.
@@ -249,6 +294,52 @@ def _template_fields(template: str) -> list[str] | None:
             return None
         names.append(name)
     return names
+
+
+def check_scene_names(names: Sequence[str]) -> tuple[str, ...]:
+    """At least 2 and at most ``MAX_SCENES`` distinct non-empty strings; raises
+    ``ValueError`` (``TypeError`` for one string instead of a list)."""
+    if isinstance(names, str):
+        raise TypeError('scene_names must be a list of strings, not one string')
+    try:
+        names = tuple(names)
+    except TypeError:
+        raise TypeError(f'scene_names must be a list of strings, got '
+                        f'{type(names).__name__}') from None
+    if len(names) < 2:
+        raise ValueError(f'scene_names: need at least 2 scene names, got {len(names)}')
+    if len(names) > MAX_SCENES:
+        raise ValueError(f'scene_names: at most {MAX_SCENES} scene names, got {len(names)}')
+    for name in names:
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f'scene_names must be non-empty strings, got {name!r}')
+    seen = set()
+    for name in names:
+        if name.strip() in seen:
+            raise ValueError(f'scene_names must be unique, {name.strip()!r} is given twice')
+        seen.add(name.strip())
+    return names
+
+
+def check_scene_template(template: str) -> str:
+    """A ``str.format`` template with exactly one plain ``{}`` field; raises
+    ``ValueError``."""
+    if not isinstance(template, str) or _template_fields(template) != ['']:
+        raise ValueError(f'scene_prompt_template must hold exactly one plain field "{{}}" '
+                         f'(the scene name), as in {SCENE_PROMPT_TEMPLATE!r}; got {template!r}')
+    return template
+
+
+def scene_prompts(names: Sequence[str], template: str = SCENE_PROMPT_TEMPLATE) -> list[str]:
+    """``template.format(name)`` for every scene, after checking both (no tokenising)."""
+    names = check_scene_names(names)
+    template = check_scene_template(template)
+    sentences = [template.format(name) for name in names]
+    for sentence in sentences:
+        if len(sentence) > MAX_PROMPT_CHARS:
+            raise ValueError(f'scene prompt {sentence[:40]!r}... has {len(sentence)} '
+                             f'characters, more than {MAX_PROMPT_CHARS}')
+    return sentences
 
 
 def _in_range(value, bounds: tuple[float, float]) -> bool:
@@ -510,6 +601,7 @@ class DepthCLIP:
         self._bins = None  # (K,) float32 on device
         self._mean = self._std = None
         self.text_encodings = 0  # how often the text encoder ran (tests, diagnostics)
+        self._scenes = None  # the scene classifier on this CLIP, made when first needed
 
     # ----------------------------------------------------------------- loading
     @property
@@ -580,6 +672,9 @@ class DepthCLIP:
         (CLIP would silently cut them); cheap (tokenising only). Needs :meth:`load`."""
         for sentence in (s for group in head.prompts() for s in group):
             self.check_text(sentence, 'prompt')
+        if head.bins_mode != 'fixed':
+            for sentence in head.scene_prompts():
+                self.check_text(sentence, 'scene prompt')
 
     def check_text(self, sentence: str, kind: str = 'text') -> None:
         """Raise ``ValueError`` (naming it a ``kind``) if ``sentence`` does not fit the text
@@ -653,11 +748,15 @@ class DepthCLIP:
         # == F.interpolate(x, scale_factor=1/ratio) (nearest) over the channel axis
         return x[..., ::ratio]
 
+    def bin_weights(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """``(B, h*w, D)`` token embeddings -> ``(B, h*w, K)`` float32 softmax weights over
+        the bins: ``softmax(100 * tokens @ T / temperature)``."""
+        logits = CLIP_LOGIT_SCALE * (embeddings @ self._text_features)  # (B, HW, K)
+        return torch.softmax(logits.float() / self.head.temperature, dim=-1)
+
     def canonical_depth(self, embeddings: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """``(B, h*w, D)`` token embeddings -> ``(B, 1, h, w)`` float32 canonical depth."""
-        logits = CLIP_LOGIT_SCALE * (embeddings @ self._text_features)  # (B, HW, K)
-        weights = torch.softmax(logits.float() / self.head.temperature, dim=-1)
-        depth = weights @ self._bins  # (B, HW)
+        depth = self.bin_weights(embeddings) @ self._bins  # (B, HW)
         return depth.view(-1, 1, *grid)
 
     def predict(self, images: np.ndarray, intrinsics: Intrinsics | list[Intrinsics],
@@ -670,16 +769,22 @@ class DepthCLIP:
         width)`` of the returned depth, default the input image size.
         Returns ``(H', W')`` or ``(B, H', W')`` float32 metres.
         """
-        return self.predict_with_tokens(images, intrinsics, output_size, timer)[0]
+        return self.infer(images, intrinsics, output_size, timer).depth
 
     @torch.inference_mode()
-    def predict_with_tokens(self, images: np.ndarray,
-                            intrinsics: Intrinsics | list[Intrinsics],
-                            output_size: tuple[int, int] | None = None,
-                            timer: StageTimer | None = None
-                            ) -> tuple[np.ndarray, torch.Tensor]:
-        """:meth:`predict`, plus the trunk's last feature map of the (unflipped) images,
-        ``(B, C, h, w)`` on the device: what the referring engine reuses."""
+    def infer(self, images: np.ndarray, intrinsics: Intrinsics | list[Intrinsics],
+              output_size: tuple[int, int] | None = None, timer: StageTimer | None = None,
+              *, uncertainty: bool = False, bins_m=None) -> Prediction:
+        """:meth:`predict`, with what else the same pass gives (:class:`Prediction`).
+
+        ``uncertainty``: also the per-pixel standard deviation of the metric bin
+        distribution (METHOD.md §4), upsampled like the depth. ``bins_m``: canonical bins
+        for this call instead of the head's: ``K`` values, or ``(B, K)`` for one set per
+        image; each set strictly increasing and > 0. Without ``bins_m`` and with the head's
+        ``bins_mode`` not ``fixed``, each image's scene is classified first and its bins
+        mixed (METHOD.md §5; :attr:`Prediction.scene`); the node amortises that over
+        frames by passing the bins itself.
+        """
         self._require_loaded()
         batch, single = _as_batch(images)
         height, width = batch.shape[1:3]
@@ -697,6 +802,11 @@ class DepthCLIP:
         if len(output_size) != 2 or min(output_size) < 1:
             raise ValueError(f'output_size must be (height, width) > 0, got {output_size}')
         stage = stage_or_nothing(timer)
+        scenes = None
+        if bins_m is None and self.head.bins_mode != 'fixed':
+            with stage('scene'):
+                scenes, bins_m = self._scene_bins(batch)
+        bins = self._bins if bins_m is None else self._bins_for(bins_m, len(batch))
         net_h, net_w = self.config.input_size
         # Python floats: applied as kernel scalars, no host-to-device copy per frame.
         scales = [metric_scale(c.resized(net_h, net_w), self.head.canonical_focal_px)
@@ -710,22 +820,89 @@ class DepthCLIP:
             tokens = self.image_tokens(x)
         with stage('head'):
             grid = tuple(tokens.shape[-2:])
-            depth = self.canonical_depth(self.token_embeddings(tokens), grid)
-            if self.head.flip_average:
-                depth = 0.5 * (depth[:len(batch)] + depth[len(batch):].flip(-1))
+            weights = self.bin_weights(self.token_embeddings(tokens))  # (B', HW, K)
+            if self.head.flip_average:  # the mixture of the two distributions
+                plain, mirrored = weights[:len(batch)], weights[len(batch):]
+                mirrored = mirrored.view(len(batch), *grid, -1).flip(2).reshape(plain.shape)
+                weights = 0.5 * (plain + mirrored)
+            depth, sigma = _bin_moments(weights, bins)  # (B, HW) canonical metres
+            maps = torch.stack([depth, sigma], dim=1).view(len(batch), 2, *grid)
             if len(set(scales)) == 1:
-                depth = depth * scales[0]
+                maps = maps * scales[0]
             else:
-                depth = torch.stack([d * s for d, s in zip(depth, scales)])
+                maps = torch.stack([m * s for m, s in zip(maps, scales)])
+            sigma_median = maps[:, 1].flatten(1).median(dim=1).values
         with stage('upsample'):
-            depth = F.interpolate(depth, size=output_size, mode='bilinear', align_corners=True)
-            out = depth[:, 0].cpu().numpy()
-        tokens = tokens[:len(batch)]
-        return (out[0] if single else out), tokens
+            maps = maps if uncertainty else maps[:, :1]
+            maps = F.interpolate(maps, size=output_size, mode='bilinear', align_corners=True)
+            out = maps.cpu().numpy()
+            medians = sigma_median.cpu().tolist()
+        depth_out = out[:, 0]
+        sigma_out = out[:, 1] if uncertainty else None
+        if single:
+            depth_out = depth_out[0]
+            sigma_out = None if sigma_out is None else sigma_out[0]
+        if scenes is not None and single:
+            scenes = scenes[0]
+        return Prediction(depth_out, sigma_out, tokens[:len(batch)],
+                          medians[0] if single else medians, scenes)
+
+    def _scene_bins(self, batch: np.ndarray) -> tuple[list, list[tuple[float, ...]]]:
+        """Each image's scene (:mod:`depthclip_ros.scenes`, on this CLIP) and its bins."""
+        from .scenes import mix_bins
+        head = self.head
+        scenes = [self.scene_classifier.classify(image, head.scene_names,
+                                                 head.scene_prompt_template)
+                  for image in batch]
+        return scenes, [mix_bins(s, head.scene_bin_sets, head.bins_mode) for s in scenes]
+
+    @property
+    def scene_classifier(self):
+        """The zero-shot scene classifier on this CLIP (:mod:`depthclip_ros.scenes`):
+        one per engine, so that its text cache is shared by every caller."""
+        if self._scenes is None:
+            from .scenes import SceneClassifier
+            self._scenes = SceneClassifier(self)
+        return self._scenes
+
+    def _bins_for(self, bins_m, batch: int) -> torch.Tensor:
+        """Per-call canonical bins: ``(K,)`` or ``(batch, K)`` on the device, checked."""
+        bins = np.asarray(bins_m, dtype=np.float64)
+        count = len(self.head.depth_bins_m)
+        if bins.shape not in ((count,), (batch, count)):
+            raise ValueError(f'bins_m must be {count} bins or ({batch}, {count}), '
+                             f'got shape {bins.shape}')
+        if not np.all(np.isfinite(bins)) or np.any(bins <= 0) or \
+                np.any(np.diff(bins, axis=-1) <= 0):
+            raise ValueError(f'bins_m must be finite, > 0 and strictly increasing, '
+                             f'got {bins.tolist()}')
+        return torch.as_tensor(bins, dtype=torch.float32, device=self.device)
 
     def _require_loaded(self) -> None:
         if not self.loaded:
             raise RuntimeError('DepthCLIP.load() has not been called')
+
+
+@dataclass
+class Prediction:
+    """What one pass of :meth:`DepthCLIP.infer` gives, for one image or a batch."""
+
+    depth: np.ndarray  # (H, W) or (B, H, W) float32 metric z-depth
+    sigma: np.ndarray | None  # same shape, metres: std of the bin distribution (if asked)
+    tokens: torch.Tensor  # (B, C, h, w) trunk map of the unflipped images, on the device
+    sigma_median_m: float | list[float]  # median sigma over the token grid, per image
+    scene: object = None  # SceneEstimate (per image) when infer classified the scenes
+
+
+def _bin_moments(weights: torch.Tensor, bins: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard deviation of the bin distributions: ``weights (B, HW, K)`` over
+    ``bins (K,)`` or ``(B, K)`` -> two ``(B, HW)``. The variance is summed about the mean
+    (``sum w (b - D)^2``, equal to ``sum w b^2 - D^2`` but without its cancellation)."""
+    values = bins.view(-1, 1, bins.shape[-1])  # (1 or B, 1, K)
+    depth = (weights * values).sum(-1)
+    variance = (weights * (values - depth.unsqueeze(-1)).square()).sum(-1)
+    return depth, variance.clamp_min(0).sqrt()
 
 
 def _as_batch(images) -> tuple[np.ndarray, bool]:
@@ -745,6 +922,6 @@ def head_with(head: HeadConfig, **changes) -> HeadConfig:
     return replace(head, **changes)
 
 
-__all__ = ['DepthCLIP', 'ModelConfig', 'HeadConfig', 'WeightsError', 'head_with',
+__all__ = ['DepthCLIP', 'ModelConfig', 'HeadConfig', 'Prediction', 'WeightsError', 'head_with',
            'PAPER_DISTANCE_PROMPTS', 'PAPER_DEPTH_BINS_M', 'NYU_FOCAL_PX',
            'RANDOM_WEIGHTS_BANNER', 'how_to_supply_weights', 'node_hint_style', 'HINT_STYLES']

@@ -6,8 +6,11 @@ Topics (relative, remappable):
   ``<image>/compressed`` (sensor_msgs/CompressedImage, image_transport's naming), and
   ``camera_info`` (sensor_msgs/CameraInfo);
 * publishes ``depth/image`` (32FC1 metres, NaN invalid), ``depth/camera_info`` beside it
-  (image_transport pairs them), ``points`` (organised PointCloud2), ``depth/colormap``
-  (rgb8, when ``publish_colormap``) and ``/diagnostics`` at 1 Hz. Every output carries the
+  (image_transport pairs them), ``depth/uncertainty`` (32FC1 metres: the standard
+  deviation of each pixel's bin distribution), ``points`` (organised PointCloud2; points
+  more uncertain than ``max_uncertainty_m`` are NaN), ``depth/colormap`` (rgb8, when
+  ``publish_colormap``) and ``/diagnostics`` at 1 Hz (with the median uncertainty and, with
+  scene-adaptive bins, the scene and its probabilities). Every output carries the
   input image's header.
 * with ``object_queries`` set: ``objects/markers`` (MarkerArray: a box and a label per
   query), ``objects/points`` (PointCloud2 x, y, z, query), ``objects/labels`` (mono16,
@@ -74,7 +77,8 @@ STATS_WINDOW = 100
 STALL_S = 5.0  # frames arriving but nothing published for this long: diagnostics ERROR
 WORKER_JOIN_S = 1.0  # at shutdown, wait this long for the frame in progress
 MASKS_KEPT = 8  # label images on objects/masks remembered, newest stamps first
-OUTPUT_PUBLISHERS = ('pub_depth', 'pub_info', 'pub_points', 'pub_colormap', 'pub_markers',
+OUTPUT_PUBLISHERS = ('pub_depth', 'pub_info', 'pub_points', 'pub_colormap', 'pub_uncertainty',
+                     'pub_markers',
                      'pub_object_points', 'pub_labels', 'pub_labels_info', 'pub_detections')
 
 
@@ -111,6 +115,9 @@ class DepthNodeCore:
                        'skipped_no_subscribers': 0, 'failed': 0, 'objects_found': 0,
                        'objects_skipped': 0}
         self._latency_ms = deque(maxlen=STATS_WINDOW)
+        self._sigma_median_m = deque(maxlen=STATS_WINDOW)  # per frame, over the token grid
+        self._scene = None  # the SceneEstimate of the latest frame (scene-adaptive bins)
+        self._bins_m = None  # the canonical bins of the latest frame
         self._stage_ms: dict[str, deque] = {}
         self._rate_marks = {'received': (time.monotonic(), 0), 'processed': (time.monotonic(), 0)}
         self._throttle = Throttle(THROTTLE_S)
@@ -139,6 +146,7 @@ class DepthNodeCore:
         self.pub_points = create_publisher(PointCloud2, 'points', pub_qos)
         self.pub_colormap = (create_publisher(Image, 'depth/colormap', pub_qos)
                              if p['publish_colormap'] else None)
+        self.pub_uncertainty = create_publisher(Image, 'depth/uncertainty', pub_qos)
         from visualization_msgs.msg import MarkerArray
         self.pub_markers = create_publisher(MarkerArray, 'objects/markers', pub_qos)
         self.pub_object_points = create_publisher(PointCloud2, 'objects/points', pub_qos)
@@ -283,21 +291,24 @@ class DepthNodeCore:
         return SetParametersResult(successful=True)
 
     def _head_or_mismatch(self, values: dict) -> tuple[HeadConfig | None, str | None]:
-        """``(head, None)``, or ``(None, reason)`` while prompts and bins differ in count
-        but are each valid; raises ``ValueError`` for anything else."""
-        prompts, bins = values['distance_prompts'], values['depth_bins_m']
-        if len(prompts) == len(bins):
+        """``(head, None)``, or ``(None, reason)`` while the counts of prompts, bins and
+        scene bins disagree but each value is valid; raises ``ValueError`` for anything
+        else (counts may disagree for a while, values may never be wrong)."""
+        mismatch = _count_mismatch(values)
+        if mismatch is None:
             head = head_from_parameters(values)
             self._check_prompts(head)
             return head, None
-        # each on its own, with a stand-in for the other
+        # each on its own, with stand-ins for what it must agree with
+        alone = {**values, 'bins_mode': 'fixed'}
+        prompts, bins = values['distance_prompts'], values['depth_bins_m']
         self._check_prompts(head_from_parameters(
-            {**values, 'depth_bins_m': [float(i + 1) for i in range(len(prompts))]}))
-        head_from_parameters({**values, 'distance_prompts': [f'bin {i}' for i in
-                                                             range(len(bins))]})
-        return None, (f'{len(prompts)} distance_prompts but {len(bins)} depth_bins_m: still '
-                      f'running on the last consistent configuration; the new ones apply as '
-                      f'soon as both have the same count')
+            {**alone, 'depth_bins_m': [float(i + 1) for i in range(len(prompts))]}))
+        head_from_parameters({**alone, 'distance_prompts': [f'bin {i}' for i in
+                                                            range(len(bins))]})
+        HeadConfig(scene_prompt_template=values['scene_prompt_template']).scene_prompts()
+        return None, (f'{mismatch}: still running on the last consistent configuration; the '
+                      f'new one applies as soon as the counts agree')
 
     def _check_prompts(self, head: HeadConfig) -> None:
         if self.engine is not None and self.engine.loaded:
@@ -346,6 +357,7 @@ class DepthNodeCore:
             camera_info=_subscribed(self.pub_info),
             points=_subscribed(self.pub_points),
             colormap=_subscribed(self.pub_colormap),
+            uncertainty=_subscribed(self.pub_uncertainty),
             markers=queries and _subscribed(self.pub_markers),
             object_points=queries and _subscribed(self.pub_object_points),
             labels=queries and (_subscribed(self.pub_labels)
@@ -366,10 +378,13 @@ class DepthNodeCore:
             for publisher, message in ((self.pub_depth, out.depth),
                                        (self.pub_info, out.camera_info),
                                        (self.pub_colormap, out.colormap),
+                                       (self.pub_uncertainty, out.uncertainty),
                                        (self.pub_points, out.points)):
                 if message is not None:
                     publisher.publish(message)
         self.counts['processed'] += 1
+        self._sigma_median_m.append(out.sigma_median_m)
+        self._scene, self._bins_m = out.scene, out.bins_m
         self._last_output = time.monotonic()
         self._latency_ms.append((self._last_output - received) * 1e3)
         if out.frame is not None:
@@ -496,6 +511,10 @@ class DepthNodeCore:
         if self._latency_ms:
             values['latency end-to-end median (ms)'] = \
                 f'{statistics.median(self._latency_ms):.1f}'
+        if self._sigma_median_m:
+            values['depth uncertainty median (m)'] = \
+                f'{statistics.median(self._sigma_median_m):.3f}'
+        values.update(self._bins_values())
         for name, samples in self._stage_ms.items():
             values[f'stage {name} median (ms)'] = f'{statistics.median(samples):.2f}'
         if self._last_problem:
@@ -511,6 +530,19 @@ class DepthNodeCore:
         if objects is not None:
             array.status.append(objects)
         self.pub_diagnostics.publish(array)
+
+    def _bins_values(self) -> dict[str, str]:
+        """The bins in use, and with scene-adaptive bins the latest scene and its
+        probabilities."""
+        head = self.engine.head if self.engine is not None else None
+        values = {'bins mode': head.bins_mode if head else self._params['bins_mode']}
+        if self._bins_m is not None:
+            values['bins (m, canonical)'] = ' '.join(f'{b:.3f}' for b in self._bins_m)
+        if self._scene is not None:
+            values['scene'] = self._scene.chosen
+            values['scene probabilities'] = ', '.join(
+                f'{name} {p:.3f}' for name, p in self._scene.as_dict().items())
+        return values
 
     def _objects_status(self):
         """A second status, ``<node>: objects``, while queries are set: per query its score,
@@ -643,7 +675,23 @@ def head_from_parameters(p: dict) -> HeadConfig:
                       prompt_objects=tuple(p['prompt_objects']),
                       temperature=p['temperature'],
                       canonical_focal_px=p['canonical_focal_px'],
-                      flip_average=p['flip_average'])
+                      flip_average=p['flip_average'],
+                      bins_mode=p['bins_mode'],
+                      scene_names=tuple(p['scene_names']),
+                      scene_bins_m=tuple(p['scene_bins_m']),
+                      scene_prompt_template=p['scene_prompt_template'])
+
+
+def _count_mismatch(p: dict) -> str | None:
+    """How the counts of prompts, bins and scene bins disagree, or ``None``."""
+    prompts, bins = len(p['distance_prompts']), len(p['depth_bins_m'])
+    if prompts != bins:
+        return f'{prompts} distance_prompts but {bins} depth_bins_m'
+    names, scene_bins = len(p['scene_names']), len(p['scene_bins_m'])
+    if p['bins_mode'] != 'fixed' and (names < 2 or scene_bins != names * prompts):
+        return (f'bins_mode {p["bins_mode"]} with {names} scene_names and {scene_bins} '
+                f'scene_bins_m (needs at least 2 names and {prompts} bins per name)')
+    return None
 
 
 USAGE = """usage: depth_node [--help] [--ros-args ...]
@@ -653,7 +701,8 @@ DepthCLIP metric depth for a ROS 2 camera.
   subscribes  image (sensor_msgs/Image), camera_info (sensor_msgs/CameraInfo),
               image/compressed (sensor_msgs/CompressedImage, with image_transport
               compressed), objects/masks (label Image, with object_proposals topic)
-  publishes   depth/image (32FC1 m), depth/camera_info, points (PointCloud2),
+  publishes   depth/image (32FC1 m), depth/camera_info, depth/uncertainty (32FC1 m),
+              points (PointCloud2),
               depth/colormap (with publish_colormap), /diagnostics; with
               object_queries: objects/markers (MarkerArray), objects/points,
               objects/labels (mono16) + objects/camera_info,

@@ -14,14 +14,18 @@ import math
 
 from .encodings import MAX_SIDE_PX
 from .model import (
+    BINS_MODES,
     CANONICAL_FOCAL_RANGE_PX,
     DEFAULT_INPUT_SIZE,
+    MAX_BINS,
+    MAX_SCENES,
     NYU_FOCAL_PX,
     PAPER_DEPTH_BINS_M,
     PAPER_DISTANCE_PROMPTS,
     PAPER_PROMPT_OBJECTS,
     PAPER_PROMPT_TEMPLATE,
     PAPER_TEMPERATURE,
+    SCENE_PROMPT_TEMPLATE,
     TEMPERATURE_RANGE,
 )
 
@@ -70,6 +74,18 @@ PARAMETERS: tuple[Param, ...] = (
           float_range=CANONICAL_FOCAL_RANGE_PX),
     Param('flip_average', False, 'average with the prediction of the mirrored image '
           '(twice the network cost)'),
+    Param('bins_mode', 'fixed', 'fixed (depth_bins_m), scene_soft (scene_bins_m mixed by '
+          "the frame's scene probabilities) or scene_hard (the most likely scene's bins)",
+          choices=BINS_MODES),
+    Param('scene_names', [], 'scenes the frame is classified into (bins_mode scene_*), at '
+          f'least 2, at most {MAX_SCENES}', items=str),
+    Param('scene_bins_m', [], 'canonical bins per scene, flattened: one strictly '
+          'increasing set per scene_names entry, each as long as distance_prompts',
+          items=float),
+    Param('scene_prompt_template', SCENE_PROMPT_TEMPLATE, 'scene classifier prompt with one '
+          '{} (the scene name)'),
+    Param('scene_every_n_frames', 10, 'classify the scene every n-th frame (scenes change '
+          'slowly); the bins in between stay', int_range=(1, 100000)),
     Param('output_size', [0, 0], 'depth [height, width] px; [0, 0] = the input image size; '
           'at most max_input_pixels pixels'),
     Param('cloud_stride', 1, 'keep every n-th row and column in points', int_range=(1, 64)),
@@ -78,6 +94,9 @@ PARAMETERS: tuple[Param, ...] = (
     Param('max_depth_m', 10.0, 'depths above become NaN in points',
           float_range=(0.0, 1000.0)),
     Param('cloud_rgb', False, 'add a packed rgb field to points'),
+    Param('max_uncertainty_m', 0.0, 'points whose depth uncertainty (std of the bin '
+          'distribution, m) exceeds this become NaN in points; 0 = off',
+          float_range=(0.0, 1000.0)),
     Param('publish_colormap', False, 'publish depth/colormap (rgb8) for people',
           read_only=True),
     Param('image_transport', 'raw', "input transport, image_transport's naming: raw "
@@ -116,7 +135,8 @@ PARAMETERS: tuple[Param, ...] = (
 PARAMETER_NAMES = tuple(p.name for p in PARAMETERS)
 HEAD_PARAMETERS = frozenset({'distance_prompts', 'depth_bins_m', 'prompt_template',
                              'prompt_objects', 'temperature', 'canonical_focal_px',
-                             'flip_average'})
+                             'flip_average', 'bins_mode', 'scene_names', 'scene_bins_m',
+                             'scene_prompt_template'})
 _BY_NAME = {p.name: p for p in PARAMETERS}
 
 
@@ -209,6 +229,14 @@ def _check_one(param: Param, value) -> None:
     if param.int_range and not param.int_range[0] <= value <= param.int_range[1]:
         raise ValueError(f'{name} must be in [{param.int_range[0]}, {param.int_range[1]}], '
                          f'got {value}')
+    if name == 'scene_names' and (len(value) > MAX_SCENES or
+                                  any(not item.strip() for item in value)):
+        raise ValueError(f'scene_names must be at most {MAX_SCENES} non-empty names, '
+                         f'got {list(value)!r}')
+    if name == 'scene_bins_m' and (len(value) > MAX_SCENES * MAX_BINS or
+                                   any(not math.isfinite(b) or b <= 0 for b in value)):
+        raise ValueError(f'scene_bins_m must be finite bins > 0, at most '
+                         f'{MAX_SCENES * MAX_BINS} values, got {list(value)!r}')
     if name == 'output_size':
         size = list(value)
         if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool)

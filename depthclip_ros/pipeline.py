@@ -27,12 +27,14 @@ from .messages import (
     rgb_from_compressed,
     rgb_from_image,
     rgb_image,
+    uncertainty_image,
 )
 from .model import DepthCLIP
 from .object_messages import detections_3d, labels_image, object_cloud, object_markers
 from .objects import ObjectResult
 from .parameters import PARAMETERS, validate
 from .referring import ReferringCLIP
+from .scenes import mix_bins, SceneEstimate
 from .timing import stage_or_nothing, StageTimer
 from .visualize import colorize_depth
 
@@ -56,6 +58,8 @@ class OutputSettings:
     min_depth_m: float = _DEFAULTS['min_depth_m']
     max_depth_m: float = _DEFAULTS['max_depth_m']
     cloud_rgb: bool = _DEFAULTS['cloud_rgb']
+    max_uncertainty_m: float = _DEFAULTS['max_uncertainty_m']
+    scene_every_n_frames: int = _DEFAULTS['scene_every_n_frames']
     intrinsics_source: str = _DEFAULTS['intrinsics_source']
     fallback_hfov_deg: float = _DEFAULTS['fallback_hfov_deg']
     max_input_pixels: int = _DEFAULTS['max_input_pixels']
@@ -106,6 +110,7 @@ class Wanted:
     camera_info: bool = True
     points: bool = True
     colormap: bool = False
+    uncertainty: bool = False  # depth/uncertainty
     markers: bool = False  # objects/markers
     object_points: bool = False  # objects/points
     labels: bool = False  # objects/labels
@@ -116,7 +121,7 @@ class Wanted:
 
     def any(self) -> bool:
         return (self.depth or self.camera_info or self.points or self.colormap
-                or self.objects())
+                or self.uncertainty or self.objects())
 
 
 @dataclass
@@ -136,12 +141,17 @@ class Frame:
 class Outputs:
     """The messages of one frame; ``None`` for what was not wanted. All carry the input
     image's header. ``frame`` is set when objects were wanted (for
-    :meth:`DepthPipeline.find`)."""
+    :meth:`DepthPipeline.find`). ``sigma_median_m`` (the median depth uncertainty over the
+    token grid) and ``scene`` (with scene-adaptive bins) are set for every frame."""
 
     depth: Image | None = None
     camera_info: CameraInfo | None = None
     points: PointCloud2 | None = None
     colormap: Image | None = None
+    uncertainty: Image | None = None  # depth/uncertainty: 32FC1 metres
+    sigma_median_m: float | None = None
+    scene: SceneEstimate | None = None  # the scene whose bins this frame used
+    bins_m: tuple[float, ...] | None = None  # the canonical bins this frame used
     frame: Frame | None = None
     markers: object | None = None  # visualization_msgs/MarkerArray
     object_points: PointCloud2 | None = None
@@ -178,6 +188,9 @@ class DepthPipeline:
         self._infos: OrderedDict[tuple[int, int], CameraInfo] = OrderedDict()
         self.latest_info: CameraInfo | None = None
         self._last_stamp_ns: int | None = None
+        self._scene: SceneEstimate | None = None  # the latest, reused between classifications
+        self._scene_key: tuple | None = None
+        self._frames_since_scene = 0
 
     def on_camera_info(self, msg: CameraInfo) -> None:
         """Remember ``msg``; an image uses the CameraInfo of its size (the size it describes,
@@ -221,10 +234,18 @@ class DepthPipeline:
         out_camera = camera if out_size == (height, width) else camera.resized(*out_size)
 
         objects = want.objects() and bool(self.objects.queries)
-        depth, tokens = self.engine.predict_with_tokens(rgb, camera, output_size=out_size,
-                                                        timer=timer)
+        head = self.engine.head
+        scene = bins = None
+        if head.bins_mode != 'fixed':
+            scene = self._scene_of(rgb, head, timer)
+            bins = mix_bins(scene, head.scene_bin_sets, head.bins_mode)
+        sigma_filter = want.points and s.max_uncertainty_m > 0
+        prediction = self.engine.infer(rgb, camera, out_size, timer, bins_m=bins,
+                                       uncertainty=want.uncertainty or sigma_filter)
+        depth, sigma, tokens = prediction.depth, prediction.sigma, prediction.tokens
         header = msg.header
-        out = Outputs()
+        out = Outputs(sigma_median_m=prediction.sigma_median_m, scene=scene,
+                      bins_m=bins or head.depth_bins_m)
         out_rgb = None
         if objects or (want.points and s.cloud_rgb):
             out_rgb = rgb if out_size == (height, width) else _resize_rgb(rgb, out_size)
@@ -239,15 +260,35 @@ class DepthPipeline:
             if want.colormap:
                 coloured, _, _ = colorize_depth(depth, s.min_depth_m, s.max_depth_m)
                 out.colormap = rgb_image(coloured, header)
+            if want.uncertainty:
+                out.uncertainty = uncertainty_image(sigma, header)
         if want.points:
             with stage('cloud'):
-                out.points = pointcloud(depth, out_camera, header, s.cloud_stride,
+                cloud_depth = depth
+                if sigma_filter:  # too uncertain: no point (NaN), the rest unchanged
+                    cloud_depth = np.where(sigma > s.max_uncertainty_m, np.float32(np.nan),
+                                           depth)
+                out.points = pointcloud(cloud_depth, out_camera, header, s.cloud_stride,
                                         s.min_depth_m, s.max_depth_m,
                                         out_rgb if s.cloud_rgb else None)
         if objects:
             out.frame = Frame(header, out_rgb, depth, out_camera, tokens, (height, width),
                               info)
         return out
+
+    def _scene_of(self, rgb: np.ndarray, head, timer: StageTimer | None) -> SceneEstimate:
+        """The frame's scene: classified every ``scene_every_n_frames`` frames (and at once
+        when the scenes or their template change), reused in between."""
+        key = (head.scene_names, head.scene_prompt_template)
+        due = (self._scene is None or key != self._scene_key
+               or self._frames_since_scene >= self.settings.scene_every_n_frames)
+        if due:
+            with stage_or_nothing(timer)('scene'):
+                self._scene = self.engine.scene_classifier.classify(
+                    rgb, head.scene_names, head.scene_prompt_template)
+            self._scene_key, self._frames_since_scene = key, 0
+        self._frames_since_scene += 1
+        return self._scene
 
     def find(self, frame: Frame, want: Wanted, labels: np.ndarray | None = None,
              timer: StageTimer | None = None) -> Outputs:

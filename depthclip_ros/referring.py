@@ -214,7 +214,7 @@ class ReferringCLIP:
         if protocol == 'node':
             if tokens is None:
                 raise ValueError("protocol 'node' reuses the depth pass's feature map: pass "
-                                 'tokens (DepthCLIP.predict_with_tokens)')
+                                 'tokens (DepthCLIP.infer(...).tokens)')
             tokens = tokens[:1]
         else:
             tokens = self.trunk_tokens(rgb)

@@ -33,11 +33,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .model import _template_fields, CLIP_LOGIT_SCALE, DepthCLIP, MAX_PROMPT_CHARS
+from .model import (  # noqa: F401 - the scene rules live beside HeadConfig, which uses them
+    check_scene_names,
+    check_scene_template,
+    CLIP_LOGIT_SCALE,
+    DepthCLIP,
+    MAX_SCENES,
+    SCENE_PROMPT_TEMPLATE,
+    scene_prompts,
+)
 
-SCENE_PROMPT_TEMPLATE = 'a photo of a {}.'
 MIX_MODES = ('scene_soft', 'scene_hard')
-MAX_SCENES = 64
 TEXT_CACHE = 8  # (names, template) pairs whose text features are remembered
 
 
@@ -68,52 +74,6 @@ class SceneEstimate:
     def as_dict(self) -> dict[str, float]:
         """``{name: probability}``, in the order of :attr:`names`."""
         return dict(zip(self.names, self.probabilities))
-
-
-def check_scene_names(names: Sequence[str]) -> tuple[str, ...]:
-    """At least 2 and at most ``MAX_SCENES`` distinct non-empty strings; raises
-    ``ValueError`` (``TypeError`` for one string instead of a list)."""
-    if isinstance(names, str):
-        raise TypeError('scene names must be a list of strings, not one string')
-    try:
-        names = tuple(names)
-    except TypeError:
-        raise TypeError(f'scene names must be a list of strings, got '
-                        f'{type(names).__name__}') from None
-    if len(names) < 2:
-        raise ValueError(f'need at least 2 scene names, got {len(names)}')
-    if len(names) > MAX_SCENES:
-        raise ValueError(f'at most {MAX_SCENES} scene names, got {len(names)}')
-    for name in names:
-        if not isinstance(name, str) or not name.strip():
-            raise ValueError(f'scene names must be non-empty strings, got {name!r}')
-    seen = set()
-    for name in names:
-        if name.strip() in seen:
-            raise ValueError(f'scene names must be unique, {name.strip()!r} is given twice')
-        seen.add(name.strip())
-    return names
-
-
-def check_scene_template(template: str) -> str:
-    """A ``str.format`` template with exactly one plain ``{}`` field; raises
-    ``ValueError``."""
-    if not isinstance(template, str) or _template_fields(template) != ['']:
-        raise ValueError(f'scene template must hold exactly one plain field "{{}}" (the scene '
-                         f'name), as in {SCENE_PROMPT_TEMPLATE!r}; got {template!r}')
-    return template
-
-
-def scene_prompts(names: Sequence[str], template: str = SCENE_PROMPT_TEMPLATE) -> list[str]:
-    """``template.format(name)`` for every scene, after checking both (no tokenising)."""
-    names = check_scene_names(names)
-    template = check_scene_template(template)
-    sentences = [template.format(name) for name in names]
-    for sentence in sentences:
-        if len(sentence) > MAX_PROMPT_CHARS:
-            raise ValueError(f'scene prompt {sentence[:40]!r}... has {len(sentence)} '
-                             f'characters, more than {MAX_PROMPT_CHARS}')
-    return sentences
 
 
 class SceneClassifier:

@@ -33,6 +33,17 @@ def reference_depthclip(clip, rgb, temperature=0.1, bins=PAPER_DEPTH_BINS_M):
     """A literal re-statement of the authors' MonoCLIP.forward for RN50 (fp32), written
     independently of depthclip_ros.model: open_clip's own trunk traversal, CLIP's text
     tower per prompt, F.interpolate for the channel reduction, softmax over dim 1."""
+    with torch.no_grad():
+        out = reference_weights(clip, rgb, temperature)
+        out = out * torch.tensor(bins).reshape(1, len(bins), 1, 1)
+        out = out.sum(1, keepdim=True)
+        out = F.interpolate(out, size=rgb.shape[:2], mode='bilinear', align_corners=True)
+    return out[0, 0].numpy()
+
+
+def reference_weights(clip, rgb, temperature=0.1):
+    """The softmax weights over the paper's K bins at the token grid, ``(1, K, h, w)``:
+    the authors' computation up to the weighted sum."""
     import open_clip
     tokenizer = open_clip.get_tokenizer('RN50')
     with torch.no_grad():
@@ -54,13 +65,9 @@ def reference_depthclip(clip, rgb, temperature=0.1, bins=PAPER_DEPTH_BINS_M):
         img_f = img_f / img_f.norm(dim=-1, keepdim=True)
         img_f = F.interpolate(img_f, scale_factor=0.5)
         logits = 100.0 * img_f @ text_f
-        logits = logits.permute(0, 2, 1).reshape(-1, len(bins), h, w)
+        logits = logits.permute(0, 2, 1).reshape(-1, len(PAPER_DISTANCE_PROMPTS), h, w)
         logits /= temperature
-        out = F.softmax(logits, dim=1)
-        out = out * torch.tensor(bins).reshape(1, len(bins), 1, 1)
-        out = out.sum(1, keepdim=True)
-        out = F.interpolate(out, size=rgb.shape[:2], mode='bilinear', align_corners=True)
-    return out[0, 0].numpy()
+        return F.softmax(logits, dim=1)
 
 
 def test_paper_mode_equals_the_authors_computation(engine):

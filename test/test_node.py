@@ -114,15 +114,15 @@ def harness(ros):
 
 
 def wrap_predict(monkeypatch, engine, before):
-    """Make the engine's inference (``predict_with_tokens``, which the pipeline calls) call
+    """Make the engine's inference (``infer``, which the pipeline calls) call
     ``before()`` first (to slow it down or make it fail)."""
-    real_predict = engine.predict_with_tokens
+    real_predict = engine.infer
 
     def predict(*args, **kwargs):
         before()
         return real_predict(*args, **kwargs)
 
-    monkeypatch.setattr(engine, 'predict_with_tokens', predict)
+    monkeypatch.setattr(engine, 'infer', predict)
 
 
 def test_outputs_match_the_input_and_each_other(harness):

@@ -125,7 +125,8 @@ def test_node_protocol_reuses_the_depth_pass_with_a_resized_positional_embedding
     rgb, masks = scene(height=grid[0] * 6, width=grid[1] * 5, seed=1)
     camera = Intrinsics(fx=60.0, fy=60.0, cx=rgb.shape[1] / 2, cy=rgb.shape[0] / 2,
                         width=rgb.shape[1], height=rgb.shape[0])
-    depth, tokens = engine.predict_with_tokens(rgb, camera)
+    prediction = engine.infer(rgb, camera)
+    depth, tokens = prediction.depth, prediction.tokens
     assert tuple(tokens.shape[-2:]) == grid
     np.testing.assert_array_equal(depth, engine.predict(rgb, camera))
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+from pathlib import Path
 import sys
 
 from ..model import (
+    BINS_MODES,
     DepthCLIP,
     HeadConfig,
     ModelConfig,
@@ -18,8 +20,10 @@ from ..model import (
     RANDOM_WEIGHTS_BANNER,
     resolve_device,
     resolve_dtype,
+    SCENE_PROMPT_TEMPLATE,
     WeightsError,
 )
+from ..parameters import validate
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,6 +46,19 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--distance-prompts', nargs='+', default=PAPER_DISTANCE_PROMPTS,
                        help='distance words, one per bin')
     group.add_argument('--temperature', type=float, default=PAPER_TEMPERATURE)
+    scenes = parser.add_argument_group('scene-adaptive bins (same meaning as the node '
+                                       'parameters bins_mode, scene_*)')
+    scenes.add_argument('--bins-mode', choices=BINS_MODES,
+                        help='fixed (default: --depth-bins-m), scene_soft or scene_hard')
+    scenes.add_argument('--scene-config', type=Path, metavar='YAML',
+                        help='read scene_names, scene_bins_m, scene_prompt_template and '
+                             'bins_mode from a node parameters file (e.g. '
+                             'config/scene_bins_example.yaml); options given here win')
+    scenes.add_argument('--scene-names', nargs='+', metavar='NAME')
+    scenes.add_argument('--scene-bins-m', type=float, nargs='+', metavar='M',
+                        help='one set of bins per scene name, flattened')
+    scenes.add_argument('--scene-prompt-template', metavar='TEXT',
+                        help=f'default {SCENE_PROMPT_TEMPLATE!r}')
 
 
 def configs_from_args(args: argparse.Namespace) -> tuple[ModelConfig, HeadConfig]:
@@ -51,8 +68,44 @@ def configs_from_args(args: argparse.Namespace) -> tuple[ModelConfig, HeadConfig
     head = HeadConfig(distance_prompts=tuple(args.distance_prompts),
                       depth_bins_m=tuple(args.depth_bins_m), temperature=args.temperature,
                       canonical_focal_px=args.canonical_focal_px,
-                      flip_average=args.flip_average)
+                      flip_average=args.flip_average, **scene_settings(args))
     return model, head
+
+
+SCENE_OPTIONS = ('bins_mode', 'scene_names', 'scene_bins_m', 'scene_prompt_template')
+
+
+def scene_settings(args: argparse.Namespace) -> dict:
+    """The HeadConfig scene fields from ``--scene-config`` and the scene options (an
+    option given on the command line wins over the file); ``ValueError`` for a file that
+    cannot be read."""
+    values = {}
+    path = getattr(args, 'scene_config', None)
+    if path is not None:
+        values = read_scene_config(path)
+    for name in SCENE_OPTIONS:
+        given = getattr(args, name, None)
+        if given is not None:
+            values[name] = given
+    return {name: tuple(value) if isinstance(value, list) else value
+            for name, value in values.items()}
+
+
+def read_scene_config(path: Path) -> dict:
+    """The scene parameters of a node parameters file (``<node>: ros__parameters:``)."""
+    import yaml
+    try:
+        document = yaml.safe_load(Path(path).read_text(encoding='utf-8'))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise ValueError(f'--scene-config {path}: cannot be read: '
+                         f'{str(error).splitlines()[0]}') from None
+    for section in (document or {}).values() if isinstance(document, dict) else ():
+        parameters = section.get('ros__parameters') if isinstance(section, dict) else None
+        if isinstance(parameters, dict):
+            found = {k: parameters[k] for k in SCENE_OPTIONS if k in parameters}
+            validate(found)
+            return found
+    raise ValueError(f'--scene-config {path}: no "<node>: ros__parameters:" section')
 
 
 def check_model_options(args: argparse.Namespace) -> None:

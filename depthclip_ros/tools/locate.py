@@ -442,8 +442,8 @@ def run(args: argparse.Namespace) -> int:
             referring.check_text(text)
     except ValueError as error:
         return refuse(f'--query: {one_line(error)}')
-    depth, tokens = engine.predict_with_tokens(job.rgb, job.camera,
-                                               output_size=job.rgb.shape[:2])
+    prediction = engine.infer(job.rgb, job.camera, output_size=job.rgb.shape[:2])
+    depth, tokens = prediction.depth, prediction.tokens
     try:
         found = find_objects(referring, job.rgb, depth, job.camera, job.queries, job.labels,
                              job.noun_phrases, protocol=args.protocol,

@@ -787,33 +787,61 @@ class DepthCLIP:
         """
         self._require_loaded()
         batch, single = _as_batch(images)
-        height, width = batch.shape[1:3]
         cameras = [intrinsics] * len(batch) if isinstance(intrinsics, Intrinsics) \
             else list(intrinsics)
         if len(cameras) != len(batch):
             raise ValueError(f'{len(batch)} images but {len(cameras)} intrinsics')
-        for camera in cameras:
-            if not isinstance(camera, Intrinsics):
-                raise TypeError(f'intrinsics must be Intrinsics, got {type(camera).__name__}')
-            if camera.size != (height, width):
-                raise ValueError(f'intrinsics are for {camera.width}x{camera.height}, '
-                                 f'images are {width}x{height}')
-        output_size = (height, width) if output_size is None else tuple(output_size)
-        if len(output_size) != 2 or min(output_size) < 1:
-            raise ValueError(f'output_size must be (height, width) > 0, got {output_size}')
+        if bins_m is None:
+            per_image = [None] * len(batch)
+        else:
+            bins = np.asarray(bins_m, dtype=np.float64)
+            per_image = [bins] * len(batch) if bins.ndim == 1 else list(bins)
+            if len(per_image) != len(batch):
+                raise ValueError(f'bins_m must be K bins or ({len(batch)}, K), got shape '
+                                 f'{bins.shape}')
+        frames = [FrameIn(image, camera, output_size, uncertainty, bins)
+                  for image, camera, bins in zip(batch, cameras, per_image)]
+        results = self.infer_frames(frames, timer)
+        if single:
+            return results[0]
+        return Prediction(np.stack([r.depth for r in results]),
+                          np.stack([r.sigma for r in results]) if uncertainty else None,
+                          torch.cat([r.tokens for r in results]),
+                          [r.sigma_median_m for r in results],
+                          None if results[0].scene is None else [r.scene for r in results])
+
+    @torch.inference_mode()
+    def infer_frames(self, frames: list[FrameIn], timer: StageTimer | None = None
+                     ) -> list[Prediction]:
+        """One batched forward for frames of any sizes, cameras and output sizes (several
+        cameras' newest frames, say): each is resized to the network input, so the trunk
+        runs once on all of them; each result equals :meth:`infer` of that frame alone up
+        to float re-association. Raises ``ValueError``/``TypeError`` for a bad frame (check
+        frames with :meth:`FrameIn.check` first to isolate one)."""
+        self._require_loaded()
+        if not frames:
+            return []
+        for frame in frames:
+            frame.check()
         stage = stage_or_nothing(timer)
-        scenes = None
-        if bins_m is None and self.head.bins_mode != 'fixed':
+        count = len(frames)
+        bins = [None if f.bins_m is None else self._bins_for(f.bins_m, 1) for f in frames]
+        scenes = [None] * count
+        if self.head.bins_mode != 'fixed' and any(b is None for b in bins):
             with stage('scene'):
-                scenes, bins_m = self._scene_bins(batch)
-        bins = self._bins if bins_m is None else self._bins_for(bins_m, len(batch))
+                for i, frame in enumerate(frames):
+                    if bins[i] is None:
+                        [scenes[i]], [mixed] = self._scene_bins([frame.rgb])
+                        bins[i] = self._bins_for(mixed, 1)
+        bins = (self._bins if all(b is None for b in bins) else
+                torch.stack([self._bins if b is None else b.view(-1) for b in bins]))
         net_h, net_w = self.config.input_size
         # Python floats: applied as kernel scalars, no host-to-device copy per frame.
-        scales = [metric_scale(c.resized(net_h, net_w), self.head.canonical_focal_px)
-                  for c in cameras]
+        scales = [metric_scale(f.intrinsics.resized(net_h, net_w),
+                               self.head.canonical_focal_px) for f in frames]
 
         with stage('preprocess'):
-            x = self.preprocess(batch)
+            x = torch.cat([self.preprocess(f.rgb[None]) for f in frames])
             if self.head.flip_average:
                 x = torch.cat([x, x.flip(-1)])
         with stage('network'):
@@ -822,30 +850,28 @@ class DepthCLIP:
             grid = tuple(tokens.shape[-2:])
             weights = self.bin_weights(self.token_embeddings(tokens))  # (B', HW, K)
             if self.head.flip_average:  # the mixture of the two distributions
-                plain, mirrored = weights[:len(batch)], weights[len(batch):]
-                mirrored = mirrored.view(len(batch), *grid, -1).flip(2).reshape(plain.shape)
+                plain, mirrored = weights[:count], weights[count:]
+                mirrored = mirrored.view(count, *grid, -1).flip(2).reshape(plain.shape)
                 weights = 0.5 * (plain + mirrored)
             depth, sigma = _bin_moments(weights, bins)  # (B, HW) canonical metres
-            maps = torch.stack([depth, sigma], dim=1).view(len(batch), 2, *grid)
+            maps = torch.stack([depth, sigma], dim=1).view(count, 2, *grid)
             if len(set(scales)) == 1:
                 maps = maps * scales[0]
             else:
-                maps = torch.stack([m * s for m, s in zip(maps, scales)])
-            sigma_median = maps[:, 1].flatten(1).median(dim=1).values
+                maps = maps * torch.tensor(scales, device=maps.device).view(-1, 1, 1, 1)
+            medians = maps[:, 1].flatten(1).median(dim=1).values
         with stage('upsample'):
-            maps = maps if uncertainty else maps[:, :1]
-            maps = F.interpolate(maps, size=output_size, mode='bilinear', align_corners=True)
-            out = maps.cpu().numpy()
-            medians = sigma_median.cpu().tolist()
-        depth_out = out[:, 0]
-        sigma_out = out[:, 1] if uncertainty else None
-        if single:
-            depth_out = depth_out[0]
-            sigma_out = None if sigma_out is None else sigma_out[0]
-        if scenes is not None and single:
-            scenes = scenes[0]
-        return Prediction(depth_out, sigma_out, tokens[:len(batch)],
-                          medians[0] if single else medians, scenes)
+            outs = []
+            for i, frame in enumerate(frames):
+                size = frame.output_size or frame.rgb.shape[:2]
+                channels = maps[i:i + 1] if frame.uncertainty else maps[i:i + 1, :1]
+                outs.append(F.interpolate(channels, size=tuple(size), mode='bilinear',
+                                          align_corners=True)[0].cpu().numpy())
+            medians = medians.cpu().tolist()
+        tokens = tokens[:count]
+        return [Prediction(out[0], out[1] if frame.uncertainty else None, tokens[i:i + 1],
+                           medians[i], scenes[i])
+                for i, (frame, out) in enumerate(zip(frames, outs))]
 
     def _scene_bins(self, batch: np.ndarray) -> tuple[list, list[tuple[float, ...]]]:
         """Each image's scene (:mod:`depthclip_ros.scenes`, on this CLIP) and its bins."""
@@ -894,6 +920,40 @@ class Prediction:
     scene: object = None  # SceneEstimate (per image) when infer classified the scenes
 
 
+@dataclass
+class FrameIn:
+    """One image for :meth:`DepthCLIP.infer_frames`: ``rgb`` ``(H, W, 3)`` uint8, the
+    ``intrinsics`` of that image, the ``output_size`` ``(height, width)`` of its depth
+    (default the image size), whether to compute its ``uncertainty``, and its canonical
+    ``bins_m`` (default the head's, or its scene's with scene-adaptive bins)."""
+
+    rgb: np.ndarray
+    intrinsics: Intrinsics
+    output_size: tuple[int, int] | None = None
+    uncertainty: bool = False
+    bins_m: object = None
+
+    def check(self) -> None:
+        """Raise ``ValueError``/``TypeError`` naming what is wrong with this frame."""
+        if not isinstance(self.rgb, np.ndarray) or self.rgb.ndim != 3 or \
+                self.rgb.shape[-1] != 3 or min(self.rgb.shape[:2]) < 1:
+            shape = getattr(self.rgb, 'shape', type(self.rgb).__name__)
+            raise ValueError(f'images must be (H, W, 3) or (B, H, W, 3) RGB, got {shape}')
+        if self.rgb.dtype != np.uint8:
+            raise TypeError(f'images must be uint8, got {self.rgb.dtype}')
+        if not isinstance(self.intrinsics, Intrinsics):
+            raise TypeError(f'intrinsics must be Intrinsics, got '
+                            f'{type(self.intrinsics).__name__}')
+        height, width = self.rgb.shape[:2]
+        if self.intrinsics.size != (height, width):
+            raise ValueError(f'intrinsics are for {self.intrinsics.width}x'
+                             f'{self.intrinsics.height}, images are {width}x{height}')
+        if self.output_size is not None:
+            size = tuple(self.output_size)
+            if len(size) != 2 or min(size) < 1:
+                raise ValueError(f'output_size must be (height, width) > 0, got {size}')
+
+
 def _bin_moments(weights: torch.Tensor, bins: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and standard deviation of the bin distributions: ``weights (B, HW, K)`` over
@@ -922,6 +982,6 @@ def head_with(head: HeadConfig, **changes) -> HeadConfig:
     return replace(head, **changes)
 
 
-__all__ = ['DepthCLIP', 'ModelConfig', 'HeadConfig', 'Prediction', 'WeightsError', 'head_with',
-           'PAPER_DISTANCE_PROMPTS', 'PAPER_DEPTH_BINS_M', 'NYU_FOCAL_PX',
+__all__ = ['DepthCLIP', 'ModelConfig', 'HeadConfig', 'FrameIn', 'Prediction', 'WeightsError',
+           'head_with', 'PAPER_DISTANCE_PROMPTS', 'PAPER_DEPTH_BINS_M', 'NYU_FOCAL_PX',
            'RANDOM_WEIGHTS_BANNER', 'how_to_supply_weights', 'node_hint_style', 'HINT_STYLES']

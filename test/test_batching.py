@@ -1,0 +1,58 @@
+"""Several frames of different sizes, cameras and output sizes in one forward
+(``DepthCLIP.infer_frames``): each result equals the frame run alone (CPU, random
+weights: the computation, not accuracy)."""
+
+import numpy as np
+import pytest
+
+from depthclip_ros.geometry import Intrinsics
+from depthclip_ros.model import FrameIn, head_with
+
+SIZES = [(48, 64), (60, 80), (48, 64)]
+
+
+def frame(seed, size, uncertainty=False, output_size=None, bins_m=None):
+    height, width = size
+    rgb = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    camera = Intrinsics(0.9 * width + seed, 0.9 * width + seed, width / 2, height / 2,
+                        width, height)
+    return FrameIn(rgb, camera, output_size, uncertainty, bins_m)
+
+
+def alone(engine, f):
+    return engine.infer(f.rgb, f.intrinsics, f.output_size, uncertainty=f.uncertainty,
+                        bins_m=f.bins_m)
+
+
+@pytest.mark.parametrize('flip', [False, True])
+def test_a_batch_of_mixed_frames_equals_each_frame_alone(small_engine, flip):
+    before = small_engine.head
+    small_engine.set_head(head_with(before, flip_average=flip))
+    try:
+        frames = [frame(0, SIZES[0]), frame(1, SIZES[1], uncertainty=True, output_size=(30, 40)),
+                  frame(2, SIZES[2], bins_m=(1.0, 1.25, 1.5, 1.75, 2.0, 2.25, 2.5))]
+        batch = small_engine.infer_frames(frames)
+        assert len(batch) == 3
+        for f, got in zip(frames, batch):
+            expected = alone(small_engine, f)
+            assert got.depth.shape == expected.depth.shape == (f.output_size or
+                                                               f.rgb.shape[:2])
+            np.testing.assert_allclose(got.depth, expected.depth, rtol=1e-4, atol=1e-5)
+            if f.uncertainty:
+                np.testing.assert_allclose(got.sigma, expected.sigma, rtol=1e-4, atol=1e-5)
+            else:
+                assert got.sigma is None
+            assert got.sigma_median_m == pytest.approx(expected.sigma_median_m, rel=1e-4)
+            assert got.tokens.shape == expected.tokens.shape
+    finally:
+        small_engine.set_head(before)
+
+
+def test_a_bad_frame_is_named_before_anything_runs(small_engine):
+    good = frame(0, SIZES[0])
+    wrong = FrameIn(good.rgb, Intrinsics(50, 50, 30, 20, 80, 60))
+    with pytest.raises(ValueError, match='intrinsics are for 80x60, images are 64x48'):
+        small_engine.infer_frames([good, wrong])
+    with pytest.raises(TypeError, match='uint8'):
+        FrameIn(good.rgb.astype(np.float32), good.intrinsics).check()
+    assert small_engine.infer_frames([]) == []

@@ -1,5 +1,5 @@
 """``depthclip-ros``: the command-line entry (infer, locate, bag, evaluate, bench, bench-node,
-demo)."""
+bench-cameras, demo)."""
 
 from __future__ import annotations
 
@@ -49,6 +49,8 @@ COMMANDS = {name: (_tool(name), summary) for name, summary in (
     ('bench', 'per-stage milliseconds on the chosen device'),
     ('bench-bag', 'frames/s of bag processing against the bare engine'),
     ('bench-node', 'end-to-end latency of depth_node as its own process'),
+    ('bench-cameras', 'N cameras x R Hz into one depth_node process: per camera answered '
+                      'frames, output rate, drops, p50/p95 latency, backlog check'),
     ('soak', 'depth_node as its own process under a long stream: memory, threads, fds, '
              'counts, shutdown'),
     ('demo', 'the main job without a camera: run the pipeline on given or generated input '

@@ -23,6 +23,7 @@ Per frame (:meth:`DepthCLIP.predict`), for ``B`` images of one size:
 
 from __future__ import annotations
 
+from collections import OrderedDict
 import contextlib
 from dataclasses import dataclass, replace
 import logging
@@ -66,7 +67,14 @@ SCENE_PROMPT_TEMPLATE = 'a photo of a {}.'  # CLIP's zero-shot template (METHOD.
 MAX_SCENES = 32  # scene_names (each one text embedding, one bin set)
 
 FEATURE_MODES = ('paper', 'projected')
-PRECISIONS = ('auto', 'fp16', 'fp32')
+PRECISIONS = ('auto', 'fp16', 'bf16', 'fp32')
+# Channels-last (NHWC) trunk on the CPU in fp32 too: measured on the project's 2 cores
+# (RN50 at 416x544, same run) faster than NCHW; bf16 always runs channels-last. CUDA fp16
+# and fp32 keep the default (NCHW) layout: nothing on a GPU has been measured here.
+CPU_FP32_CHANNELS_LAST = True
+MAX_CUDA_GRAPHS = 8  # captured trunk graphs (input shapes) per engine; more run eagerly
+MAX_PINNED_BUFFERS = 8  # pinned host upload buffers (image shapes) per engine
+CUDA_GRAPH_WARMUP_ITERS = 3  # eager runs on a side stream before a capture
 RANDOM_WEIGHTS_BANNER = ('RANDOM WEIGHTS (pretrained=none): these depths are NOT an accuracy '
                          'result; load real CLIP weights for meaningful output.')
 
@@ -137,9 +145,12 @@ class ModelConfig:
     model: str = 'RN50'
     pretrained: str = 'openai'  # open_clip tag, a local weights file, or 'none'
     device: str = 'auto'  # auto | cpu | cuda | cuda:N
-    precision: str = 'auto'  # auto (fp16 on CUDA, fp32 on CPU) | fp16 | fp32
+    precision: str = 'auto'  # auto (fp16 on CUDA, fp32 on CPU) | fp16 | bf16 | fp32
     feature_mode: str = 'paper'  # paper | projected
     input_size: tuple[int, int] = DEFAULT_INPUT_SIZE  # network input height, width (px)
+    # CUDA only, off by default (never yet run on a GPU by this project): the trunk as one
+    # captured CUDA graph per input shape, pinned host buffers for the upload.
+    cuda_graphs: bool = False
 
     def __post_init__(self):
         if not isinstance(self.model, str) or not self.model.startswith('RN'):
@@ -155,6 +166,10 @@ class ModelConfig:
                              f'got {self.feature_mode!r}')
         check_input_size(self.input_size)
         parse_device(self.device)  # validates the spelling only; availability at load()
+        if not isinstance(self.cuda_graphs, bool):
+            raise ValueError(f'cuda_graphs must be true or false, got {self.cuda_graphs!r}')
+        if self.cuda_graphs and self.device == 'cpu':
+            raise ValueError(CUDA_GRAPHS_NEED_CUDA)
 
     @property
     def random_weights(self) -> bool:
@@ -383,12 +398,67 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+CUDA_GRAPHS_NEED_CUDA = ('cuda_graphs needs a CUDA device (device cuda, cuda:N, or auto '
+                         'where CUDA is available); turn it off on the CPU')
+
+
+def cpu_bf16_native() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX-BF16), as oneDNN (the
+    CPU convolution library) reports it; else from /proc/cpuinfo's flags. Native is not
+    the same as fast: on a CPU with AVX512-BF16 but no AMX, bf16 may be slower than fp32
+    (measure with ``depthclip-bench``)."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch without the probe
+        pass
+    try:
+        with open('/proc/cpuinfo', encoding='utf-8') as cpuinfo:
+            flags = {f for line in cpuinfo if line.startswith('flags')
+                     for f in line.split(':', 1)[1].split()}
+    except OSError:
+        return False
+    return bool(flags & {'avx512_bf16', 'amx_bf16'})
+
+
 def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """The trunk's dtype for ``precision`` on ``device``; ``ValueError`` when the device
+    cannot run it (fp16 on the CPU; bf16 on a CPU without native bf16 or an old GPU)."""
     if precision == 'auto':
         return torch.float16 if device.type == 'cuda' else torch.float32
     if precision == 'fp16' and device.type != 'cuda':
         raise ValueError('precision fp16 needs a CUDA device; use fp32 (or auto) on the CPU')
+    if precision == 'bf16':
+        if device.type == 'cuda':
+            if not torch.cuda.is_bf16_supported():
+                raise ValueError(f'precision bf16 is not supported by {device} '
+                                 f'({torch.cuda.get_device_name(device)}); use fp16 or auto')
+        elif not cpu_bf16_native():
+            raise ValueError('precision bf16 needs a CPU with native bf16 (AVX512-BF16 or '
+                             'AMX, as oneDNN reports it) or a CUDA device; this CPU has '
+                             'none: use fp32 (or auto)')
+        return torch.bfloat16
     return torch.float16 if precision == 'fp16' else torch.float32
+
+
+def resolve_runtime(config: ModelConfig) -> tuple[torch.device, torch.dtype]:
+    """The device and trunk dtype of ``config`` on this machine, or ``ValueError`` with
+    the reason (CUDA absent, a precision the device cannot run, cuda_graphs without
+    CUDA). Loads nothing."""
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.precision, device)
+    if config.cuda_graphs and device.type != 'cuda':
+        raise ValueError(CUDA_GRAPHS_NEED_CUDA)
+    return device, dtype
+
+
+def trunk_memory_format(device: torch.device, dtype: torch.dtype) -> torch.memory_format:
+    """The layout the trunk runs in: channels-last for bf16 and for fp32 on the CPU
+    (:data:`CPU_FP32_CHANNELS_LAST`), else the default (NCHW)."""
+    if dtype == torch.bfloat16 or (device.type == 'cpu' and CPU_FP32_CHANNELS_LAST):
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 def _is_torchscript_archive(path: str) -> bool:
@@ -597,7 +667,10 @@ class DepthCLIP:
         self.dtype: torch.dtype | None = None
         self._clip = None
         self._text_key = None
-        self._text_features = None  # (D, K) model dtype, unit columns
+        self._text_features = None  # (D, K) float32, unit columns
+        self.memory_format = torch.contiguous_format  # the trunk's layout (set by load)
+        self._graphs: TrunkGraphs | None = None  # cuda_graphs: the captured trunk
+        self._uploads: PinnedUploads | None = None  # cuda_graphs: pinned host buffers
         self._bins = None  # (K,) float32 on device
         self._mean = self._std = None
         self.text_encodings = 0  # how often the text encoder ran (tests, diagnostics)
@@ -613,30 +686,61 @@ class DepthCLIP:
         return self.config.random_weights
 
     def load(self) -> 'DepthCLIP':
-        """Read the weights, move them to the device, encode the prompts. Idempotent."""
+        """Read the weights, move them to the device, encode the prompts. Idempotent.
+
+        The image tower runs in the precision's dtype and layout
+        (:func:`trunk_memory_format`); the text tower and the head stay float32. On CUDA
+        one warm-up frame runs here (with ``cuda_graphs``, capturing the batch-1 graph), so
+        that the first real frame is not slow."""
         if self.loaded:
             return self
-        device = resolve_device(self.config.device)
-        dtype = resolve_dtype(self.config.precision, device)
+        device, dtype = resolve_runtime(self.config)
         clip = build_clip(self.config)
         visual = getattr(clip, 'visual', None)
         if not all(hasattr(visual, n) for n in ('stem', 'layer4', 'attnpool')):
             raise WeightsError(f'{self.config.model} has no ResNet image tower; DepthCLIP '
                                f'needs a ModifiedResNet CLIP (RN50, RN101, RN50x4, ...)')
-        clip = clip.to(device=device, dtype=dtype).eval()
+        clip = clip.to(device=device).eval()
+        memory_format = trunk_memory_format(device, dtype)
+        clip.visual.to(dtype=dtype, memory_format=memory_format)
         for parameter in clip.parameters():
             parameter.requires_grad_(False)
         self._clip, self.device, self.dtype = clip, device, dtype
+        self.memory_format = memory_format
+        if self.config.cuda_graphs:
+            self._graphs = TrunkGraphs(self._trunk)
+            self._uploads = PinnedUploads()
         self._mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255.0
         self._std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255.0
         self._tokenizer = __import__('open_clip').get_tokenizer(
             self.config.model.replace('-quickgelu', ''))
         self.check_head(self.head)
         self._update_head(self.head)
-        LOG.info('DepthCLIP %s (%s) loaded on %s in %s, %s mode', self.config.model,
+        if device.type == 'cuda':
+            self.warm_up()
+        LOG.info('DepthCLIP %s (%s) loaded on %s in %s%s%s, %s mode', self.config.model,
                  self.config.pretrained, device, str(dtype).replace('torch.', ''),
+                 ', channels-last' if memory_format == torch.channels_last else '',
+                 ', CUDA graphs' if self._graphs is not None else '',
                  self.config.feature_mode)
         return self
+
+    def warm_up(self) -> None:
+        """Run one frame of zeros at the input size through the whole pass (with
+        ``cuda_graphs``: capture the trunk's graph for that batch), so that the first real
+        frame pays no one-off set-up. :meth:`load` calls it on CUDA; a failure is logged,
+        not raised (the first real frame then reports its own error)."""
+        self._require_loaded()
+        height, width = self.config.input_size
+        camera = Intrinsics(fx=float(width), fy=float(width), cx=(width - 1) / 2,
+                            cy=(height - 1) / 2, width=width, height=height)
+        try:
+            self.infer(np.zeros((height, width, 3), np.uint8), camera,
+                       bins_m=self.head.depth_bins_m)
+            if self.device.type == 'cuda':
+                torch.cuda.synchronize(self.device)
+        except (RuntimeError, ValueError) as error:
+            LOG.warning('DepthCLIP warm-up frame failed: %s', error)
 
     def describe_device(self) -> str:
         """Human-readable device name, e.g. ``cuda:0 (NVIDIA H100) fp16``."""
@@ -646,6 +750,19 @@ class DepthCLIP:
         if self.device.type == 'cuda':
             name += f' ({torch.cuda.get_device_name(self.device)})'
         return f'{name} {str(self.dtype).replace("torch.", "")}'
+
+    def use_memory_format(self, memory_format: torch.memory_format) -> None:
+        """Run the trunk in ``memory_format`` (``torch.channels_last`` or
+        ``torch.contiguous_format``) from now on: for comparisons (bench, tests); load()
+        picks the faster one. Not with ``cuda_graphs`` (the captured graphs keep theirs)."""
+        self._require_loaded()
+        if memory_format not in (torch.channels_last, torch.contiguous_format):
+            raise ValueError(f'memory_format must be torch.channels_last or '
+                             f'torch.contiguous_format, got {memory_format}')
+        if self._graphs is not None:
+            raise ValueError('the memory format cannot change with cuda_graphs')
+        self._clip.visual.to(memory_format=memory_format)
+        self.memory_format = memory_format
 
     # ----------------------------------------------------------------- text side
     def set_head(self, head: HeadConfig) -> None:
@@ -699,7 +816,7 @@ class DepthCLIP:
         embeddings = F.normalize(self._clip.encode_text(tokens).float(), dim=-1)
         per_bin = embeddings.view(len(prompts), len(prompts[0]), -1).mean(dim=1)
         self.text_encodings += 1
-        return F.normalize(per_bin, dim=-1).t().contiguous().to(self.dtype)
+        return F.normalize(per_bin, dim=-1).t().contiguous()  # float32: the head's dtype
 
     @property
     def text_features(self) -> torch.Tensor:
@@ -710,22 +827,38 @@ class DepthCLIP:
     def preprocess(self, images: np.ndarray, size: tuple[int, int] | None = None
                    ) -> torch.Tensor:
         """``(B, H, W, 3)`` uint8 RGB (host) -> ``(B, 3, h, w)`` normalised network input
-        at ``size`` (default the configured input size; bilinear, antialiased)."""
+        at ``size`` (default the configured input size; bilinear, antialiased), in the
+        trunk's dtype and layout (:attr:`memory_format`). With ``cuda_graphs`` the pixels
+        go up through a pinned host buffer, in one non-blocking copy."""
         self._require_loaded()
         size = tuple(size or self.config.input_size)
-        x = torch.from_numpy(images).to(self.device, non_blocking=True)
+        if self._uploads is not None and self.device.type == 'cuda':
+            x = self._uploads.upload(images, self.device)
+        else:
+            x = torch.from_numpy(images).to(self.device, non_blocking=True)
         x = x.permute(0, 3, 1, 2).float()
         if tuple(x.shape[-2:]) != size:
             x = F.interpolate(x, size=size, mode='bilinear', align_corners=False,
                               antialias=True)
-        return self.normalise(x)
+        # The permuted upload is already channels-last; a resized one may not be.
+        return self.normalise(x.contiguous(memory_format=self.memory_format))
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, 3, h, w)`` float RGB in [0, 255] -> network input (model dtype)."""
         return ((x - self._mean) / self._std).to(self.dtype)
 
     def image_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """CLIP image trunk without its final pooling: ``(B, C, h, w)`` last-stage map."""
+        """CLIP image trunk without its final pooling: ``(B, C, h, w)`` last-stage map, in
+        the trunk's dtype (``x`` is brought to its dtype and layout first). With
+        ``cuda_graphs``, inputs of the configured size replay a captured graph."""
+        x = x.to(dtype=self.dtype, memory_format=self.memory_format)
+        graphs = self._graphs
+        if graphs is not None and x.is_cuda and tuple(x.shape[-2:]) == \
+                tuple(self.config.input_size) and torch.is_inference_mode_enabled():
+            return graphs(x)
+        return self._trunk(x)
+
+    def _trunk(self, x: torch.Tensor) -> torch.Tensor:
         visual = self._clip.visual
         x = visual.stem(x)
         x = visual.layer1(x)
@@ -738,8 +871,9 @@ class DepthCLIP:
         x = tokens.flatten(2).transpose(1, 2)  # (B, HW, C)
         text_dim = self._text_features.shape[0]
         if self.config.feature_mode == 'projected':
-            pool = self._clip.visual.attnpool
-            return F.normalize(pool.c_proj(pool.v_proj(x)), dim=-1)
+            pool = self._clip.visual.attnpool  # in the trunk's dtype, then float32
+            return F.normalize(pool.c_proj(pool.v_proj(x)).float(), dim=-1)
+        x = x.float()  # the head runs in float32 whatever the trunk's dtype
         x = x / x.norm(dim=-1, keepdim=True)
         ratio, remainder = divmod(x.shape[-1], text_dim)
         if remainder:
@@ -750,9 +884,9 @@ class DepthCLIP:
 
     def bin_weights(self, embeddings: torch.Tensor) -> torch.Tensor:
         """``(B, h*w, D)`` token embeddings -> ``(B, h*w, K)`` float32 softmax weights over
-        the bins: ``softmax(100 * tokens @ T / temperature)``."""
-        logits = CLIP_LOGIT_SCALE * (embeddings @ self._text_features)  # (B, HW, K)
-        return torch.softmax(logits.float() / self.head.temperature, dim=-1)
+        the bins: ``softmax(100 * tokens @ T / temperature)``, all in float32."""
+        logits = CLIP_LOGIT_SCALE * (embeddings.float() @ self._text_features)  # (B, HW, K)
+        return torch.softmax(logits / self.head.temperature, dim=-1)
 
     def canonical_depth(self, embeddings: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """``(B, h*w, D)`` token embeddings -> ``(B, 1, h, w)`` float32 canonical depth."""
@@ -909,6 +1043,152 @@ class DepthCLIP:
             raise RuntimeError('DepthCLIP.load() has not been called')
 
 
+class _Graph:
+    """One captured trunk: replay after copying into its static input; the output is
+    copied out (the next replay overwrites the static one)."""
+
+    def __init__(self, static_in: torch.Tensor, static_out: torch.Tensor, graph):
+        self.static_in, self.static_out, self.graph = static_in, static_out, graph
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.cuda.device(self.static_in.device):
+            self.static_in.copy_(x)
+            self.graph.replay()
+            return self.static_out.clone()
+
+
+class TrunkGraphs:
+    """The image trunk as CUDA graphs (``ModelConfig.cuda_graphs``): one captured graph
+    per input (shape, dtype, layout), i.e. per batch size at the fixed input size.
+
+    The first input of a new shape captures (eager warm-up runs on a side stream first,
+    as PyTorch's CUDA graph documentation prescribes); later ones replay. At most
+    ``max_graphs`` are kept (each holds its own memory pool); inputs of further shapes run
+    eagerly, so a changing batch size never re-captures over and over. A failed capture
+    is logged once and turns the graphs off: everything runs eagerly from then on.
+    ``capture`` (tests) replaces the CUDA capture: ``capture(trunk, x) -> runner`` with a
+    ``run(x)`` method. Calls must come in inference mode (the engine checks).
+    """
+
+    def __init__(self, trunk, max_graphs: int = MAX_CUDA_GRAPHS, capture=None):
+        if max_graphs < 1:
+            raise ValueError(f'max_graphs must be >= 1, got {max_graphs}')
+        self.trunk = trunk
+        self.max_graphs = max_graphs
+        self._capture = capture or capture_cuda_graph
+        self._graphs: OrderedDict = OrderedDict()
+        self.captures = 0  # successful captures (tests, diagnostics)
+        self.replays = 0
+        self.eager_runs = 0
+        self.disabled_reason: str | None = None
+        self._full_logged = False
+
+    @staticmethod
+    def key(x: torch.Tensor) -> tuple:
+        layout = 'channels_last' if x.dim() == 4 and not x.is_contiguous() and \
+            x.is_contiguous(memory_format=torch.channels_last) else 'contiguous'
+        return tuple(x.shape), x.dtype, str(x.device), layout
+
+    @property
+    def shapes(self) -> list[tuple]:
+        return list(self._graphs)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.disabled_reason is not None:
+            return self._eager(x)
+        key = self.key(x)
+        graph = self._graphs.get(key)
+        if graph is None:
+            if len(self._graphs) >= self.max_graphs:
+                if not self._full_logged:
+                    LOG.warning('%d CUDA graphs captured already (the most kept); inputs of '
+                                'other shapes (%s) run eagerly', self.max_graphs, key[0])
+                    self._full_logged = True
+                return self._eager(x)
+            try:
+                graph = self._capture(self.trunk, x)
+            except Exception as error:  # noqa: BLE001 - any capture failure: run eagerly
+                self.disabled_reason = f'{type(error).__name__}: {error}'
+                LOG.warning('CUDA graph capture of the image trunk failed for input %s '
+                            '(%s); running it eagerly from now on', key[0],
+                            self.disabled_reason)
+                return self._eager(x)
+            self._graphs[key] = graph
+            self.captures += 1
+            LOG.info('captured the image trunk as a CUDA graph for input %s', key[0])
+        self.replays += 1
+        return graph.run(x)
+
+    def _eager(self, x: torch.Tensor) -> torch.Tensor:
+        self.eager_runs += 1
+        return self.trunk(x)
+
+
+def capture_cuda_graph(trunk, x: torch.Tensor) -> _Graph:
+    """Capture ``trunk`` on a static copy of ``x`` (CUDA): warm-up on a side stream,
+    then one capture, all with ``x``'s device current; raises whatever capture raises."""
+    with torch.cuda.device(x.device):
+        static_in = x.clone()  # same shape, dtype and layout
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(CUDA_GRAPH_WARMUP_ITERS):
+                trunk(static_in)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = trunk(static_in)
+        return _Graph(static_in, static_out, graph)
+
+
+class PinnedUploads:
+    """Pinned (page-locked) host buffers, one per image shape (at most ``max_buffers``;
+    the least recently used is dropped), so that an upload is one non-blocking copy.
+
+    A buffer is refilled only after its previous upload finished (an event recorded
+    after the copy is waited for), so frames of one shape in one batch cannot overwrite
+    each other in flight. ``pin``/``make_event`` (tests) replace pinning and the CUDA
+    event.
+    """
+
+    def __init__(self, max_buffers: int = MAX_PINNED_BUFFERS, pin: bool = True,
+                 make_event=None):
+        if max_buffers < 1:
+            raise ValueError(f'max_buffers must be >= 1, got {max_buffers}')
+        self.max_buffers = max_buffers
+        self.pin = pin
+        self._make_event = make_event or torch.cuda.Event
+        self._buffers: OrderedDict = OrderedDict()  # shape -> [host tensor, event]
+
+    @property
+    def shapes(self) -> list[tuple]:
+        return list(self._buffers)
+
+    def upload(self, images: np.ndarray, device: torch.device) -> torch.Tensor:
+        """``images`` (uint8) on ``device``: copied into the pinned buffer of its shape,
+        then sent with one non-blocking copy."""
+        key = tuple(images.shape)
+        entry = self._buffers.get(key)
+        if entry is None:
+            host = torch.empty(key, dtype=torch.uint8, pin_memory=self.pin)
+            entry = self._buffers[key] = [host, None]
+            while len(self._buffers) > self.max_buffers:
+                _, (_, event) = self._buffers.popitem(last=False)
+                if event is not None:
+                    event.synchronize()  # its copy may still read the buffer
+        else:
+            self._buffers.move_to_end(key)
+            if entry[1] is not None:
+                entry[1].synchronize()
+        host = entry[0]
+        host.copy_(torch.from_numpy(np.ascontiguousarray(images)))
+        out = host.to(device, non_blocking=True)
+        event = self._make_event()
+        event.record(torch.cuda.current_stream(device) if device.type == 'cuda' else None)
+        entry[1] = event
+        return out
+
+
 @dataclass
 class Prediction:
     """What one pass of :meth:`DepthCLIP.infer` gives, for one image or a batch."""
@@ -983,5 +1263,6 @@ def head_with(head: HeadConfig, **changes) -> HeadConfig:
 
 
 __all__ = ['DepthCLIP', 'ModelConfig', 'HeadConfig', 'FrameIn', 'Prediction', 'WeightsError',
+           'TrunkGraphs', 'PinnedUploads', 'cpu_bf16_native', 'resolve_runtime',
            'head_with', 'PAPER_DISTANCE_PROMPTS', 'PAPER_DEPTH_BINS_M', 'NYU_FOCAL_PX',
            'RANDOM_WEIGHTS_BANNER', 'how_to_supply_weights', 'node_hint_style', 'HINT_STYLES']

@@ -25,6 +25,7 @@ from .model import (
     PAPER_PROMPT_OBJECTS,
     PAPER_PROMPT_TEMPLATE,
     PAPER_TEMPERATURE,
+    PRECISIONS,
     SCENE_PROMPT_TEMPLATE,
     TEMPERATURE_RANGE,
 )
@@ -53,8 +54,12 @@ PARAMETERS: tuple[Param, ...] = (
           '(.pt/.bin/.safetensors or OpenAI TorchScript RN50.pt), or none (random weights)',
           read_only=True),
     Param('device', 'auto', 'auto, cpu, cuda or cuda:N', read_only=True),
-    Param('precision', 'auto', 'auto (fp16 on CUDA, fp32 on CPU), fp16 or fp32',
-          read_only=True, choices=('auto', 'fp16', 'fp32')),
+    Param('precision', 'auto', 'auto (fp16 on CUDA, fp32 on CPU), fp16 (CUDA), bf16 (CUDA, '
+          'or a CPU with native bf16; float32 head) or fp32', read_only=True,
+          choices=PRECISIONS),
+    Param('cuda_graphs', False, 'CUDA only, experimental (not yet run on a GPU by this '
+          'project): replay the image trunk as a captured CUDA graph per batch size, with '
+          'pinned uploads; refused on the CPU', read_only=True),
     Param('feature_mode', 'paper', "paper (the authors' raw tokens) or projected "
           '(attention-pool value/output projections)', read_only=True,
           choices=('paper', 'projected')),

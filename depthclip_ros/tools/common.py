@@ -17,9 +17,9 @@ from ..model import (
     PAPER_DEPTH_BINS_M,
     PAPER_DISTANCE_PROMPTS,
     PAPER_TEMPERATURE,
+    PRECISIONS,
     RANDOM_WEIGHTS_BANNER,
-    resolve_device,
-    resolve_dtype,
+    resolve_runtime,
     SCENE_PROMPT_TEMPLATE,
     WeightsError,
 )
@@ -33,7 +33,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                        help='open_clip tag, local weights file (.pt/.bin/.safetensors or '
                             "OpenAI's TorchScript RN50.pt), or 'none' for random weights")
     group.add_argument('--device', default='auto', help='auto | cpu | cuda | cuda:N')
-    group.add_argument('--precision', default='auto', choices=('auto', 'fp16', 'fp32'))
+    group.add_argument('--precision', default='auto', choices=PRECISIONS,
+                       help='auto (fp16 on CUDA, fp32 on the CPU), fp16 (CUDA), bf16 (CUDA, '
+                            'or a CPU with native bf16) or fp32')
+    group.add_argument('--cuda-graphs', action='store_true',
+                       help='CUDA only, experimental: replay the image trunk as a captured '
+                            'CUDA graph per batch size (refused on the CPU)')
     group.add_argument('--feature-mode', default='paper', choices=('paper', 'projected'))
     group.add_argument('--input-size', type=int, nargs=2, metavar=('H', 'W'),
                        default=(416, 544), help='network input size (default 416 544)')
@@ -64,7 +69,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def configs_from_args(args: argparse.Namespace) -> tuple[ModelConfig, HeadConfig]:
     model = ModelConfig(model=args.model, pretrained=args.pretrained, device=args.device,
                         precision=args.precision, feature_mode=args.feature_mode,
-                        input_size=tuple(args.input_size))
+                        input_size=tuple(args.input_size),
+                        cuda_graphs=getattr(args, 'cuda_graphs', False))
     head = HeadConfig(distance_prompts=tuple(args.distance_prompts),
                       depth_bins_m=tuple(args.depth_bins_m), temperature=args.temperature,
                       canonical_focal_px=args.canonical_focal_px,
@@ -112,7 +118,7 @@ def check_model_options(args: argparse.Namespace) -> None:
     """The model options as the node checks them, and the device's availability;
     ``ValueError`` with the reason. Loads nothing."""
     model, _ = configs_from_args(args)
-    resolve_dtype(model.precision, resolve_device(model.device))
+    resolve_runtime(model)
 
 
 def check_max_depth(value: float, minimum: float = 0.0) -> None:

@@ -1,7 +1,8 @@
 """Recorded camera data through the node's pipeline: rosbag2 (.mcap, .db3) and ROS 1
 (.bag) in, a rosbag2 MCAP out with the input topics plus ``depth``,
-``depth/camera_info`` and ``points`` (and optionally ``depth/colormap``, and with object
-queries ``objects/markers``, ``objects/points`` and ``objects/labels``).
+``depth/camera_info`` and ``points`` (and optionally ``depth/colormap`` and
+``depth/uncertainty``, and with object queries ``objects/markers``, ``objects/points`` and
+``objects/labels``).
 
 Reading, ROS 1 -> ROS 2 message conversion and writing are done by the ``rosbags``
 library (its ``convert`` module migrates ROS 1 definitions such as CameraInfo's upper-case
@@ -66,6 +67,7 @@ OUTPUT_TYPES = {'depth/image': 'sensor_msgs/msg/Image',
                 'depth/camera_info': CAMERA_INFO_TYPE,
                 'points': 'sensor_msgs/msg/PointCloud2',
                 'depth/colormap': 'sensor_msgs/msg/Image',
+                'depth/uncertainty': 'sensor_msgs/msg/Image',
                 'objects/markers': 'visualization_msgs/msg/MarkerArray',
                 'objects/points': 'sensor_msgs/msg/PointCloud2',
                 'objects/labels': 'sensor_msgs/msg/Image',
@@ -125,6 +127,10 @@ class BagReport:
     object_frames_failed: int = 0  # frames with depth whose object step failed
     objects_located: int = 0  # query answers with a 3-D location, over all frames
     object_messages: int = 0  # messages on the objects/* topics
+    bins_mode: str = 'fixed'  # of the pipeline's engine
+    scene_every_n_frames: int = 0  # how often the scene was classified (scene bins)
+    scene_frames: dict[str, int] = field(default_factory=dict)  # frames per chosen scene
+    sigma_medians_m: list[float] = field(default_factory=list)  # per frame with depth
     messages_written: int = 0  # handed to the bag file by the writer thread
     output: Path | None = None  # the finished bag (real path)
     replaced: bool = False  # an earlier output was replaced by it
@@ -437,8 +443,10 @@ def output_namespace(image_topic: str, msgtype: str) -> str:
     return namespace or '/'
 
 
-def output_topics(namespace: str, colormap: bool, objects: bool = False) -> dict[str, str]:
+def output_topics(namespace: str, colormap: bool, objects: bool = False,
+                  uncertainty: bool = False) -> dict[str, str]:
     names = [n for n in OUTPUT_TYPES if (colormap or n != 'depth/colormap')
+             and (uncertainty or n != 'depth/uncertainty')
              and (objects or n not in OBJECT_OUTPUTS)]
     prefix = namespace.rstrip('/')
     return {name: f'{prefix}/{name}' for name in names}
@@ -672,7 +680,7 @@ def process_bag(source: Path, destination: Path,
                 pipeline: DepthPipeline | Callable[[], DepthPipeline], *,
                 image_topic: str | None = None, info_topic: str | None = None,
                 namespace: str | None = None, colormap: bool = False,
-                objects: bool = False, overwrite: bool = False,
+                objects: bool = False, uncertainty: bool = False, overwrite: bool = False,
                 on_frame: Callable[[BagReport], None] | None = None,
                 on_problem: Callable[[str], None] | None = None) -> BagReport:
     """Run every image of ``source`` through ``pipeline`` into a new MCAP bag.
@@ -684,7 +692,9 @@ def process_bag(source: Path, destination: Path,
     refusal does not wait for the model). ``objects``: also the object outputs of the
     pipeline's queries (``objects/markers``, ``objects/points``, ``objects/labels``;
     built-in proposals, ``node`` protocol); a frame whose object step fails keeps its
-    depth outputs.
+    depth outputs. ``uncertainty``: also ``depth/uncertainty`` (32FC1, metres: the
+    standard deviation of each pixel's depth bin distribution, paired with
+    ``depth/camera_info``).
 
     The input is only read. The bag is written into ``OUTPUT.partial/`` and moved to
     ``destination`` once closed (at the end, or after SIGINT/SIGTERM, which stop after
@@ -707,7 +717,7 @@ def process_bag(source: Path, destination: Path,
         image_topic, image_type, chosen_info = choose_topics(reader.connections, image_topic,
                                                              info_topic)
         outputs = output_topics(namespace or output_namespace(image_topic, image_type),
-                                colormap, objects)
+                                colormap, objects, uncertainty)
         report.image_topic, report.output_topics = image_topic, outputs
         clash = sorted(set(outputs.values()) & {c.topic for c in reader.connections})
         if clash:
@@ -729,6 +739,9 @@ def process_bag(source: Path, destination: Path,
         if objects and not pipeline.objects.queries:
             raise BagError('object outputs need a pipeline with object queries')
         report.object_queries = len(pipeline.objects.queries) if objects else 0
+        report.bins_mode = pipeline.engine.head.bins_mode
+        if report.bins_mode != 'fixed':
+            report.scene_every_n_frames = pipeline.settings.scene_every_n_frames
         pipeline.topics.update({'image': image_topic, 'image/compressed': image_topic,
                                 'camera_info': chosen_info or '(no CameraInfo topic)'})
         pipeline.warn = problem  # warnings about frames that are still processed
@@ -765,8 +778,9 @@ def _write_bag(plan: OutputPlan, reader, copied, pipeline: DepthPipeline,
                          for name, topic in report.output_topics.items()}
             background = _WriterThread(writer)
             objects = bool(report.object_queries)
-            want = Wanted(colormap=colormap, markers=objects, object_points=objects,
-                          labels=objects)
+            want = Wanted(colormap=colormap,
+                          uncertainty='depth/uncertainty' in report.output_topics,
+                          markers=objects, object_points=objects, labels=objects)
             run = _Run(pipeline, background, report, problem, report.image_topic,
                        image_type, report.camera_info_topic, want, out_conns, connmap,
                        convert)
@@ -865,6 +879,7 @@ class _Run:
             try:
                 processed = self.pipeline.process(msg, self.want, self.report.timer)
                 outputs = _by_topic(processed)
+                self._remember(processed)
                 self.report.frames_fallback += self.pipeline.latest_info is None
                 if processed.frame is not None:
                     outputs.update(self._objects(processed, conn.topic, stamp))
@@ -895,6 +910,14 @@ class _Run:
             self.report.frames_written += 1
         return is_image
 
+    def _remember(self, processed: Outputs) -> None:
+        """The frame's scene and median uncertainty, for the summary."""
+        if processed.sigma_median_m is not None:
+            self.report.sigma_medians_m.append(float(processed.sigma_median_m))
+        if processed.scene is not None:
+            chosen = processed.scene.chosen
+            self.report.scene_frames[chosen] = self.report.scene_frames.get(chosen, 0) + 1
+
     def _objects(self, processed: Outputs, topic: str, stamp: int) -> dict:
         """The object outputs of a processed frame; none (reported) when the object step
         fails: the frame keeps its depth outputs."""
@@ -916,7 +939,8 @@ class _Run:
 
 def _by_topic(out: Outputs) -> dict:
     return {'depth/image': out.depth, 'depth/camera_info': out.camera_info,
-            'points': out.points, 'depth/colormap': out.colormap}
+            'points': out.points, 'depth/colormap': out.colormap,
+            'depth/uncertainty': out.uncertainty}
 
 
 def read_topic(bag: Path, topic: str, msg_class) -> list[tuple[int, object]]:

@@ -1,4 +1,5 @@
-"""Pictures and files for people: colourised depth, previews, PLY, 16-bit PNG.
+"""Pictures and files for people: colourised depth and uncertainty, previews, PLY, 16-bit
+PNG, JSON.
 
 numpy + OpenCV only. Every file is written to a hidden temporary name beside its target
 and renamed into place when complete, so an interrupted or failed write never leaves a
@@ -10,8 +11,10 @@ from __future__ import annotations
 
 import colorsys
 from contextlib import contextmanager
+import json
 import os
 from pathlib import Path
+import re
 from typing import Iterator
 
 import cv2
@@ -39,6 +42,14 @@ def save_npy(path: str | Path, array: np.ndarray) -> None:
     with atomic_path(path) as temporary:
         with open(temporary, 'wb') as handle:
             np.save(handle, array, allow_pickle=False)
+
+
+def save_json(path: str | Path, document) -> None:
+    """``document`` as indented JSON (strict: NaN and infinity refused with
+    ``ValueError``) through :func:`atomic_path`."""
+    text = json.dumps(document, indent=2, allow_nan=False) + '\n'
+    with atomic_path(path) as temporary:
+        temporary.write_text(text, encoding='utf-8')
 
 
 def check_output_dir(path: str | Path) -> None:
@@ -110,29 +121,101 @@ def colorize_depth(depth: np.ndarray, min_depth_m: float | None = None,
     return rgb, float(min_depth_m), float(max_depth_m)
 
 
+def colorize_uncertainty(sigma: np.ndarray, max_m: float | None = None
+                         ) -> tuple[np.ndarray, float, float]:
+    """``(H, W)`` standard deviations (m) -> ``(H, W, 3)`` uint8 RGB (viridis: dark = certain,
+    yellow = uncertain), non-finite black.
+
+    Returns the image and the ``(0, max)`` metres the colours span: its own scale, from 0
+    (certain) to ``max_m``, by default the 98th percentile of the finite values (a robust
+    maximum: a few extreme pixels do not wash out the rest; larger ones are clipped).
+    """
+    sigma = np.asarray(sigma, dtype=np.float32)
+    valid = np.isfinite(sigma)
+    if max_m is None:
+        max_m = float(np.percentile(sigma[valid], 98)) if valid.any() else 0.0
+        if not max_m > 0:  # all certain (or nothing valid): any positive scale shows it
+            max_m = float(sigma[valid].max()) if valid.any() and sigma[valid].max() > 0 \
+                else 1.0
+    span = max(float(max_m), 1e-6)
+    scaled = np.clip(np.nan_to_num(sigma, nan=0.0, posinf=span, neginf=0.0) / span, 0.0, 1.0)
+    index = (scaled * 255.0).astype(np.uint8)
+    rgb = cv2.cvtColor(cv2.applyColorMap(index, cv2.COLORMAP_VIRIDIS), cv2.COLOR_BGR2RGB)
+    rgb[~valid] = 0
+    return rgb, 0.0, float(max_m)
+
+
+BAR_WIDTH = 70  # colour (16 px) and labels
+TITLE_WIDTH = 16  # a bar's title, written upwards beside it
+
+
+def _metres(value: float, span: float) -> str:
+    """A bar label: enough decimals to tell the five labels of ``span`` metres apart."""
+    decimals = 2 if span >= 0.2 else 3 if span >= 0.02 else 4
+    return f'{value:.{decimals}f}m'
+
+
+def _title_column(height: int, title: str) -> np.ndarray:
+    """``title`` written bottom to top in a white ``(height, TITLE_WIDTH)`` column, as a
+    plot's y-axis label; left blank when it cannot be read at that height."""
+    font, scale = cv2.FONT_HERSHEY_SIMPLEX, 0.4
+    (text_width, _), _ = cv2.getTextSize(title, font, scale, 1)
+    scale = min(scale, scale * (height - 6) / max(text_width, 1))
+    strip = np.full((TITLE_WIDTH, height, 3), 255, dtype=np.uint8)  # drawn lying down
+    if scale >= 0.25:
+        (text_width, _), _ = cv2.getTextSize(title, font, scale, 1)
+        cv2.putText(strip, title, (max((height - text_width) // 2, 0), 12), font, scale,
+                    (0, 0, 0), 1, cv2.LINE_AA)
+    return np.ascontiguousarray(cv2.rotate(strip, cv2.ROTATE_90_COUNTERCLOCKWISE))
+
+
 def _colour_bar(height: int, min_depth_m: float, max_depth_m: float,
-                width: int = 70) -> np.ndarray:
-    """A vertical colour bar with metre labels, near at the top."""
+                width: int = BAR_WIDTH, paint=None, title: str | None = None) -> np.ndarray:
+    """A vertical colour bar with metre labels, the low end (near) at the top.
+
+    ``paint``: values -> RGB with the same colours as the panel (default the depth's);
+    ``title``: written upwards on the right (adds ``TITLE_WIDTH`` columns)."""
+    paint = paint or (lambda values: colorize_depth(values, min_depth_m, max_depth_m)[0])
     ramp = np.linspace(min_depth_m, max_depth_m, height, dtype=np.float32)[:, None]
-    bar, _, _ = colorize_depth(np.repeat(ramp, 16, axis=1), min_depth_m, max_depth_m)
+    bar = paint(np.repeat(ramp, 16, axis=1))
     panel = np.full((height, width, 3), 255, dtype=np.uint8)
     panel[:, :16] = bar
+    span = max_depth_m - min_depth_m
     for fraction in (0.0, 0.25, 0.5, 0.75, 1.0):
         row = int(round(fraction * (height - 1)))
-        value = min_depth_m + fraction * (max_depth_m - min_depth_m)
+        value = min_depth_m + fraction * span
         y = min(max(row + 5, 12), height - 3)
-        cv2.putText(panel, f'{value:.2f}m', (19, y), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
+        cv2.putText(panel, _metres(value, span), (19, y), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
                     (0, 0, 0), 1, cv2.LINE_AA)
+    if title:
+        panel = np.concatenate([panel, _title_column(height, title)], axis=1)
     return panel
 
 
-def preview(rgb: np.ndarray, depth: np.ndarray, banner: str | None = None) -> np.ndarray:
-    """Side by side: the image | the coloured depth | a colour bar in metres (RGB uint8)."""
+def _fit(panel: np.ndarray, height: int, width: int) -> np.ndarray:
+    if panel.shape[:2] != (height, width):
+        panel = cv2.resize(panel, (width, height), interpolation=cv2.INTER_NEAREST)
+    return panel
+
+
+def preview(rgb: np.ndarray, depth: np.ndarray, banner: str | None = None,
+            sigma: np.ndarray | None = None) -> np.ndarray:
+    """Side by side (RGB uint8): the image | the coloured depth | its colour bar in metres,
+    and with ``sigma`` (``(H, W)`` depth uncertainty, m) | the coloured uncertainty | its
+    own colour bar, 0 to a robust maximum (:func:`colorize_uncertainty`), titled
+    "uncertainty (m)". ``banner``: a strip of text on top."""
+    height, width = rgb.shape[:2]
     coloured, low, high = colorize_depth(depth)
-    if coloured.shape[:2] != rgb.shape[:2]:
-        coloured = cv2.resize(coloured, (rgb.shape[1], rgb.shape[0]),
-                              interpolation=cv2.INTER_NEAREST)
-    out = np.concatenate([rgb, coloured, _colour_bar(rgb.shape[0], low, high)], axis=1)
+    panels = [rgb, _fit(coloured, height, width)]
+    if sigma is None:
+        panels.append(_colour_bar(height, low, high))
+    else:
+        painted, _, top = colorize_uncertainty(sigma)
+        panels += [_colour_bar(height, low, high, title='depth (m)'),
+                   _fit(painted, height, width),
+                   _colour_bar(height, 0.0, top, title='uncertainty (m)',
+                               paint=lambda values: colorize_uncertainty(values, top)[0])]
+    out = np.concatenate(panels, axis=1)
     if banner:
         strip = np.full((24, out.shape[1], 3), (255, 255, 0), dtype=np.uint8)
         cv2.putText(strip, banner, (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1,
@@ -166,11 +249,19 @@ def write_depth_png(path: str | Path, depth: np.ndarray) -> None:
     _imwrite(path, depth_to_mm_png(depth))
 
 
+PLY_NAME = re.compile(r'[A-Za-z_][A-Za-z0-9_]*')
+
+
 def write_ply(path: str | Path, points: np.ndarray, colours: np.ndarray | None = None,
-              comment: str | None = None) -> int:
+              comment: str | None = None,
+              scalars: dict[str, np.ndarray] | None = None) -> int:
     """Binary little-endian PLY of the finite points of ``(..., 3)``; returns the count.
 
-    ``colours``: uint8 RGB of the same leading shape, optional.
+    ``colours``: uint8 RGB of the same leading shape, optional. ``scalars``: per-point
+    values of the same leading shape, each written as a ``property float <name>`` of the
+    vertex after x, y, z (and red, green, blue), e.g. ``{'uncertainty': sigma}``; readers
+    that do not know a property skip it (Open3D, MeshLab, CloudCompare shows it as a
+    scalar field).
     """
     points = np.asarray(points, dtype=np.float32).reshape(-1, 3)
     keep = np.isfinite(points).all(axis=1)
@@ -178,12 +269,25 @@ def write_ply(path: str | Path, points: np.ndarray, colours: np.ndarray | None =
     if colours is not None:
         colours = np.asarray(colours, dtype=np.uint8).reshape(-1, 3)
         fields += [('red', 'u1'), ('green', 'u1'), ('blue', 'u1')]
+    values = {}
+    for name, array in (scalars or {}).items():
+        if not isinstance(name, str) or not PLY_NAME.fullmatch(name) or \
+                name in {f for f, _ in fields}:
+            raise ValueError(f'PLY scalar name must be a new identifier, got {name!r}')
+        array = np.asarray(array, dtype=np.float32).reshape(-1)
+        if array.size != len(points):
+            raise ValueError(f'PLY scalar {name!r} has {array.size} values for '
+                             f'{len(points)} points')
+        values[name] = array
+        fields.append((name, '<f4'))
     vertices = np.empty(int(keep.sum()), dtype=fields)
     for i, axis in enumerate('xyz'):
         vertices[axis] = points[keep, i]
     if colours is not None:
         for i, channel in enumerate(('red', 'green', 'blue')):
             vertices[channel] = colours[keep, i]
+    for name, array in values.items():
+        vertices[name] = array[keep]
     header = ['ply', 'format binary_little_endian 1.0']
     if comment:
         header += [f'comment {line}' for line in comment.splitlines()]
@@ -191,6 +295,7 @@ def write_ply(path: str | Path, points: np.ndarray, colours: np.ndarray | None =
     header += [f'property float {a}' for a in 'xyz']
     if colours is not None:
         header += [f'property uchar {c}' for c in ('red', 'green', 'blue')]
+    header += [f'property float {name}' for name in values]
     header.append('end_header')
     with atomic_path(path) as temporary, open(temporary, 'wb') as handle:
         handle.write(('\n'.join(header) + '\n').encode('ascii'))

@@ -2,9 +2,17 @@
 
 INPUT is a rosbag2 folder, .mcap or .db3 file, or a ROS 1 .bag. OUTPUT is a new rosbag2
 folder (MCAP storage) with the input topics plus depth, depth/camera_info and points
-(and depth/colormap with --colormap) next to the image topic: /cam/color/image_raw gives
-/cam/color/depth/image, /cam/color/depth/camera_info, /cam/color/points. Outputs carry the
-image's header and log time. Image topics may be sensor_msgs/Image or CompressedImage.
+(and depth/colormap with --colormap, depth/uncertainty with --uncertainty) next to the
+image topic: /cam/color/image_raw gives /cam/color/depth/image,
+/cam/color/depth/camera_info, /cam/color/points. Outputs carry the image's header and log
+time. Image topics may be sensor_msgs/Image or CompressedImage.
+
+depth/uncertainty is 32FC1 metres, the standard deviation of each pixel's depth bin
+distribution (the node's topic of that name, paired with depth/camera_info);
+--max-uncertainty-m drops the points more uncertain than that from points (NaN), as the
+node parameter. With scene-adaptive bins (--bins-mode scene_soft|scene_hard, --scene-config
+...) the scene is classified every --scene-every-n-frames frames, as in the node, and the
+summary counts the frames per scene.
 
 With --query TEXT (repeatable) the objects those words describe are found in every frame
 (built-in proposals, the node's protocol) and written as objects/markers
@@ -44,6 +52,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 import re
+import statistics
 import sys
 import time
 
@@ -80,6 +89,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where the outputs go (default: the image topic's namespace)")
     parser.add_argument('--colormap', action='store_true',
                         help='also write depth/colormap (rgb8) for viewing')
+    parser.add_argument('--uncertainty', action='store_true',
+                        help='also write depth/uncertainty (32FC1, metres: the standard '
+                             "deviation of each pixel's depth bin distribution)")
     parser.add_argument('--overwrite', action='store_true',
                         help='replace an earlier OUTPUT (a folder holding only a rosbag2 bag), '
                              'once the new one is complete; never the input')
@@ -101,6 +113,13 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--min-depth-m', type=float, default=node.min_depth_m)
     group.add_argument('--max-depth-m', type=float, default=node.max_depth_m)
     group.add_argument('--cloud-rgb', action='store_true')
+    group.add_argument('--max-uncertainty-m', type=float, default=node.max_uncertainty_m,
+                       help='points whose depth uncertainty (m) exceeds this become NaN in '
+                            f'points; 0 = off (default {node.max_uncertainty_m:g})')
+    group.add_argument('--scene-every-n-frames', type=int, metavar='N',
+                       help='with scene-adaptive bins, classify the scene every N-th frame '
+                            '(default: scene_every_n_frames of --scene-config, else '
+                            f'{node.scene_every_n_frames}, as the node)')
     group.add_argument('--intrinsics-source', choices=('K', 'P'),
                        default=node.intrinsics_source)
     group.add_argument('--fallback-hfov-deg', type=float,
@@ -156,7 +175,31 @@ def settings_from_args(args: argparse.Namespace) -> OutputSettings:
                           min_depth_m=args.min_depth_m, max_depth_m=args.max_depth_m,
                           cloud_rgb=args.cloud_rgb, intrinsics_source=args.intrinsics_source,
                           fallback_hfov_deg=args.fallback_hfov_deg,
-                          max_input_pixels=args.max_input_pixels)
+                          max_input_pixels=args.max_input_pixels,
+                          max_uncertainty_m=args.max_uncertainty_m,
+                          scene_every_n_frames=scene_every_n_frames(args))
+
+
+def scene_every_n_frames(args: argparse.Namespace) -> int:
+    """``--scene-every-n-frames``, else ``scene_every_n_frames`` of ``--scene-config`` (its
+    node parameters section), else the node's default."""
+    if args.scene_every_n_frames is not None:
+        return args.scene_every_n_frames
+    default = OutputSettings().scene_every_n_frames
+    path = getattr(args, 'scene_config', None)
+    if path is None:
+        return default
+    import yaml
+    try:
+        document = yaml.safe_load(Path(path).read_text(encoding='utf-8'))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise ValueError(f'--scene-config {path}: cannot be read: '
+                         f'{str(error).splitlines()[0]}') from None
+    for section in document.values() if isinstance(document, dict) else ():
+        parameters = section.get('ros__parameters') if isinstance(section, dict) else None
+        if isinstance(parameters, dict):
+            return parameters.get('scene_every_n_frames', default)
+    return default  # configs_from_args says what is wrong with the file
 
 
 class Progress:
@@ -258,6 +301,18 @@ def print_summary(report: BagReport, output: Path, random_weights: bool,
     if report.frames_fallback:
         print(f'{report.frames_fallback} frames had no CameraInfo yet and used the '
               f'--fallback-hfov-deg intrinsics (approximate metres)')
+    if report.bins_mode != 'fixed':
+        scenes = ', '.join(f'{name} {count}' for name, count in
+                           sorted(report.scene_frames.items(), key=lambda item: -item[1]))
+        print(f'bins: {report.bins_mode}, the scene classified every '
+              f'{report.scene_every_n_frames} frames; frames per chosen scene: '
+              f'{scenes or "none"}' + ('; with random weights the scenes are meaningless too'
+                                       if random_weights else ''))
+    if report.sigma_medians_m:
+        medians = sorted(report.sigma_medians_m)
+        print(f"depth uncertainty (median over the token grid, as the node's diagnostics): "
+              f'{statistics.median(medians):.3f} m over {len(medians)} frames '
+              f'({medians[0]:.3f}-{medians[-1]:.3f} m per frame)')
     if report.object_queries:
         answers = report.object_frames * report.object_queries
         failed = (f', {report.object_frames_failed} frames with depth but no objects (the '
@@ -284,8 +339,9 @@ def print_summary(report: BagReport, output: Path, random_weights: bool,
     print(f'  topics: {", ".join(report.output_topics.values())}')
     objects = (' and objects/markers, Image panel on objects/labels' if report.object_queries
                else '')
+    uncertainty = ', depth/uncertainty' if 'depth/uncertainty' in report.output_topics else ''
     print(f'  Foxglove: open {output.resolve()}/*.mcap; Image panel on depth/colormap or '
-          f'depth, 3D panel on points{objects}')
+          f'depth{uncertainty}, 3D panel on points{objects}')
     print(f'  ROS 2 (Jazzy or newer): ros2 bag play {output} --loop  and  '
           f'{rviz_command(report)}')
     if random_weights:
@@ -331,7 +387,8 @@ def run(args: argparse.Namespace) -> int:
         report = process_bag(args.input, args.output, make_pipeline,
                              image_topic=args.image_topic, info_topic=args.camera_info_topic,
                              namespace=args.output_namespace, colormap=args.colormap,
-                             objects=bool(objects.queries), overwrite=args.overwrite,
+                             objects=bool(objects.queries), uncertainty=args.uncertainty,
+                             overwrite=args.overwrite,
                              on_frame=progress, on_problem=ProblemLog())
     except BagWriteError as error:
         progress.close()

@@ -1,7 +1,18 @@
-"""``depthclip-ros infer``: depth, a 16-bit PNG, a preview and a PLY for image files.
+"""``depthclip-ros infer``: depth, its uncertainty, a 16-bit PNG, a preview and a PLY for
+image files.
 
 Inputs are image files, folders of images and video files. The intrinsics are those of
 the images as given (all from one camera).
+
+Per image: ``<name>_depth.npy`` (float32 metres), ``<name>_depth.png`` (uint16 mm),
+``<name>_uncertainty.npy`` (float32 metres: the standard deviation of the bin
+distribution, METHOD.md §4, same size as the depth), ``<name>_preview.png`` (image |
+depth | uncertainty, each colour map with its own scale in metres), ``<name>.ply`` (the
+coloured cloud with a per-vertex ``uncertainty`` float), and with ``--json``
+``<name>_summary.json`` (depth range, median uncertainty, the bins used and, with
+scene-adaptive bins, the scene probabilities). With ``--bins-mode scene_soft`` or
+``scene_hard`` every image's scene is classified on its own (images are independent) and
+its bins mixed or picked from it.
 
 Output names: every input gets its own files, named before anything is written. An
 input's name is its file stem (``a.png`` -> ``a_depth.npy`` ...; a video's frames
@@ -39,11 +50,13 @@ import torch
 from ..dataset import expand_inputs, is_video, iter_images, one_line
 from ..encodings import MAX_SIDE_PX
 from ..geometry import backproject, Intrinsics, intrinsics_from_hfov
-from ..model import DepthCLIP, RANDOM_WEIGHTS_BANNER
+from ..model import DepthCLIP, Prediction, RANDOM_WEIGHTS_BANNER
 from ..parameters import DEFAULT_MAX_INPUT_PIXELS, validate
+from ..scenes import mix_bins, SceneEstimate
 from ..visualize import (
     check_output_dir,
     preview,
+    save_json,
     save_npy,
     write_depth_png,
     write_ply,
@@ -58,7 +71,9 @@ from .common import (
 )
 
 PROG = 'depthclip-ros infer'
-OUTPUT_SUFFIXES = ('_depth.npy', '_depth.png', '_preview.png', '.ply')
+# The files of every image; with --json also SUMMARY_SUFFIX.
+OUTPUT_SUFFIXES = ('_depth.npy', '_depth.png', '_uncertainty.npy', '_preview.png', '.ply')
+SUMMARY_SUFFIX = '_summary.json'
 # What may go wrong with one input; anything else is a bug and keeps its traceback.
 ITEM_ERRORS = (ValueError, OSError, cv2.error, MemoryError, torch.cuda.OutOfMemoryError)
 
@@ -78,7 +93,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='largest image or video frame (width x height) processed; '
                              'larger files are refused from their header, before decoding '
                              f'(default {DEFAULT_MAX_INPUT_PIXELS}, as the node parameter)')
+    parser.add_argument('--json', action='store_true',
+                        help=f'also write <name>{SUMMARY_SUFFIX} per image: size, '
+                             f'intrinsics, depth range, median uncertainty, the bins used '
+                             f'and, with scene-adaptive bins, the scene and its '
+                             f'probabilities (scene_probabilities)')
     add_model_arguments(parser)
+
+
+def suffixes_of(args: argparse.Namespace) -> tuple[str, ...]:
+    """The output files of one image in this run."""
+    return OUTPUT_SUFFIXES + ((SUMMARY_SUFFIX,) if getattr(args, 'json', False) else ())
 
 
 # ---------------------------------------------------------------------------------------
@@ -170,7 +195,8 @@ class _Namer:
             else base
 
 
-def _protected(paths: list[Path], output: Path) -> tuple[set[str], set[str]]:
+def _protected(paths: list[Path], output: Path, suffixes: tuple[str, ...]
+               ) -> tuple[set[str], set[str]]:
     """Input files that live in the output folder, which no output may replace: the keys
     of their names, and of the names of the videos whose frames' outputs they would be."""
     try:
@@ -187,7 +213,7 @@ def _protected(paths: list[Path], output: Path) -> tuple[set[str], set[str]]:
             continue
         key = _key(path.name)
         names.add(key)
-        for suffix in OUTPUT_SUFFIXES:
+        for suffix in suffixes:
             if key.endswith(suffix):
                 prefix = _frame_prefix(key[:-len(suffix)])
                 if prefix is not None:
@@ -195,8 +221,10 @@ def _protected(paths: list[Path], output: Path) -> tuple[set[str], set[str]]:
     return names, video_prefixes
 
 
-def plan_outputs(paths: list[Path], output: Path) -> Plan:
-    """Distinct output names for ``paths`` (see the module docstring for the rule).
+def plan_outputs(paths: list[Path], output: Path,
+                 suffixes: tuple[str, ...] = OUTPUT_SUFFIXES) -> Plan:
+    """Distinct output names for ``paths`` (see the module docstring for the rule);
+    ``suffixes``: the files each name gets (those an input file must not be replaced by).
 
     The same file given twice (by any path, links included) is kept once. Raises
     :class:`NamingError` when no distinct names exist (not seen outside contrived cases).
@@ -215,7 +243,7 @@ def plan_outputs(paths: list[Path], output: Path) -> Plan:
         unique.append(path)
     namers = [_Namer(path, position) for position, path in enumerate(unique, 1)]
     videos = [is_video(path) for path in unique]
-    protected_names, protected_videos = _protected(unique, output)
+    protected_names, protected_videos = _protected(unique, output, suffixes)
     levels = [0] * len(unique)
     while True:
         names = [namer.name(level) for namer, level in zip(namers, levels)]
@@ -231,7 +259,7 @@ def plan_outputs(paths: list[Path], output: Path) -> Plan:
                 groups.append(group + videos_by_key[prefix])
         for index, key in enumerate(keys):  # outputs that would replace an input file
             if key in protected_videos if videos[index] else \
-                    any(key + suffix in protected_names for suffix in OUTPUT_SUFFIXES):
+                    any(key + suffix in protected_names for suffix in suffixes):
                 groups.append([index])
         if not groups:
             break
@@ -271,27 +299,75 @@ def print_plan(plan: Plan) -> None:
 
 
 def write_outputs(output: Path, stem: str, rgb: np.ndarray, depth: np.ndarray,
-                  camera: Intrinsics, random_weights: bool, max_depth_m: float) -> None:
-    """The four files of one image: ``<stem>_depth.npy``, ``<stem>_depth.png``,
-    ``<stem>_preview.png``, ``<stem>.ply`` (each written whole or not at all)."""
+                  camera: Intrinsics, random_weights: bool, max_depth_m: float,
+                  sigma: np.ndarray | None = None, summary: dict | None = None) -> None:
+    """The files of one image: ``<stem>_depth.npy``, ``<stem>_depth.png``, with ``sigma``
+    (``(H, W)`` float32 metres) ``<stem>_uncertainty.npy``, ``<stem>_preview.png``,
+    ``<stem>.ply`` (with ``sigma``: a per-vertex ``uncertainty``), and with ``summary``
+    ``<stem>_summary.json``; each written whole or not at all."""
     banner = RANDOM_WEIGHTS_BANNER if random_weights else None
     save_npy(output / f'{stem}_depth.npy', depth.astype(np.float32))
     write_depth_png(output / f'{stem}_depth.png', depth)
+    if sigma is not None:
+        save_npy(output / f'{stem}_uncertainty.npy', sigma.astype(np.float32))
     write_rgb_png(output / f'{stem}_preview.png',
-                  preview(rgb, depth, 'RANDOM WEIGHTS: not a depth result' if banner else None))
+                  preview(rgb, depth, 'RANDOM WEIGHTS: not a depth result' if banner else None,
+                          sigma))
     points = backproject(depth, camera, max_depth_m=max_depth_m)
     comment = 'depthclip_ros z-depth cloud, optical frame (x right, y down, z forward), metres'
+    if sigma is not None:
+        comment += ('\nuncertainty: standard deviation of the depth bin distribution, '
+                    'metres')
     if banner:
         comment += '\n' + banner
-    write_ply(output / f'{stem}.ply', points, rgb, comment=comment)
+    write_ply(output / f'{stem}.ply', points, rgb, comment=comment,
+              scalars=None if sigma is None else {'uncertainty': sigma})
+    if summary is not None:
+        save_json(output / f'{stem}{SUMMARY_SUFFIX}', summary)
 
 
-def remove_outputs(output: Path, name: str) -> None:
-    for suffix in OUTPUT_SUFFIXES:
+def remove_outputs(output: Path, name: str, suffixes: tuple[str, ...] = OUTPUT_SUFFIXES
+                   ) -> None:
+    for suffix in suffixes:
         try:
             (output / f'{name}{suffix}').unlink()
         except OSError:  # absent, or part of the failure being reported
             pass
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no NaN: ``None`` for a value that is not finite."""
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def summary_of(source: Source, name: str, rgb: np.ndarray, camera: Intrinsics,
+               prediction: Prediction, engine: DepthCLIP, bins: tuple[float, ...] | None,
+               scene: SceneEstimate | None, suffixes: tuple[str, ...]) -> dict:
+    """The ``--json`` document of one image (strict JSON: no NaN)."""
+    valid = prediction.depth[np.isfinite(prediction.depth)]
+    head = engine.head
+    summary = {
+        'input': str(source.path),
+        'name': name,
+        'size': [int(rgb.shape[0]), int(rgb.shape[1])],
+        'intrinsics': {key: float(getattr(camera, key))
+                       for key in ('fx', 'fy', 'cx', 'cy')},
+        'depth_m': {key: _finite(f(valid)) if valid.size else None
+                    for key, f in (('min', np.min), ('median', np.median), ('max', np.max))},
+        # as the node's diagnostics: the median over the network's token grid
+        'uncertainty_median_m': _finite(prediction.sigma_median_m),
+        'bins_mode': head.bins_mode,
+        'bins_m': list(bins if bins is not None else head.depth_bins_m),
+    }
+    if scene is not None:
+        summary['scene'] = scene.chosen
+        summary['scene_probabilities'] = scene.as_dict()
+    summary['files'] = [f'{name}{suffix}' for suffix in suffixes]
+    summary['random_weights'] = bool(engine.random_weights)
+    if engine.random_weights:
+        summary['note'] = RANDOM_WEIGHTS_BANNER
+    return summary
 
 
 def report(what: object, error: BaseException) -> None:
@@ -303,33 +379,54 @@ def report(what: object, error: BaseException) -> None:
     print(f'{PROG}: skipped {what}: {reason}', file=sys.stderr, flush=True)
 
 
-def describe(name: str, rgb: np.ndarray, depth: np.ndarray) -> str:
+def describe(name: str, rgb: np.ndarray, depth: np.ndarray,
+             sigma_median_m: float | None = None, scene: SceneEstimate | None = None) -> str:
     valid = depth[np.isfinite(depth)]
     size = f'{name}: {rgb.shape[1]}x{rgb.shape[0]}'
     if not valid.size:
-        return f'{size}, no finite depth'
-    return (f'{size}, depth {valid.min():.2f}-{valid.max():.2f} m '
-            f'(median {np.median(valid):.2f})')
+        text = f'{size}, no finite depth'
+    else:
+        text = (f'{size}, depth {valid.min():.2f}-{valid.max():.2f} m '
+                f'(median {np.median(valid):.2f})')
+    if sigma_median_m is not None:
+        text += f', uncertainty median {sigma_median_m:.3f} m'
+    if scene is not None:
+        text += f', scene {scene.chosen} ({max(scene.probabilities):.2f})'
+    return text
 
 
 def infer_all(engine: DepthCLIP, args: argparse.Namespace, plan: Plan) -> tuple[int, int]:
     """Process every planned input; returns ``(written, failed)``: images and video frames
     written, and images, frames or whole inputs that failed (each reported)."""
     written = failed = 0
+    head = engine.head
+    # the engine's own classifier: its text features are encoded once for the run
+    scenes = engine.scene_classifier if head.bins_mode != 'fixed' else None
+    suffixes = suffixes_of(args)
     for source in plan.sources:
         try:
             for name, rgb in iter_images(source.path, args.max_input_pixels, source.name):
+                scene = None
                 try:
                     camera = intrinsics_for(args, *rgb.shape[:2])
-                    depth = engine.predict(rgb, camera)
+                    bins = None
+                    if scenes is not None:  # every image on its own: they are independent
+                        scene = scenes.classify(rgb, head.scene_names,
+                                                head.scene_prompt_template)
+                        bins = mix_bins(scene, head.scene_bin_sets, head.bins_mode)
+                    prediction = engine.infer(rgb, camera, uncertainty=True, bins_m=bins)
+                    depth = prediction.depth
+                    summary = (summary_of(source, name, rgb, camera, prediction, engine, bins,
+                                          scene, suffixes) if args.json else None)
                     write_outputs(args.output, name, rgb, depth, camera,
-                                  engine.random_weights, args.max_depth_m)
+                                  engine.random_weights, args.max_depth_m, prediction.sigma,
+                                  summary)
                 except ITEM_ERRORS as error:
                     failed += 1
-                    remove_outputs(args.output, name)  # all four files or none
+                    remove_outputs(args.output, name, suffixes)  # all its files or none
                     report(f'{source.path} ({name})' if source.video else source.path, error)
                     continue
-                print(describe(name, rgb, depth), flush=True)
+                print(describe(name, rgb, depth, prediction.sigma_median_m, scene), flush=True)
                 written += 1
         except ITEM_ERRORS as error:
             failed += 1
@@ -341,7 +438,7 @@ def prepare(args: argparse.Namespace) -> Plan:
     """Everything checked before the model is loaded; ``ValueError`` with the reason."""
     check_options(args)
     check_output_dir(args.output)
-    return plan_outputs(expand_inputs(args.inputs), args.output)
+    return plan_outputs(expand_inputs(args.inputs), args.output, suffixes_of(args))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -360,6 +457,13 @@ def run(args: argparse.Namespace) -> int:
     written, failed = infer_all(engine, args, plan)
     if engine.random_weights:
         print(RANDOM_WEIGHTS_BANNER)
+    summary = f', <name>{SUMMARY_SUFFIX}' if args.json else ''
     print(f'{written} written, {failed} failed -> {args.output}/  (<name>_depth.npy float32 '
-          f'm, <name>_depth.png uint16 mm, <name>_preview.png, <name>.ply)')
+          f'm, <name>_depth.png uint16 mm, <name>_uncertainty.npy float32 m, '
+          f'<name>_preview.png, <name>.ply{summary})')
+    if engine.head.bins_mode != 'fixed':
+        print(f'bins: {engine.head.bins_mode} over the scenes '
+              f'{", ".join(engine.head.scene_names)} (each image classified on its own)'
+              + ('; with random weights the scene probabilities are meaningless too'
+                 if engine.random_weights else ''))
     return 1 if failed else 0

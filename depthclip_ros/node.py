@@ -20,9 +20,13 @@ Topics (relative, remappable):
   from label images on ``objects/masks`` (matched by stamp). The object step runs after
   the frame's depth is published, so it never delays depth.
 
-Inference runs on a worker thread: the subscription callbacks only store the newest frame
-(an older one still waiting is dropped and counted), so the executor never stalls and
-latency cannot grow without bound. Outputs nobody subscribes to are not computed. The
+With ``cameras`` (e.g. ``[front, left]``) one node serves several cameras: camera ``c``'s
+topics are the above under ``c/``, and the waiting frames of all cameras run as one batched
+forward.
+
+Inference runs on a worker thread: the subscription callbacks only store each camera's
+newest frame (an older one still waiting is dropped and counted), so the executor never
+stalls and latency cannot grow without bound. Outputs nobody subscribes to are not computed. The
 per-frame work is :class:`~depthclip_ros.pipeline.DepthPipeline`, shared with the bag tool.
 :class:`DepthNode` subscribes from construction; :class:`DepthLifecycleNode` is the same
 node under a lifecycle manager (``depth_lifecycle_node``).
@@ -34,7 +38,7 @@ if __name__ == '__main__':  # python -m depthclip_ros.node: signals handled from
     from depthclip_ros.shutdown import SHUTDOWN
     SHUTDOWN.install()
 
-from collections import deque, OrderedDict
+import functools
 import logging
 import os
 import statistics
@@ -52,6 +56,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
 from .encodings import ImageFormatError
 from .model import (
+    check_scene_template,
     DepthCLIP,
     HeadConfig,
     ModelConfig,
@@ -61,6 +66,7 @@ from .model import (
 )
 from .object_messages import labels_from_image
 from .parameters import (
+    check_read_only,
     declare_parameters,
     HEAD_PARAMETERS,
     PARAMETER_NAMES,
@@ -69,17 +75,14 @@ from .parameters import (
 )
 from .pipeline import DepthPipeline, FrameRejected, ObjectSettings, OutputSettings, Wanted
 from .shutdown import SHUTDOWN, StopRequested
+from .streams import CameraStream, COUNTS, OUTPUT_PUBLISHERS
 from .timing import StageTimer, Throttle
 
 THROTTLE_S = 5.0
 SPIN_POLL_S = 0.05  # how soon the spin loop notices a SIGINT/SIGTERM
-STATS_WINDOW = 100
 STALL_S = 5.0  # frames arriving but nothing published for this long: diagnostics ERROR
 WORKER_JOIN_S = 1.0  # at shutdown, wait this long for the frame in progress
 MASKS_KEPT = 8  # label images on objects/masks remembered, newest stamps first
-OUTPUT_PUBLISHERS = ('pub_depth', 'pub_info', 'pub_points', 'pub_colormap', 'pub_uncertainty',
-                     'pub_markers',
-                     'pub_object_points', 'pub_labels', 'pub_labels_info', 'pub_detections')
 
 
 class DepthNodeCore:
@@ -87,81 +90,88 @@ class DepthNodeCore:
     managed one (:class:`DepthLifecycleNode`); mixed into an rclpy ``Node``.
 
     The steps, which the two nodes call at different moments: :meth:`_init_core`
-    (parameters, diagnostics), :meth:`_configure` (engine and pipeline objects, output
-    publishers), :meth:`_load` (weights, prompts), :meth:`_subscribe` and
+    (parameters, cameras, diagnostics), :meth:`_configure` (engine and pipeline objects,
+    output publishers), :meth:`_load` (weights, prompts), :meth:`_subscribe` and
     :meth:`_start_worker` (frames flow), and back: :meth:`_stop_worker`,
     :meth:`_unsubscribe`, :meth:`_release`.
+
+    Cameras: one :class:`~depthclip_ros.streams.CameraStream` per entry of ``cameras``
+    (topics under its namespace), or one on the node's own relative topics. Each keeps only
+    its newest waiting frame; the worker takes every camera's waiting frame and runs them
+    as one batched forward, so no camera waits for another and none can starve another.
     """
 
     def _init_core(self) -> None:
         declare_parameters(self)
         p = self._params = {name: self.get_parameter(name).value for name in PARAMETER_NAMES}
         validate(p)
+        self.streams = [CameraStream(name) for name in p['cameras']] or [CameraStream()]
         self.engine: DepthCLIP | None = None
-        self.pipeline: DepthPipeline | None = None
-        for name in OUTPUT_PUBLISHERS:
-            setattr(self, name, None)
-        self._masks: OrderedDict[int, object] = OrderedDict()  # stamp (ns) -> label image
-        self.objects_found: list = []  # the latest frame's ObjectResults
-        self._subscriptions_made: list = []
         self._next_head: HeadConfig | None = None  # accepted, applied by the worker
         self._head_mismatch: str | None = None  # prompts and bins waiting to agree
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._lock = threading.Condition()
-        self._slot = None  # (message, receive time) of the newest waiting frame
         self._running = False
         self._worker: threading.Thread | None = None
-        self.counts = {'received': 0, 'processed': 0, 'dropped': 0, 'rejected': 0,
-                       'skipped_no_subscribers': 0, 'failed': 0, 'objects_found': 0,
-                       'objects_skipped': 0}
-        self._latency_ms = deque(maxlen=STATS_WINDOW)
-        self._sigma_median_m = deque(maxlen=STATS_WINDOW)  # per frame, over the token grid
-        self._scene = None  # the SceneEstimate of the latest frame (scene-adaptive bins)
-        self._bins_m = None  # the canonical bins of the latest frame
-        self._stage_ms: dict[str, deque] = {}
-        self._rate_marks = {'received': (time.monotonic(), 0), 'processed': (time.monotonic(), 0)}
         self._throttle = Throttle(THROTTLE_S)
-        self._last_problem: str | None = None
-        self._last_received = 0.0  # monotonic times, for the stall check
-        self._last_output = time.monotonic()
         from diagnostic_msgs.msg import DiagnosticArray
         self.pub_diagnostics = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self.create_timer(1.0, self._publish_diagnostics)
 
+    # The only camera's state, under the names a single-camera node has always had.
+    pipeline = property(lambda self: self.streams[0].pipeline)
+    objects_found = property(lambda self: self.streams[0].objects_found)
+    _slot = property(lambda self: self.streams[0].slot)
+    _last_problem = property(lambda self: self.streams[0].last_problem)
+    _sigma_median_m = property(lambda self: self.streams[0].sigma_median_m)
+    # and pub_depth, pub_info, ... (OUTPUT_PUBLISHERS): set below the class
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Frame counts: the only camera's (live), or the sum over cameras (a copy)."""
+        if len(self.streams) == 1:
+            return self.streams[0].counts
+        return {key: sum(s.counts[key] for s in self.streams) for key in COUNTS}
+
     def _configure(self, create_publisher) -> None:
-        """The engine (not loaded), the pipeline and the output publishers."""
+        """The engine (not loaded), one pipeline and the output publishers per camera."""
         p = self._params
         validate(p)
         self.engine = DepthCLIP(
             ModelConfig(model=p['model'], pretrained=p['pretrained'], device=p['device'],
                         precision=p['precision'], feature_mode=p['feature_mode'],
-                        input_size=tuple(p['input_size'])),
+                        input_size=tuple(p['input_size']), cuda_graphs=p['cuda_graphs']),
             head_from_parameters(p))
         pub_qos = QoSProfile(depth=p['queue_depth'],
                              reliability=ReliabilityPolicy.RELIABLE
                              if p['publisher_qos'] == 'reliable'
                              else ReliabilityPolicy.BEST_EFFORT)
-        self.pub_depth = create_publisher(Image, 'depth/image', pub_qos)
-        self.pub_info = create_publisher(CameraInfo, 'depth/camera_info', pub_qos)
-        self.pub_points = create_publisher(PointCloud2, 'points', pub_qos)
-        self.pub_colormap = (create_publisher(Image, 'depth/colormap', pub_qos)
-                             if p['publish_colormap'] else None)
-        self.pub_uncertainty = create_publisher(Image, 'depth/uncertainty', pub_qos)
         from visualization_msgs.msg import MarkerArray
-        self.pub_markers = create_publisher(MarkerArray, 'objects/markers', pub_qos)
-        self.pub_object_points = create_publisher(PointCloud2, 'objects/points', pub_qos)
-        self.pub_labels = create_publisher(Image, 'objects/labels', pub_qos)
-        self.pub_labels_info = create_publisher(CameraInfo, 'objects/camera_info', pub_qos)
         detections = _detection_type()
-        self.pub_detections = (create_publisher(detections, 'objects/detections', pub_qos)
-                               if detections is not None else None)
-        image = self.resolve_topic_name('image')
-        self.pipeline = DepthPipeline(
-            self.engine, OutputSettings.from_parameters(p),
-            topics={'image': image, 'image/compressed': f'{image}/compressed',
-                    'camera_info': self.resolve_topic_name('camera_info'),
-                    'objects/masks': self.resolve_topic_name('objects/masks')},
-            warn=self._warn, objects=ObjectSettings.from_parameters(p))
+        for stream in self.streams:
+            def publish(kind, name, stream=stream):
+                return create_publisher(kind, stream.topic(name), pub_qos)
+            stream.pub_depth = publish(Image, 'depth/image')
+            stream.pub_info = publish(CameraInfo, 'depth/camera_info')
+            stream.pub_points = publish(PointCloud2, 'points')
+            stream.pub_colormap = (publish(Image, 'depth/colormap')
+                                   if p['publish_colormap'] else None)
+            stream.pub_uncertainty = publish(Image, 'depth/uncertainty')
+            stream.pub_markers = publish(MarkerArray, 'objects/markers')
+            stream.pub_object_points = publish(PointCloud2, 'objects/points')
+            stream.pub_labels = publish(Image, 'objects/labels')
+            stream.pub_labels_info = publish(CameraInfo, 'objects/camera_info')
+            stream.pub_detections = (publish(detections, 'objects/detections')
+                                     if detections is not None else None)
+            image = self.resolve_topic_name(stream.topic('image'))
+            stream.pipeline = DepthPipeline(
+                self.engine, OutputSettings.from_parameters(p),
+                topics={'image': image, 'image/compressed': f'{image}/compressed',
+                        'camera_info': self.resolve_topic_name(stream.topic('camera_info')),
+                        'objects/masks': self.resolve_topic_name(
+                            stream.topic('objects/masks'))},
+                warn=functools.partial(self._warn, stream=stream),
+                objects=ObjectSettings.from_parameters(p))
 
     def _load(self) -> None:
         """Read the weights and encode the prompts (may raise ``WeightsError``,
@@ -169,54 +179,65 @@ class DepthNodeCore:
         self.engine.load()
         if self.engine.random_weights:
             self.get_logger().warning(RANDOM_WEIGHTS_BANNER)
+        cameras = ', '.join(s.name for s in self.streams if s.name)
         self.get_logger().info(f'DepthCLIP {self.engine.config.model} '
                                f'({self.engine.config.pretrained}) on '
                                f'{self.engine.describe_device()}, '
                                f'{self.engine.config.feature_mode} mode, input '
-                               f'{self.engine.config.input_size}')
+                               f'{self.engine.config.input_size}'
+                               + (f'; cameras {cameras}' if cameras else ''))
 
     def _subscribe(self) -> None:
-        """``camera_info`` and the image transport chosen (image_transport's naming: the
-        compressed stream of image topic T is ``T/compressed``, so one remap moves both)."""
+        """Per camera, ``camera_info`` and the image transport chosen (image_transport's
+        naming: the compressed stream of image topic T is ``T/compressed``, so one remap
+        moves both), and ``objects/masks``."""
         p = self._params
         qos = (qos_profile_sensor_data if p['subscriber_qos'] == 'sensor_data'
                else QoSProfile(depth=p['queue_depth'], reliability=ReliabilityPolicy.RELIABLE))
         subscribe = self.create_subscription
-        made = [subscribe(CameraInfo, 'camera_info', self.pipeline.on_camera_info, qos)]
         if p['use_compressed']:
             self.get_logger().warning(
                 'use_compressed is deprecated: set image_transport to compressed (or raw); '
                 'use_compressed: true keeps subscribing to both streams')
-        if p['image_transport'] == 'raw' or p['use_compressed']:
-            made.append(subscribe(Image, 'image', self._on_image, qos))
-        if p['image_transport'] == 'compressed' or p['use_compressed']:
-            made.append(subscribe(CompressedImage, self.pipeline.topics['image/compressed'],
-                                  self._on_image, qos))
-        made.append(subscribe(Image, 'objects/masks', self._on_masks, qos))
-        self._subscriptions_made = made
+        for stream in self.streams:
+            on_image = functools.partial(self._on_image, stream)
+            made = [subscribe(CameraInfo, stream.topic('camera_info'),
+                              stream.pipeline.on_camera_info, qos)]
+            if p['image_transport'] == 'raw' or p['use_compressed']:
+                made.append(subscribe(Image, stream.topic('image'), on_image, qos))
+            if p['image_transport'] == 'compressed' or p['use_compressed']:
+                made.append(subscribe(CompressedImage,
+                                      stream.pipeline.topics['image/compressed'], on_image,
+                                      qos))
+            made.append(subscribe(Image, stream.topic('objects/masks'),
+                                  functools.partial(self._on_masks, stream), qos))
+            stream.subscriptions = made
 
     def _unsubscribe(self) -> None:
-        for subscription in self._subscriptions_made:
-            self.destroy_subscription(subscription)
-        self._subscriptions_made = []
+        for stream in self.streams:
+            for subscription in stream.subscriptions:
+                self.destroy_subscription(subscription)
+            stream.subscriptions = []
 
     def _start_worker(self) -> None:
         with self._lock:
             self._running = True
-            self._slot = None
-            self._masks.clear()
-        self._last_output = time.monotonic()
+            for stream in self.streams:
+                stream.slot = None
+                stream.masks.clear()
+                stream.last_output = time.monotonic()
         self._worker = threading.Thread(target=self._work, name='depthclip_inference',
                                         daemon=True)
         self._worker.start()
 
     def _stop_worker(self) -> None:
-        """Stop the worker and drop the waiting frame: a frame in progress may finish
+        """Stop the worker and drop the waiting frames: a batch in progress may finish
         within ``WORKER_JOIN_S``; one that takes longer (or a long prompt encoding) is
         abandoned, never waited for."""
         with self._lock:
             self._running = False
-            self._slot = None
+            for stream in self.streams:
+                stream.slot = None
             self._lock.notify_all()
         if self._worker is not None and self._worker.is_alive():
             self._worker.join(timeout=WORKER_JOIN_S)
@@ -224,9 +245,10 @@ class DepthNodeCore:
     def _release(self) -> None:
         """Forget the model (and its GPU memory)."""
         self.engine = None
-        if self.pipeline is not None:
-            self.pipeline.engine = None
-        self.pipeline = None
+        for stream in self.streams:
+            if stream.pipeline is not None:
+                stream.pipeline.engine = None
+            stream.pipeline = None
         import gc
         gc.collect()
         import torch
@@ -234,27 +256,28 @@ class DepthNodeCore:
             torch.cuda.empty_cache()
 
     # ------------------------------------------------------------------ callbacks
-    def _on_image(self, msg) -> None:
+    def _on_image(self, stream: CameraStream, msg) -> None:
         with self._lock:
-            self.counts['received'] += 1
-            self._last_received = time.monotonic()
-            if self._slot is not None:
-                self.counts['dropped'] += 1
-            self._slot = (msg, time.monotonic())
+            stream.counts['received'] += 1
+            stream.last_received = time.monotonic()
+            if stream.slot is not None:
+                stream.counts['dropped'] += 1
+            stream.slot = (msg, time.monotonic())
             self._lock.notify()
 
-    def _on_masks(self, msg: Image) -> None:
+    def _on_masks(self, stream: CameraStream, msg: Image) -> None:
         """A label image for the object step: decoded and kept (bounded) by stamp."""
-        topic = self.pipeline.topics['objects/masks'] if self.pipeline else 'objects/masks'
+        topic = (stream.pipeline.topics['objects/masks'] if stream.pipeline
+                 else stream.topic('objects/masks'))
         try:
             labels = labels_from_image(msg, self._params['max_input_pixels'])
         except ImageFormatError as error:
-            self._problem('error', f'bad label image on {topic}: {error}; ignored')
+            self._problem(stream, 'error', f'bad label image on {topic}: {error}; ignored')
             return
         with self._lock:
-            self._masks[_stamp_ns(msg.header)] = labels
-            while len(self._masks) > MASKS_KEPT:
-                self._masks.popitem(last=False)
+            stream.masks[_stamp_ns(msg.header)] = labels
+            while len(stream.masks) > MASKS_KEPT:
+                stream.masks.popitem(last=False)
             self._lock.notify_all()
 
     def _on_set_parameters(self, parameters):
@@ -267,8 +290,10 @@ class DepthNodeCore:
         """
         from rcl_interfaces.msg import SetParametersResult
         proposed = dict(self._params)
-        proposed.update({param.name: param.value for param in parameters})
+        changes = {param.name: param.value for param in parameters}
+        proposed.update(changes)
         try:
+            check_read_only(self._params, changes)
             validate(proposed)
             settings = OutputSettings.from_parameters(proposed)
             objects = ObjectSettings.from_parameters(proposed)
@@ -277,9 +302,10 @@ class DepthNodeCore:
         except (ValueError, TypeError) as error:
             return SetParametersResult(successful=False, reason=str(error))
         self._params = proposed
-        if self.pipeline is not None:
-            self.pipeline.settings = settings
-            self.pipeline.objects = objects
+        for stream in self.streams:
+            if stream.pipeline is not None:
+                stream.pipeline.settings = settings
+                stream.pipeline.objects = objects
         if any(param.name in HEAD_PARAMETERS for param in parameters):
             with self._lock:
                 self._head_mismatch = mismatch
@@ -306,7 +332,7 @@ class DepthNodeCore:
             {**alone, 'depth_bins_m': [float(i + 1) for i in range(len(prompts))]}))
         head_from_parameters({**alone, 'distance_prompts': [f'bin {i}' for i in
                                                             range(len(bins))]})
-        HeadConfig(scene_prompt_template=values['scene_prompt_template']).scene_prompts()
+        check_scene_template(values['scene_prompt_template'])
         return None, (f'{mismatch}: still running on the last consistent configuration; the '
                       f'new one applies as soon as the counts agree')
 
@@ -322,133 +348,189 @@ class DepthNodeCore:
 
     # ------------------------------------------------------------------ worker
     def _work(self) -> None:
-        """Frames and head changes, one at a time; nothing that happens in here can end the
-        loop but :meth:`stop`."""
+        """Batches of frames and head changes, one at a time; nothing that happens in here
+        can end the loop but :meth:`stop`."""
         while True:
             with self._lock:
-                while self._running and self._slot is None and self._next_head is None:
+                while (self._running and self._next_head is None
+                       and all(s.slot is None for s in self.streams)):
                     self._lock.wait()
                 if not self._running:
                     return
-                slot, self._slot = self._slot, None
+                batch = [(s, *s.slot) for s in self.streams if s.slot is not None]
+                for stream in self.streams:
+                    stream.slot = None
                 head, self._next_head = self._next_head, None
             try:
                 if head is not None:
                     self._apply_head(head)
-                if slot is not None:
-                    self._process(*slot)
-            except Exception as error:  # noqa: BLE001 - one bad frame must not kill the node
-                self.counts['failed'] += 1
-                self._problem('error', f'inference failed, frame dropped: '
-                                       f'{type(error).__name__}: {error}')
+                if batch:
+                    self._process_batch(batch)
+            except Exception as error:  # noqa: BLE001 - one bad batch must not kill the node
+                for stream, _, _ in batch:
+                    stream.counts['failed'] += 1
+                    self._problem(stream, 'error', f'inference failed, frame dropped: '
+                                                   f'{type(error).__name__}: {error}')
 
     def _apply_head(self, head: HeadConfig) -> None:
         try:
             self.engine.set_head(head)
         except Exception as error:  # noqa: BLE001 - the previous head stays in use
-            self.counts['failed'] += 1
-            self._problem('error', f'could not apply the new prompts/bins, keeping the '
-                                   f'previous ones: {type(error).__name__}: {error}')
+            stream = self.streams[0]
+            stream.counts['failed'] += 1
+            self._problem(stream, 'error', f'could not apply the new prompts/bins, keeping '
+                                           f'the previous ones: {type(error).__name__}: '
+                                           f'{error}')
 
     def _process(self, msg, received: float) -> None:
-        queries = bool(self.pipeline.objects.queries)
-        want = Wanted(
-            depth=_subscribed(self.pub_depth),
-            camera_info=_subscribed(self.pub_info),
-            points=_subscribed(self.pub_points),
-            colormap=_subscribed(self.pub_colormap),
-            uncertainty=_subscribed(self.pub_uncertainty),
-            markers=queries and _subscribed(self.pub_markers),
-            object_points=queries and _subscribed(self.pub_object_points),
-            labels=queries and (_subscribed(self.pub_labels)
-                                or _subscribed(self.pub_labels_info)),
-            detections=queries and _subscribed(self.pub_detections))
-        if not want.any():
-            self.counts['skipped_no_subscribers'] += 1
-            self._last_output = time.monotonic()
+        """One frame of the only (first) camera, as the worker would run it."""
+        self._process_batch([(self.streams[0], msg, received)])
+
+    def _process_batch(self, batch: list[tuple[CameraStream, object, float]]) -> None:
+        """Every camera's waiting frame: prepared per camera, one forward for all, then
+        each camera's outputs. A frame rejected or failing affects its own camera only."""
+        jobs = []  # (stream, job, received, timer)
+        for stream, msg, received in batch:
+            want = self._wanted(stream)
+            if not want.any():
+                stream.counts['skipped_no_subscribers'] += 1
+                stream.last_output = time.monotonic()
+                continue
+            timer = StageTimer()
+            try:
+                job = stream.pipeline.prepare(msg, want, timer)
+            except FrameRejected as error:
+                stream.counts['rejected'] += 1
+                self._problem(stream, 'error', f'{error}; frame dropped')
+                continue
+            except Exception as error:  # noqa: BLE001 - this camera's frame only
+                stream.counts['failed'] += 1
+                self._problem(stream, 'error', f'frame dropped: {type(error).__name__}: '
+                                               f'{error}')
+                continue
+            jobs.append((stream, job, received, timer))
+        if not jobs:
             return
-        timer = StageTimer()
+        network = StageTimer()
         try:
-            out = self.pipeline.process(msg, want, timer)
-        except FrameRejected as error:
-            self.counts['rejected'] += 1
-            self._problem('error', f'{error}; frame dropped')
-            return
+            predictions = self.engine.infer_frames([job.frame for _, job, _, _ in jobs],
+                                                   network)
+        except Exception as error:  # noqa: BLE001 - retried frame by frame below
+            predictions, batch_error = None, error
+        for index, (stream, job, received, timer) in enumerate(jobs):
+            try:
+                if predictions is None and len(jobs) == 1:
+                    raise batch_error
+                if predictions is None:  # find the failing camera: each frame alone
+                    [prediction] = self.engine.infer_frames([job.frame], timer)
+                else:
+                    prediction = predictions[index]
+                    for name, values in network.samples.items():  # shared by the batch
+                        timer.samples.setdefault(name, []).extend(values)
+                out = stream.pipeline.finish(job, prediction, timer)
+            except Exception as error:  # noqa: BLE001 - this camera's frame only
+                stream.counts['failed'] += 1
+                self._problem(stream, 'error', f'inference failed, frame dropped: '
+                                               f'{type(error).__name__}: {error}')
+                continue
+            self._publish(stream, out, received, timer)
+        if predictions is None and len(jobs) > 1:
+            self._log('warning', f'a batch of {len(jobs)} frames failed '
+                                 f'({type(batch_error).__name__}: {batch_error}); its frames '
+                                 f'were run one by one')
+
+    def _wanted(self, stream: CameraStream) -> Wanted:
+        queries = bool(stream.pipeline.objects.queries)
+        return Wanted(
+            depth=_subscribed(stream.pub_depth),
+            camera_info=_subscribed(stream.pub_info),
+            points=_subscribed(stream.pub_points),
+            colormap=_subscribed(stream.pub_colormap),
+            uncertainty=_subscribed(stream.pub_uncertainty),
+            markers=queries and _subscribed(stream.pub_markers),
+            object_points=queries and _subscribed(stream.pub_object_points),
+            labels=queries and (_subscribed(stream.pub_labels)
+                                or _subscribed(stream.pub_labels_info)),
+            detections=queries and _subscribed(stream.pub_detections))
+
+    def _publish(self, stream: CameraStream, out, received: float, timer: StageTimer) -> None:
         with timer.stage('publish'):
-            for publisher, message in ((self.pub_depth, out.depth),
-                                       (self.pub_info, out.camera_info),
-                                       (self.pub_colormap, out.colormap),
-                                       (self.pub_uncertainty, out.uncertainty),
-                                       (self.pub_points, out.points)):
+            for publisher, message in ((stream.pub_depth, out.depth),
+                                       (stream.pub_info, out.camera_info),
+                                       (stream.pub_colormap, out.colormap),
+                                       (stream.pub_uncertainty, out.uncertainty),
+                                       (stream.pub_points, out.points)):
                 if message is not None:
                     publisher.publish(message)
-        self.counts['processed'] += 1
-        self._sigma_median_m.append(out.sigma_median_m)
-        self._scene, self._bins_m = out.scene, out.bins_m
-        self._last_output = time.monotonic()
-        self._latency_ms.append((self._last_output - received) * 1e3)
+        stream.counts['processed'] += 1
+        stream.sigma_median_m.append(out.sigma_median_m)
+        stream.scene, stream.bins_m = out.scene, out.bins_m
+        stream.last_output = time.monotonic()
+        stream.latency_ms.append((stream.last_output - received) * 1e3)
         if out.frame is not None:
-            self._find_objects(out.frame, want, timer)
-        for name, values in timer.samples.items():
-            self._stage_ms.setdefault(name, deque(maxlen=STATS_WINDOW)).append(sum(values))
+            self._find_objects(stream, out.frame, self._wanted(stream), timer)
+        stream.record(timer.samples)
 
-    def _find_objects(self, frame, want: Wanted, timer: StageTimer) -> None:
+    def _find_objects(self, stream: CameraStream, frame, want: Wanted,
+                      timer: StageTimer) -> None:
         """The object step of a frame whose depth is already out: candidates (built in, or
         the label image of the same stamp, waited for up to ``object_masks_wait_s``), then
         the object outputs. A problem here skips the frame's objects, never its depth."""
-        objects = self.pipeline.objects
+        objects = stream.pipeline.objects
         labels = None
         if objects.proposals == 'topic':
-            labels = self._masks_for(frame.header, objects.masks_wait_s)
+            labels = self._masks_for(stream, frame.header, objects.masks_wait_s)
             if labels is None:
                 return
         try:
-            out = self.pipeline.find(frame, want, labels, timer)
+            out = stream.pipeline.find(frame, want, labels, timer)
         except (FrameRejected, ValueError) as error:
-            self.counts['objects_skipped'] += 1
-            self._problem('error', f'objects: {error}')
+            stream.counts['objects_skipped'] += 1
+            self._problem(stream, 'error', f'objects: {error}')
             return
         with timer.stage('publish objects'):
-            for publisher, message in ((self.pub_markers, out.markers),
-                                       (self.pub_object_points, out.object_points),
-                                       (self.pub_labels, out.labels),
-                                       (self.pub_labels_info, out.labels_info),
-                                       (self.pub_detections, out.detections)):
+            for publisher, message in ((stream.pub_markers, out.markers),
+                                       (stream.pub_object_points, out.object_points),
+                                       (stream.pub_labels, out.labels),
+                                       (stream.pub_labels_info, out.labels_info),
+                                       (stream.pub_detections, out.detections)):
                 if message is not None and publisher is not None:
                     publisher.publish(message)
-        self.objects_found = out.objects
-        self.counts['objects_found'] += 1
+        stream.objects_found = out.objects
+        stream.counts['objects_found'] += 1
 
-    def _masks_for(self, header, wait_s: float):
+    def _masks_for(self, stream: CameraStream, header, wait_s: float):
         """The label image stamped like ``header``, waiting up to ``wait_s`` for it (it
         usually comes from a segmenter fed the same image); ``None`` (warned) if none."""
         stamp = _stamp_ns(header)
         deadline = time.monotonic() + wait_s
         with self._lock:
             while self._running:
-                if stamp in self._masks:
-                    return self._masks.pop(stamp)
+                if stamp in stream.masks:
+                    return stream.masks.pop(stamp)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 self._lock.wait(remaining)
-            newest = (f'{max(self._masks) * 1e-9:.3f} s' if self._masks else 'none yet')
-        self.counts['objects_skipped'] += 1
-        self._problem('warning', f'no label image on {self.pipeline.topics["objects/masks"]} '
-                                 f'stamped {stamp * 1e-9:.3f} s within {wait_s:g} s (newest: '
-                                 f'{newest}); objects skipped for this frame')
+            newest = (f'{max(stream.masks) * 1e-9:.3f} s' if stream.masks else 'none yet')
+        stream.counts['objects_skipped'] += 1
+        self._problem(stream, 'warning',
+                      f'no label image on {stream.pipeline.topics["objects/masks"]} stamped '
+                      f'{stamp * 1e-9:.3f} s within {wait_s:g} s (newest: {newest}); '
+                      f'objects skipped for this frame')
         return None
 
-    def _warn(self, text: str) -> None:
-        self._log('warning', text)
+    def _warn(self, text: str, stream: CameraStream | None = None) -> None:
+        self._log('warning', f'{stream.label if stream else ""}{text}')
 
-    def _problem(self, level: str, text: str) -> None:
-        """A frame-level problem: remembered for /diagnostics and logged (throttled);
-        silent once the node is stopping (a frame abandoned at shutdown is no error)."""
+    def _problem(self, stream: CameraStream, level: str, text: str) -> None:
+        """A frame-level problem of ``stream``: remembered for /diagnostics and logged
+        (throttled); silent once the node is stopping (a frame abandoned at shutdown is
+        no error)."""
         if not self._running:
             return
-        self._last_problem = text
-        self._log(level, text)
+        stream.last_problem = text
+        self._log(level, f'{stream.label}{text}')
 
     def _log(self, level: str, text: str) -> None:
         """Log ``text`` at most once per THROTTLE_S for each kind of problem (rclpy's own
@@ -461,103 +543,122 @@ class DepthNodeCore:
             self.get_logger().warning(text)
 
     # ------------------------------------------------------------------ diagnostics
-    def _rate(self, key: str) -> float:
-        now = time.monotonic()
-        then, count_then = self._rate_marks[key]
-        count = self.counts[key]
-        self._rate_marks[key] = (now, count)
-        return (count - count_then) / max(now - then, 1e-6)
-
-    def _health(self) -> tuple[bytes, str]:
-        """The diagnostic level and message: ERROR when frames arrive but nothing has been
-        published for ``STALL_S`` (or three frame times, if longer), naming the reason."""
+    def _health(self, stream: CameraStream) -> tuple[bytes, str]:
+        """The diagnostic level and message of a camera: ERROR when frames arrive but
+        nothing has been published for ``STALL_S`` (or three frame times, if longer),
+        naming the reason."""
         from diagnostic_msgs.msg import DiagnosticStatus
         now = time.monotonic()
-        typical = statistics.median(self._latency_ms) / 1e3 if self._latency_ms else 0.0
+        typical = statistics.median(stream.latency_ms) / 1e3 if stream.latency_ms else 0.0
         limit = max(STALL_S, 3 * typical)
-        if now - self._last_received < limit and now - self._last_output > limit:
+        if now - stream.last_received < limit and now - stream.last_output > limit:
             return DiagnosticStatus.ERROR, (
-                f'no output for {now - self._last_output:.0f} s while frames arrive: '
-                f'{self._last_problem or "no frame finished (still processing?)"}')
+                f'no output for {now - stream.last_output:.0f} s while frames arrive: '
+                f'{stream.last_problem or "no frame finished (still processing?)"}')
         if self._head_mismatch:
             return DiagnosticStatus.WARN, self._head_mismatch
         if self.engine is None:
             return DiagnosticStatus.OK, 'not configured'
         if self.engine.random_weights:
             return DiagnosticStatus.WARN, 'random weights: not depth'
-        if self.counts['failed'] or self.counts['rejected']:
+        if stream.counts['failed'] or stream.counts['rejected']:
             return DiagnosticStatus.WARN, 'frames rejected or failed'
         return DiagnosticStatus.OK, 'running'
 
     def _publish_diagnostics(self) -> None:
+        """``<node>: depth`` (the model, and the camera's figures when there is one), with
+        ``cameras`` one ``<node>: camera <name>`` per camera; ``<node>: objects`` (per
+        camera: ``objects <name>``) while queries are set."""
         from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-        status = DiagnosticStatus()
-        status.name = f'{self.get_fully_qualified_name()}: depth'
+        node = self.get_fully_qualified_name()
         engine = self.engine
         device = engine.describe_device() if engine is not None else 'not configured'
-        status.hardware_id = device
-        values = {
-            'input rate (Hz)': f'{self._rate("received"):.2f}',
-            'output rate (Hz)': f'{self._rate("processed"):.2f}',
-            'device': device,
-        }
+        values = {'device': device}
         if engine is not None:
             values.update({
                 'model': f'{engine.config.model} ({engine.config.pretrained})',
                 'feature mode': engine.config.feature_mode,
                 'random weights': str(engine.random_weights),
             })
-        values.update({f'frames {k}': str(v) for k, v in self.counts.items()})
-        if self._latency_ms:
-            values['latency end-to-end median (ms)'] = \
-                f'{statistics.median(self._latency_ms):.1f}'
-        if self._sigma_median_m:
-            values['depth uncertainty median (m)'] = \
-                f'{statistics.median(self._sigma_median_m):.3f}'
-        values.update(self._bins_values())
-        for name, samples in self._stage_ms.items():
-            values[f'stage {name} median (ms)'] = f'{statistics.median(samples):.2f}'
-        if self._last_problem:
-            values['last problem'] = self._last_problem
         if self._head_mismatch:
             values['pending configuration'] = self._head_mismatch
+        values.update(self._bins_mode_values())
+        status = DiagnosticStatus(name=f'{node}: depth', hardware_id=device)
+        statuses = [status]
+        if len(self.streams) == 1 and not self.streams[0].name:
+            stream = self.streams[0]
+            values = {**self._stream_values(stream), **values}
+            status.level, status.message = self._health(stream)
+        else:
+            values['cameras'] = ', '.join(s.name for s in self.streams)
+            levels = []
+            for stream in self.streams:
+                camera = DiagnosticStatus(name=f'{node}: camera {stream.name}',
+                                          hardware_id=device)
+                camera.values = [KeyValue(key=k, value=v)
+                                 for k, v in self._stream_values(stream).items()]
+                camera.level, camera.message = self._health(stream)
+                levels.append(camera.level)
+                statuses.append(camera)
+            status.level = max(levels)
+            status.message = ('every camera running' if status.level == DiagnosticStatus.OK
+                              else 'see the cameras')
+            if engine is not None and engine.random_weights:
+                status.level = max(status.level, DiagnosticStatus.WARN)
+                status.message = 'random weights: not depth'
         status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
-        status.level, status.message = self._health()
+        for stream in self.streams:
+            objects = self._objects_status(stream)
+            if objects is not None:
+                statuses.append(objects)
         array = DiagnosticArray()
         array.header.stamp = self.get_clock().now().to_msg()
-        array.status = [status]
-        objects = self._objects_status()
-        if objects is not None:
-            array.status.append(objects)
+        array.status = statuses
         self.pub_diagnostics.publish(array)
 
-    def _bins_values(self) -> dict[str, str]:
-        """The bins in use, and with scene-adaptive bins the latest scene and its
-        probabilities."""
-        head = self.engine.head if self.engine is not None else None
-        values = {'bins mode': head.bins_mode if head else self._params['bins_mode']}
-        if self._bins_m is not None:
-            values['bins (m, canonical)'] = ' '.join(f'{b:.3f}' for b in self._bins_m)
-        if self._scene is not None:
-            values['scene'] = self._scene.chosen
+    def _stream_values(self, stream: CameraStream) -> dict[str, str]:
+        values = {'input rate (Hz)': f'{stream.rate("received"):.2f}',
+                  'output rate (Hz)': f'{stream.rate("processed"):.2f}'}
+        values.update({f'frames {k}': str(v) for k, v in stream.counts.items()})
+        if stream.latency_ms:
+            values['latency end-to-end median (ms)'] = \
+                f'{statistics.median(stream.latency_ms):.1f}'
+        for name, samples in stream.stage_ms.items():
+            values[f'stage {name} median (ms)'] = f'{statistics.median(samples):.2f}'
+        if stream.sigma_median_m:
+            values['depth uncertainty median (m)'] = \
+                f'{statistics.median(stream.sigma_median_m):.3f}'
+        if stream.bins_m is not None:
+            values['bins (m, canonical)'] = ' '.join(f'{b:.3f}' for b in stream.bins_m)
+        if stream.scene is not None:
+            values['scene'] = stream.scene.chosen
             values['scene probabilities'] = ', '.join(
-                f'{name} {p:.3f}' for name, p in self._scene.as_dict().items())
+                f'{name} {p:.3f}' for name, p in stream.scene.as_dict().items())
+        if stream.last_problem:
+            values['last problem'] = stream.last_problem
         return values
 
-    def _objects_status(self):
-        """A second status, ``<node>: objects``, while queries are set: per query its score,
-        the margin to the runner-up and the position in the optical frame."""
+    def _bins_mode_values(self) -> dict[str, str]:
+        head = self.engine.head if self.engine is not None else None
+        return {'bins mode': head.bins_mode if head else self._params['bins_mode']}
+
+    def _objects_status(self, stream: CameraStream | None = None):
+        """A status ``<node>: objects`` (``objects <camera>`` with several) while queries
+        are set: per query its score, the margin to the runner-up and the position in the
+        optical frame."""
         from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
-        if self.pipeline is None or not self.pipeline.objects.queries:
+        stream = stream or self.streams[0]
+        if stream.pipeline is None or not stream.pipeline.objects.queries:
             return None
         status = DiagnosticStatus()
-        status.name = f'{self.get_fully_qualified_name()}: objects'
+        suffix = f' {stream.name}' if stream.name else ''
+        status.name = f'{self.get_fully_qualified_name()}: objects{suffix}'
         status.hardware_id = self.engine.describe_device() if self.engine else ''
-        values = {'queries': str(len(self.pipeline.objects.queries)),
-                  'proposals': self.pipeline.objects.proposals,
-                  'frames with objects': str(self.counts['objects_found']),
-                  'frames without objects': str(self.counts['objects_skipped'])}
-        for result in self.objects_found:
+        values = {'queries': str(len(stream.pipeline.objects.queries)),
+                  'proposals': stream.pipeline.objects.proposals,
+                  'frames with objects': str(stream.counts['objects_found']),
+                  'frames without objects': str(stream.counts['objects_skipped'])}
+        for result in stream.objects_found:
             prefix = f'query {result.index} "{result.query}"'
             values[f'{prefix} score'] = f'{result.score:.2f}'
             values[f'{prefix} margin'] = ('n/a' if result.margin is None
@@ -569,8 +670,13 @@ class DepthNodeCore:
         random = self.engine is not None and self.engine.random_weights
         status.level = DiagnosticStatus.WARN if random else DiagnosticStatus.OK
         status.message = ('random weights: objects are meaningless' if random
-                          else f'{len(self.objects_found)} objects located')
+                          else f'{len(stream.objects_found)} objects located')
         return status
+
+
+for _name in OUTPUT_PUBLISHERS:
+    setattr(DepthNodeCore, _name,
+            property(lambda self, _name=_name: getattr(self.streams[0], _name)))
 
 
 class DepthNode(DepthNodeCore, Node):
@@ -642,11 +748,12 @@ class DepthLifecycleNode(DepthNodeCore, LifecycleNode):
         self._stop_worker()
 
     def _destroy_outputs(self) -> None:
-        for name in OUTPUT_PUBLISHERS:
-            publisher = getattr(self, name)
-            if publisher is not None:
-                self.destroy_lifecycle_publisher(publisher)
-                setattr(self, name, None)
+        for stream in self.streams:
+            for name in OUTPUT_PUBLISHERS:
+                publisher = getattr(stream, name)
+                if publisher is not None:
+                    self.destroy_lifecycle_publisher(publisher)
+                    setattr(stream, name, None)
 
 
 def _subscribed(publisher) -> bool:
@@ -707,6 +814,8 @@ DepthCLIP metric depth for a ROS 2 camera.
               object_queries: objects/markers (MarkerArray), objects/points,
               objects/labels (mono16) + objects/camera_info,
               objects/detections (with vision_msgs)
+
+  several cameras: -p "cameras:=[front, left]" (topics front/image, front/depth/image, ...)
 
   e.g. depth_node --ros-args --params-file config/depthclip.yaml \\
            -p pretrained:=none -r image:=/camera/color/image_raw \\

@@ -129,6 +129,10 @@ PARAMETERS: tuple[Param, ...] = (
           int_range=(1, 64)),
     Param('object_masks_wait_s', 0.2, 'with object_proposals topic: how long to wait for '
           "the frame's label image after its depth is published", float_range=(0.0, 2.0)),
+    Param('cameras', [], 'camera namespaces served by this node, one batched forward for '
+          'all (e.g. [front, left]): topics <camera>/image, <camera>/camera_info, outputs '
+          'under <camera>/; empty = one camera on the relative topics (read-only: fixed at '
+          'start)', read_only=True, items=str),
     Param('subscriber_qos', 'sensor_data', 'sensor_data (best effort) or reliable',
           read_only=True, choices=('sensor_data', 'reliable')),
     Param('publisher_qos', 'reliable', 'reliable or best_effort', read_only=True,
@@ -167,6 +171,8 @@ def declare_parameters(node) -> None:
 
     rclpy cannot infer a type from an empty list (it would declare a byte array), so an
     empty list is declared with its element type and then set to ``[]`` unless overridden.
+    rclpy cannot set a read-only parameter after declaring it, so such a list is declared
+    writable and the node refuses every change to it (:func:`check_read_only`).
     """
     from rclpy.parameter import Parameter
     for param in PARAMETERS:
@@ -175,11 +181,27 @@ def declare_parameters(node) -> None:
             continue
         kind = {str: Parameter.Type.STRING_ARRAY, float: Parameter.Type.DOUBLE_ARRAY,
                 int: Parameter.Type.INTEGER_ARRAY}[param.items]
-        node.declare_parameter(param.name, kind, descriptor(param))
+        described = descriptor(param)
+        described.read_only = False
+        node.declare_parameter(param.name, kind, described)
         try:
             node.get_parameter(param.name)
         except Exception:  # noqa: BLE001 - rclpy's ParameterUninitializedException
             node.set_parameters([Parameter(param.name, kind, list(param.default))])
+
+
+def check_read_only(current: dict, changes: dict) -> None:
+    """Raise ``ValueError`` when ``changes`` alters a read-only parameter (rclpy refuses
+    most of them itself; not those declared writable by :func:`declare_parameters`)."""
+    for name, value in changes.items():
+        param = _BY_NAME.get(name)
+        if param is None or not param.read_only:
+            continue
+        old = current[name]
+        same = (list(value) == list(old) if isinstance(old, (list, tuple))
+                else value == old)
+        if not same:
+            raise ValueError(f'{name} is read-only: it is fixed when the node starts')
 
 
 def validate(values: dict) -> None:
@@ -242,6 +264,9 @@ def _check_one(param: Param, value) -> None:
                                    any(not math.isfinite(b) or b <= 0 for b in value)):
         raise ValueError(f'scene_bins_m must be finite bins > 0, at most '
                          f'{MAX_SCENES * MAX_BINS} values, got {list(value)!r}')
+    if name == 'cameras':
+        from .streams import check_camera_names
+        check_camera_names(value)
     if name == 'output_size':
         size = list(value)
         if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool)

@@ -29,7 +29,7 @@ from .messages import (
     rgb_image,
     uncertainty_image,
 )
-from .model import DepthCLIP
+from .model import DepthCLIP, FrameIn, Prediction
 from .object_messages import detections_3d, labels_image, object_cloud, object_markers
 from .objects import ObjectResult
 from .parameters import PARAMETERS, validate
@@ -161,6 +161,19 @@ class Outputs:
     objects: list[ObjectResult] = field(default_factory=list)
 
 
+@dataclass
+class Job:
+    """A prepared frame (:meth:`DepthPipeline.prepare`): the engine's input and what
+    :meth:`DepthPipeline.finish` needs besides the prediction."""
+
+    header: object
+    frame: FrameIn  # image, intrinsics, output size, uncertainty, bins
+    template: CameraInfo | None  # the CameraInfo the intrinsics came from
+    want: Wanted
+    scene: SceneEstimate | None
+    bins_m: tuple[float, ...]  # the canonical bins this frame uses
+
+
 class FrameRejected(ValueError):
     """The frame cannot be processed (bad image, no usable CameraInfo); the message names
     the problem and the topic."""
@@ -213,7 +226,19 @@ class DepthPipeline:
 
     def process(self, msg: Image | CompressedImage, want: Wanted = Wanted(),
                 timer: StageTimer | None = None) -> Outputs:
-        """The output messages for one image; raises :class:`FrameRejected`."""
+        """The output messages for one image; raises :class:`FrameRejected`.
+
+        :meth:`prepare`, the engine's pass, :meth:`finish`: the node runs the three steps
+        itself to batch several cameras' frames into one pass."""
+        job = self.prepare(msg, want, timer)
+        [prediction] = self.engine.infer_frames([job.frame], timer)
+        return self.finish(job, prediction, timer)
+
+    def prepare(self, msg: Image | CompressedImage, want: Wanted = Wanted(),
+                timer: StageTimer | None = None) -> Job:
+        """Decode the image and find its intrinsics, output size and bins (the scene
+        classified when due): what the engine needs for this frame. Raises
+        :class:`FrameRejected`."""
         s = self.settings
         stage = stage_or_nothing(timer)
         compressed = isinstance(msg, CompressedImage)
@@ -231,21 +256,28 @@ class DepthPipeline:
         except CameraInfoError as error:
             raise FrameRejected(f'{self.topics["camera_info"]}: {error}') from None
         out_size = (height, width) if s.output_size[0] <= 0 else tuple(s.output_size)
-        out_camera = camera if out_size == (height, width) else camera.resized(*out_size)
-
-        objects = want.objects() and bool(self.objects.queries)
         head = self.engine.head
         scene = bins = None
         if head.bins_mode != 'fixed':
             scene = self._scene_of(rgb, head, timer)
             bins = mix_bins(scene, head.scene_bin_sets, head.bins_mode)
         sigma_filter = want.points and s.max_uncertainty_m > 0
-        prediction = self.engine.infer(rgb, camera, out_size, timer, bins_m=bins,
-                                       uncertainty=want.uncertainty or sigma_filter)
+        frame = FrameIn(rgb, camera, out_size, want.uncertainty or sigma_filter, bins)
+        return Job(msg.header, frame, template, want, scene, bins or head.depth_bins_m)
+
+    def finish(self, job: Job, prediction: Prediction,
+               timer: StageTimer | None = None) -> Outputs:
+        """The output messages of a prepared frame from the engine's prediction of it."""
+        s, want, header = self.settings, job.want, job.header
+        stage = stage_or_nothing(timer)
+        rgb, camera, out_size = job.frame.rgb, job.frame.intrinsics, job.frame.output_size
+        height, width = rgb.shape[:2]
+        out_camera = camera if out_size == (height, width) else camera.resized(*out_size)
+        objects = want.objects() and bool(self.objects.queries)
+        sigma_filter = want.points and s.max_uncertainty_m > 0
         depth, sigma, tokens = prediction.depth, prediction.sigma, prediction.tokens
-        header = msg.header
-        out = Outputs(sigma_median_m=prediction.sigma_median_m, scene=scene,
-                      bins_m=bins or head.depth_bins_m)
+        out = Outputs(sigma_median_m=prediction.sigma_median_m, scene=job.scene,
+                      bins_m=tuple(job.bins_m))
         out_rgb = None
         if objects or (want.points and s.cloud_rgb):
             out_rgb = rgb if out_size == (height, width) else _resize_rgb(rgb, out_size)
@@ -254,7 +286,7 @@ class DepthPipeline:
                 out.depth = depth_image(depth, header)
             info = None
             if want.depth or want.camera_info or objects:
-                info = camera_info_for(out_camera, header, template)
+                info = camera_info_for(out_camera, header, job.template)
             if want.depth or want.camera_info:
                 out.camera_info = info
             if want.colormap:

@@ -343,7 +343,7 @@ def test_interrupting_leaves_a_readable_bag_with_whole_frames(tmp_path, sig):
 
 def test_an_inference_failure_skips_that_frame_only(small, tmp_path, monkeypatch):
     source = write_bag(tmp_path / 'in', stream(frames(3)))
-    predict = small.infer
+    predict = small.infer_frames
     calls = []
 
     def fail_second(*args, **kwargs):
@@ -352,7 +352,7 @@ def test_an_inference_failure_skips_that_frame_only(small, tmp_path, monkeypatch
             raise RuntimeError('CUDA out of memory (simulated)')
         return predict(*args, **kwargs)
 
-    monkeypatch.setattr(small, 'infer', fail_second)
+    monkeypatch.setattr(small, 'infer_frames', fail_second)
     problems = []
     report = process_bag(source, tmp_path / 'out', DepthPipeline(small),
                          on_problem=problems.append)

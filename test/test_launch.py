@@ -156,3 +156,29 @@ def test_with_real_launch_the_description_evaluates():
     description = source.get_launch_description(launch.LaunchContext())
     names = {a.name for a in description.get_launch_arguments()}
     assert set(START_TIME_ARGUMENTS) <= names
+
+
+def test_the_cameras_example_starts_one_node_over_three_cameras(monkeypatch):
+    import yaml
+    entities = load(LAUNCH / 'cameras.launch.py', monkeypatch)
+    arguments = declared(entities)
+    assert set(START_TIME_ARGUMENTS) <= set(arguments)
+    assert arguments['cameras_file']['default_value'].endswith('cameras_example.yaml')
+    node = node_of(entities, Context(pretrained='none', device='cpu', input_size='[64, 96]'))
+    assert node.kwargs['executable'] == 'depth_node'
+    files = node.kwargs['parameters'][:2]
+    assert [type(f).__name__ for f in files] == ['Configuration', 'Configuration']
+    assert [f.args[0] for f in files] == ['params_file', 'cameras_file']
+    config = LAUNCH.parent / 'config' / 'cameras_example.yaml'
+    values = yaml.safe_load(config.read_text())['/**']['ros__parameters']
+    passed = {**values, **node.kwargs['parameters'][-1]}
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    try:
+        depth = DepthNode(context=context, parameter_overrides=[
+            Parameter(name, value=value) for name, value in passed.items()])
+        assert [s.name for s in depth.streams] == ['front', 'left', 'right']
+        assert depth.streams[2].pub_points.topic_name == '/right/points'
+        depth.destroy_node()
+    finally:
+        rclpy.try_shutdown(context=context)

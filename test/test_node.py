@@ -114,15 +114,15 @@ def harness(ros):
 
 
 def wrap_predict(monkeypatch, engine, before):
-    """Make the engine's inference (``infer``, which the pipeline calls) call
+    """Make the engine's inference (``infer_frames``, which the pipeline and the node call) call
     ``before()`` first (to slow it down or make it fail)."""
-    real_predict = engine.infer
+    real_predict = engine.infer_frames
 
     def predict(*args, **kwargs):
         before()
         return real_predict(*args, **kwargs)
 
-    monkeypatch.setattr(engine, 'infer', predict)
+    monkeypatch.setattr(engine, 'infer_frames', predict)
 
 
 def test_outputs_match_the_input_and_each_other(harness):

@@ -93,11 +93,11 @@ def test_diagnostics_turn_error_when_frames_arrive_but_nothing_is_published(
         DiagnosticArray, '/diagnostics', lambda m: statuses.extend(m.status),
         QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
     assert send_until_output(harness)
-    real = harness.node.pipeline.process
+    real = harness.node.pipeline.prepare
 
     def failing(*args, **kwargs):
         raise MemoryError('out of memory in the test')
-    monkeypatch.setattr(harness.node.pipeline, 'process', failing)
+    monkeypatch.setattr(harness.node.pipeline, 'prepare', failing)
 
     def stalled():
         harness.send(200)
@@ -106,7 +106,7 @@ def test_diagnostics_turn_error_when_frames_arrive_but_nothing_is_published(
     assert wait_for(stalled, 20, period=0.2)
     last = [s for s in statuses if s.level == DiagnosticStatus.ERROR][-1]
     assert 'no output for' in last.message and 'out of memory in the test' in last.message
-    monkeypatch.setattr(harness.node.pipeline, 'process', real)
+    monkeypatch.setattr(harness.node.pipeline, 'prepare', real)
     assert outputs_continue(harness)
     statuses.clear()
     assert wait_for(lambda: statuses and statuses[-1].level != DiagnosticStatus.ERROR, 10)

@@ -95,13 +95,13 @@ def _camera():
 
 def test_no_uncertainty_work_without_a_subscriber_or_a_filter(harness, monkeypatch):
     asked = []
-    real = harness.node.engine.infer
+    real = harness.node.engine.infer_frames
 
-    def infer(*args, **kwargs):
-        asked.append(kwargs.get('uncertainty'))
-        return real(*args, **kwargs)
+    def infer_frames(frames, *args, **kwargs):
+        asked.extend(frame.uncertainty for frame in frames)
+        return real(frames, *args, **kwargs)
 
-    monkeypatch.setattr(harness.node.engine, 'infer', infer)
+    monkeypatch.setattr(harness.node.engine, 'infer_frames', infer_frames)
     harness.output_for(100)
     assert asked and not any(asked)
 

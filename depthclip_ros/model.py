@@ -835,6 +835,8 @@ class DepthCLIP:
         if self._uploads is not None and self.device.type == 'cuda':
             x = self._uploads.upload(images, self.device)
         else:
+            if not images.flags.writeable:  # a message's buffer: torch wants a writable one
+                images = images.copy()
             x = torch.from_numpy(images).to(self.device, non_blocking=True)
         x = x.permute(0, 3, 1, 2).float()
         if tuple(x.shape[-2:]) != size:
@@ -987,7 +989,7 @@ class DepthCLIP:
                 plain, mirrored = weights[:count], weights[count:]
                 mirrored = mirrored.view(count, *grid, -1).flip(2).reshape(plain.shape)
                 weights = 0.5 * (plain + mirrored)
-            depth, sigma = _bin_moments(weights, bins)  # (B, HW) canonical metres
+            depth, sigma = bin_moments(weights, bins)  # (B, HW) canonical metres
             maps = torch.stack([depth, sigma], dim=1).view(count, 2, *grid)
             if len(set(scales)) == 1:
                 maps = maps * scales[0]
@@ -1234,7 +1236,7 @@ class FrameIn:
                 raise ValueError(f'output_size must be (height, width) > 0, got {size}')
 
 
-def _bin_moments(weights: torch.Tensor, bins: torch.Tensor
+def bin_moments(weights: torch.Tensor, bins: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and standard deviation of the bin distributions: ``weights (B, HW, K)`` over
     ``bins (K,)`` or ``(B, K)`` -> two ``(B, HW)``. The variance is summed about the mean
@@ -1264,5 +1266,6 @@ def head_with(head: HeadConfig, **changes) -> HeadConfig:
 
 __all__ = ['DepthCLIP', 'ModelConfig', 'HeadConfig', 'FrameIn', 'Prediction', 'WeightsError',
            'TrunkGraphs', 'PinnedUploads', 'cpu_bf16_native', 'resolve_runtime',
-           'head_with', 'PAPER_DISTANCE_PROMPTS', 'PAPER_DEPTH_BINS_M', 'NYU_FOCAL_PX',
-           'RANDOM_WEIGHTS_BANNER', 'how_to_supply_weights', 'node_hint_style', 'HINT_STYLES']
+           'bin_moments', 'head_with', 'PAPER_DISTANCE_PROMPTS', 'PAPER_DEPTH_BINS_M',
+           'NYU_FOCAL_PX', 'RANDOM_WEIGHTS_BANNER', 'how_to_supply_weights', 'node_hint_style',
+           'HINT_STYLES']

@@ -33,7 +33,7 @@ import torch
 
 from ..finder import find_objects
 from ..geometry import backproject, Intrinsics
-from ..model import _bin_moments, DepthCLIP
+from ..model import bin_moments, DepthCLIP
 from ..parameters import PARAMETERS
 from ..proposals import MAX_MASKS
 from ..referring import MAX_QUERIES, ReferringCLIP
@@ -192,7 +192,7 @@ def time_head_sigma(engine: DepthCLIP, batch: int, grid: tuple[int, int],
         return weights @ bins
 
     def with_sigma():
-        depth, sigma = _bin_moments(weights, bins)
+        depth, sigma = bin_moments(weights, bins)
         return depth, sigma.flatten(1).median(dim=1).values
 
     extra = []

@@ -147,6 +147,8 @@ def run(args: argparse.Namespace) -> int:
     print(f'node frame-in -> depth+cloud-out (median of {len(latencies)}): {median:8.1f} ms'
           f'  (overhead {median - network_ms:+.1f} ms, '
           f'{100 * (median - network_ms) / network_ms:+.1f}% of the network)')
+    print(f'ratio node end-to-end / bare network: {median / network_ms:.2f} '
+          f'(goal <= 1.10)')
     if streamed:
         print(f'streaming {args.stream_hz:g} Hz for {args.stream_seconds:g} s: '
               f'{len(streamed)} of {index - first + 1} frames processed '

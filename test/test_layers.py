@@ -19,6 +19,8 @@ CASES = [
     ('depthclip_ros.proposals', ('torch', 'rclpy', 'sensor_msgs', 'skimage')),
     ('depthclip_ros.finder', ('rclpy', 'sensor_msgs')),
     ('depthclip_ros.object_messages', ('rclpy', 'torch', 'vision_msgs')),
+    ('depthclip_ros.scenes', ('rclpy', 'sensor_msgs', 'open_clip')),  # open_clip: when used
+    ('depthclip_ros.streams', ('rclpy', 'torch', 'sensor_msgs')),
 ]
 
 

@@ -68,3 +68,18 @@ def ros():
     rclpy.init(context=context)
     yield context
     rclpy.try_shutdown(context=context)
+
+
+def small_engine_for_tools(monkeypatch, engine, *modules):
+    """Make each tool module's ``load_engine`` return ``engine`` with the head its options
+    ask for; returns a function that restores the engine's head."""
+    from depthclip_ros.tools.common import configs_from_args
+    before = engine.head
+
+    def load(args):
+        engine.set_head(configs_from_args(args)[1])
+        return engine
+
+    for module in modules:
+        monkeypatch.setattr(module, 'load_engine', load)
+    return lambda: engine.set_head(before)

@@ -14,8 +14,8 @@ from depthclip_ros.geometry import Intrinsics
 from depthclip_ros.messages import cloud_array, depth_from_image
 from depthclip_ros.pipeline import DepthPipeline, OutputSettings
 from depthclip_ros.tools import bag as bag_tool
-from depthclip_ros.tools.common import configs_from_args
 
+from conftest import small_engine_for_tools
 from test_bag import by_topic, frames, mcap_messages, stamp_of, stream, write_bag
 
 FAST = ['--pretrained', 'none', '--device', 'cpu', '--input-size', '64', '96']
@@ -27,15 +27,9 @@ UNCERTAINTY = '/cam/depth/uncertainty'
 @pytest.fixture
 def tool_engine(monkeypatch, small_engine):
     """The bag tool loads the small engine with its options' head (restored after)."""
-    before = small_engine.head
-
-    def load(args):
-        small_engine.set_head(configs_from_args(args)[1])
-        return small_engine
-
-    monkeypatch.setattr(bag_tool, 'load_engine', load)
+    restore = small_engine_for_tools(monkeypatch, small_engine, bag_tool)
     yield small_engine
-    small_engine.set_head(before)
+    restore()
 
 
 def image_array(msg) -> np.ndarray:

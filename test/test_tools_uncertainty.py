@@ -20,7 +20,6 @@ from depthclip_ros.geometry import backproject, Intrinsics
 from depthclip_ros.model import PAPER_DEPTH_BINS_M
 from depthclip_ros.scenes import mix_bins, SceneClassifier
 from depthclip_ros.tools import bench, infer
-from depthclip_ros.tools.common import configs_from_args
 from depthclip_ros.tools.infer import OUTPUT_SUFFIXES, plan_outputs, SUMMARY_SUFFIX
 from depthclip_ros.visualize import (
     BAR_WIDTH,
@@ -29,6 +28,8 @@ from depthclip_ros.visualize import (
     TITLE_WIDTH,
     write_ply,
 )
+
+from conftest import small_engine_for_tools
 
 FAST = ['--pretrained', 'none', '--device', 'cpu', '--input-size', '64', '96']
 H, W = 36, 52
@@ -43,16 +44,9 @@ SCENES = ['bathroom', 'street']
 @pytest.fixture
 def tool_engine(monkeypatch, small_engine):
     """``infer`` and ``bench`` load the small engine with their options' head."""
-    before = small_engine.head
-
-    def load(args):
-        small_engine.set_head(configs_from_args(args)[1])
-        return small_engine
-
-    monkeypatch.setattr(infer, 'load_engine', load)
-    monkeypatch.setattr(bench, 'load_engine', load)
+    restore = small_engine_for_tools(monkeypatch, small_engine, infer, bench)
     yield small_engine
-    small_engine.set_head(before)
+    restore()
 
 
 def write_image(path: Path, seed: int) -> Path:

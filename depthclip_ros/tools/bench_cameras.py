@@ -24,7 +24,6 @@ import json
 import math
 from pathlib import Path
 import struct
-import subprocess
 import threading
 import time
 
@@ -32,7 +31,7 @@ import numpy as np
 
 from ..streams import MAX_CAMERAS
 from .common import add_model_arguments, check_model_options, option_problem, scene_settings
-from .node_process import isolate_ros_traffic, private_namespace, start_node
+from .node_process import isolate_ros_traffic, private_namespace, start_node, stop_node
 
 BACKLOG_RATIO = 1.5  # last-third p50 / first-third p50 above this: latency is growing
 WARMUP_PERIOD_S = 0.5  # warm-up: every camera gets a frame this often until all answered
@@ -306,12 +305,7 @@ def measure(args: argparse.Namespace) -> dict:
         time.sleep(1.2)  # one more /diagnostics, with the final counts
     finally:
         if node is not None:
-            node.send_signal(2)
-            try:
-                node.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                node.kill()
-                node.wait()
+            stop_node(node)
         if peer is not None:
             peer.destroy_node()
         rclpy.try_shutdown()

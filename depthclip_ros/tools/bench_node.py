@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import threading
 import time
 
@@ -24,7 +23,7 @@ import numpy as np
 
 from .bench import device_description, time_engine
 from .common import add_model_arguments, load_engine
-from .node_process import isolate_ros_traffic, private_namespace, start_node
+from .node_process import isolate_ros_traffic, private_namespace, start_node, stop_node
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -130,11 +129,7 @@ def run(args: argparse.Namespace) -> int:
         streamed = [(max(arrived[i].values()) - sent[i]) * 1e3
                     for i in range(first, index + 1) if complete(i)]
     finally:
-        node.send_signal(2)
-        try:
-            node.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            node.kill()
+        stop_node(node)
         peer.destroy_node()
         rclpy.try_shutdown()
     if not latencies:

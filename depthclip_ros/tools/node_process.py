@@ -46,3 +46,14 @@ def start_node(parameters: dict, namespace: str | None = None) -> subprocess.Pop
     return subprocess.Popen([sys.executable, '-m', 'depthclip_ros.node', '--ros-args',
                              *ros_args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
+
+
+def stop_node(process: subprocess.Popen, timeout: float = 10.0) -> None:
+    """SIGINT (the node's own clean shutdown), then SIGKILL if it has not exited within
+    ``timeout`` seconds."""
+    process.send_signal(2)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

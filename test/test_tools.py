@@ -132,6 +132,8 @@ def test_demo_on_the_generated_scene(tmp_path, capsys):
     truth = np.load(tmp_path / 'corridor_truth_depth.npy')
     assert truth.shape == (480, 640) and 1.0 < truth.min() and truth.max() <= 9.0
     assert (tmp_path / 'corridor_preview.png').is_file() and (tmp_path / 'corridor.ply').is_file()
+    sigma = np.load(tmp_path / 'corridor_uncertainty.npy')
+    assert sigma.shape == (480, 640) and np.isfinite(sigma).all() and sigma.min() >= 0
     # the generated recording, processed like `depthclip-ros bag`, with viewing help
     assert 'done: 3 of 3 frames with depth' in text and 'Foxglove' in text
     with AnyReader([tmp_path / 'corridor_depth']) as reader:

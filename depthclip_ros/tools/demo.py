@@ -167,14 +167,17 @@ def run(args: argparse.Namespace) -> int:
                     camera = Intrinsics(*args.intrinsics, width, height)
                 else:
                     camera = intrinsics_from_hfov(height, width, 60.0)
-                depth = engine.predict(rgb, camera)
+                prediction = engine.infer(rgb, camera, uncertainty=True)
+                depth = prediction.depth
                 write_outputs(args.output, stem, rgb, depth, camera, engine.random_weights,
-                              20.0)
+                              20.0, prediction.sigma)
                 print(f'  {stem}: median depth {np.nanmedian(depth):.2f} m')
     else:
         rgb, truth, camera = render_corridor()
-        depth = engine.predict(rgb, camera)
-        write_outputs(args.output, 'corridor', rgb, depth, camera, engine.random_weights, 20.0)
+        prediction = engine.infer(rgb, camera, uncertainty=True)
+        depth = prediction.depth
+        write_outputs(args.output, 'corridor', rgb, depth, camera, engine.random_weights, 20.0,
+                      prediction.sigma)
         np.save(args.output / 'corridor_truth_depth.npy', truth)
         label = 'DepthCLIP (RANDOM WEIGHTS)' if engine.random_weights else 'DepthCLIP'
         print('generated scene: a corridor rendered by this project, exact depth 1.4-9.0 m')

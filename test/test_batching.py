@@ -56,3 +56,18 @@ def test_a_bad_frame_is_named_before_anything_runs(small_engine):
     with pytest.raises(TypeError, match='uint8'):
         FrameIn(good.rgb.astype(np.float32), good.intrinsics).check()
     assert small_engine.infer_frames([]) == []
+
+
+def test_the_trunk_in_chunks_equals_one_trunk_call(small_engine):
+    """On the CPU the trunk takes one frame per call (faster there); the result is the
+    same as the whole batch in one call."""
+    assert small_engine.trunk_batch == 1
+    frames = [frame(seed, SIZES[seed]) for seed in range(3)]
+    chunked = small_engine.infer_frames(frames)
+    small_engine.trunk_batch = None
+    try:
+        whole = small_engine.infer_frames(frames)
+    finally:
+        small_engine.trunk_batch = 1
+    for a, b in zip(chunked, whole):
+        np.testing.assert_allclose(a.depth, b.depth, rtol=1e-4, atol=1e-5)

@@ -70,12 +70,14 @@ def test_batch_compares_one_by_one_with_one_batched_call(tmp_path, capsys, tool_
     assert set(rows) >= {'preprocess', 'network', 'head', 'upsample', 'other', 'total',
                          'frames/s'}
     for name in ('preprocess', 'network', 'head', 'upsample', 'total'):
-        assert len(rows[name]) == 2 and all(float(v) >= 0 for v in rows[name])
+        assert len(rows[name]) == 3 and all(float(v) >= 0 for v in rows[name])
+    assert 'the whole batch as one trunk call' in text
     ratio = re.search(r'batched/sequential throughput: ([0-9.]+)x', text)
     assert ratio and float(ratio.group(1)) > 0
     figures = json.loads(out.read_text())['batching']
     assert figures['batch'] == 3 and figures['rounds'] == 1
-    for mode in ('sequential', 'batched'):
+    assert figures['trunk_batch'] == 1  # the CPU's rule
+    for mode in ('sequential', 'batched', 'one trunk call'):
         assert set(figures[mode]['stages_ms_per_frame']) == set(bench.BATCH_STAGES)
         assert figures[mode]['fps'] == pytest.approx(1e3 / figures[mode]['total_ms_per_frame'])
     assert figures['ratio'] == pytest.approx(figures['batched']['fps']

@@ -376,7 +376,7 @@ def print_objects(figures: dict[int, dict[str, float]]) -> None:
 # ------------------------------------------------------------------ batch against batch 1
 
 BATCH_STAGES = ('preprocess', 'network', 'head', 'upsample')  # infer_frames' own stages
-BATCH_MODES = ('sequential', 'batched')
+BATCH_MODES = ('sequential', 'batched', 'one trunk call')
 
 
 def bench_frames(engine: DepthCLIP, height: int, width: int, count: int) -> list[FrameIn]:
@@ -407,14 +407,24 @@ def time_batching(engine: DepthCLIP, height: int, width: int, batch: int, warmup
     median of the rounds' own ratios."""
     frames = bench_frames(engine, height, width, batch)
     sync = _sync(engine)
+
+    def one_trunk_call(timer):  # the batch's trunk as one call, whatever the device's rule
+        chunk, engine.trunk_batch = engine.trunk_batch, None
+        try:
+            return engine.infer_frames(frames, timer)
+        finally:
+            engine.trunk_batch = chunk
+
     steps = {'sequential': lambda timer: [engine.infer_frames([f], timer) for f in frames],
-             'batched': lambda timer: engine.infer_frames(frames, timer)}
+             'batched': lambda timer: engine.infer_frames(frames, timer),
+             'one trunk call': one_trunk_call}
     rounds = {mode: {name: [] for name in (*BATCH_STAGES, 'other', 'total')}
               for mode in BATCH_MODES}
     ratios = []
     for i in range(warmup + repeat):
         took = {}
-        for mode in BATCH_MODES if i % 2 == 0 else BATCH_MODES[::-1]:
+        shift = i % len(BATCH_MODES)  # the order rotates round by round
+        for mode in BATCH_MODES[shift:] + BATCH_MODES[:shift]:
             timer = StageTimer(sync)
             took[mode] = _timed(functools.partial(steps[mode], timer), sync)
             if i < warmup:
@@ -436,6 +446,8 @@ def time_batching(engine: DepthCLIP, height: int, width: int, batch: int, warmup
                      'total_ms_per_frame': medians['total'],
                      'fps': 1e3 / medians['total']}
     out['ratio'] = out['batched']['fps'] / out['sequential']['fps']
+    out['one_trunk_call_ratio'] = out['one trunk call']['fps'] / out['sequential']['fps']
+    out['trunk_batch'] = engine.trunk_batch
     out['paired_ratio'] = statistics.median(ratios)
     return out
 
@@ -445,17 +457,24 @@ def print_batching(figures: dict) -> None:
     print(f'batching: {batch} distinct {height}x{width} frames (each with its own '
           f'intrinsics) through infer_frames one by one (batch 1) and as one batched call, '
           f'interleaved, medians of {figures["rounds"]} rounds; ms per frame:')
-    print(f'{"stage":<12} {"sequential":>10} {"batched":>10}')
-    seq, bat = figures['sequential'], figures['batched']
+    print(f'{"stage":<12} {"sequential":>10} {"batched":>10} {"one-trunk-call":>15}')
+    modes = [figures[mode] for mode in BATCH_MODES]
     for name in BATCH_STAGES:
-        print(f'{name:<12} {seq["stages_ms_per_frame"][name]:10.2f} '
-              f'{bat["stages_ms_per_frame"][name]:10.2f}')
-    print(f'{"other":<12} {seq["other_ms_per_frame"]:10.2f} {bat["other_ms_per_frame"]:10.2f}'
-          f'   (outside the stages: checks, bins, Python)')
-    print(f'{"total":<12} {seq["total_ms_per_frame"]:10.2f} {bat["total_ms_per_frame"]:10.2f}')
-    print(f'{"frames/s":<12} {seq["fps"]:10.2f} {bat["fps"]:10.2f}')
+        print(f'{name:<12} ' + ' '.join(f'{m["stages_ms_per_frame"][name]:{w}.2f}'
+                                        for m, w in zip(modes, (10, 10, 15))))
+    print(f'{"other":<12} ' + ' '.join(f'{m["other_ms_per_frame"]:{w}.2f}'
+                                       for m, w in zip(modes, (10, 10, 15)))
+          + '   (outside the stages: checks, bins, Python)')
+    print(f'{"total":<12} ' + ' '.join(f'{m["total_ms_per_frame"]:{w}.2f}'
+                                       for m, w in zip(modes, (10, 10, 15))))
+    print(f'{"frames/s":<12} ' + ' '.join(f'{m["fps"]:{w}.2f}'
+                                          for m, w in zip(modes, (10, 10, 15))))
+    chunk = figures['trunk_batch']
     print(f'batched/sequential throughput: {figures["ratio"]:.3f}x (from the medians; the '
-          f'median of the rounds\' own ratios {figures["paired_ratio"]:.3f}x)')
+          f'median of the rounds\' own ratios {figures["paired_ratio"]:.3f}x); the engine\'s '
+          f'trunk takes {"the whole batch" if chunk is None else f"{chunk} frame(s)"} per '
+          f'call on this device; the whole batch as one trunk call: '
+          f'{figures["one_trunk_call_ratio"]:.3f}x')
 
 
 # ------------------------------------------------------------------ precisions side by side

@@ -62,12 +62,13 @@ def run(args: argparse.Namespace) -> int:
     rclpy.init()
     peer = rclpy.create_node('bench_node_peer', namespace=namespace)
     arrived: dict[int, dict[str, float]] = {}
-    lock = threading.Lock()
+    lock = threading.Condition()  # notified by each output: no polling beside the node
 
     def on_output(kind):
         def callback(msg):
             with lock:
                 arrived.setdefault(msg.header.stamp.nanosec, {})[kind] = time.perf_counter()
+                lock.notify_all()
         return callback
 
     reliable = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
@@ -111,8 +112,9 @@ def run(args: argparse.Namespace) -> int:
         for _ in range(args.frames + 2):
             index += 1
             send(index)
-            while not complete(index) and time.monotonic() < deadline:
-                time.sleep(0.0005)
+            with lock:  # sleeps until an output arrives (a busy wait would take a core)
+                lock.wait_for(lambda i=index: len(arrived.get(i, {})) == 2,
+                              max(0.0, deadline - time.monotonic()))
             if not complete(index):
                 break
             latencies.append((max(arrived[index].values()) - sent[index]) * 1e3)

@@ -274,8 +274,9 @@ class DepthPipeline:
         height, width = rgb.shape[:2]
         out_camera = camera if out_size == (height, width) else camera.resized(*out_size)
         objects = want.objects() and bool(self.objects.queries)
-        sigma_filter = want.points and s.max_uncertainty_m > 0
         depth, sigma, tokens = prediction.depth, prediction.sigma, prediction.tokens
+        # (sigma is there when prepare asked for it: a limit set in between waits a frame)
+        sigma_filter = want.points and s.max_uncertainty_m > 0 and sigma is not None
         out = Outputs(sigma_median_m=prediction.sigma_median_m, scene=job.scene,
                       bins_m=tuple(job.bins_m))
         out_rgb = None

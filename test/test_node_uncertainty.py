@@ -72,11 +72,12 @@ def test_uncertainty_topic_filtered_cloud_and_scene_diagnostics(ros):
         assert values['bins mode'] == 'scene_soft'
         assert values['scene'] == prediction.scene.chosen
         assert values['scene probabilities'].startswith('bathroom ')
-        # the median over recent frames of each frame's median over the token grid
+        # the median over recent frames of each frame's median over the token grid (frames
+        # may have been processed since that status: within their range, printed to 1 mm)
         recent = list(h.node._sigma_median_m)
         assert any(m == pytest.approx(prediction.sigma_median_m, rel=1e-5) for m in recent)
-        assert float(values['depth uncertainty median (m)']) == \
-            pytest.approx(np.median(recent), abs=1e-3)
+        reported = float(values['depth uncertainty median (m)'])
+        assert min(recent) - 5e-4 <= reported <= max(recent) + 5e-4
     finally:
         spinner.stop()
         h.close()

@@ -4,7 +4,6 @@ frame, frames of several cameras share one forward, a bad camera leaves the othe
 and a fast camera cannot starve a slow one."""
 
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -170,35 +169,52 @@ def test_a_bad_camera_never_affects_the_others(rig, monkeypatch):
 
 
 def test_a_fast_camera_cannot_starve_a_slow_one(ros, monkeypatch):
+    """While a batch runs, a fast camera's frames replace each other (dropped) and a slow
+    camera's one frame waits; the next batch takes both. Every forward is held at a gate
+    opened by the test, so the order of events does not depend on this machine's speed."""
     cameras = {name: CAMERAS[name] for name in ('front', 'left')}
     rig = Cameras(ros, cameras=cameras)
     real = rig.node.engine.infer_frames
+    gate, batches = threading.Semaphore(0), []
 
-    def slow(frames, *args, **kwargs):  # a slow network: 0.15 s per batch
-        time.sleep(0.15)
+    def gated(frames, *args, **kwargs):
+        batches.append(sorted(f.rgb.shape[:2] for f in frames))
+        assert gate.acquire(timeout=30), 'the test never opened the gate'
         return real(frames, *args, **kwargs)
 
-    monkeypatch.setattr(rig.node.engine, 'infer_frames', slow)
+    monkeypatch.setattr(rig.node.engine, 'infer_frames', gated)
     spinner = Spinner(ros, rig.node, rig.peer)
+    front, left = rig.node.streams
     try:
         assert rig.connected()
-        slow_sent = 0
-        start = time.monotonic()
         sec = 100
-        while time.monotonic() - start < 4.0:  # front at ~50 Hz, left at ~2 Hz
-            rig.send('front', sec)
-            if sec % 25 == 0:
-                rig.send('left', sec)
-                slow_sent += 1
+
+        def arrive(name, stream):  # best-effort input: resent until the node has it
+            nonlocal sec
             sec += 1
-            time.sleep(0.02)
-        front, left = rig.node.streams
-        assert wait_for(lambda: left.counts['processed'] + left.counts['dropped']
-                        >= left.counts['received'] >= slow_sent - 1, 30)
-        assert left.counts['dropped'] == 0  # every slow-camera frame was processed
-        assert left.counts['processed'] == left.counts['received']
-        assert front.counts['dropped'] > 0 and front.counts['processed'] >= slow_sent
+            count = stream.counts['received']
+            assert repeat_until(lambda s=sec: rig.send(name, s),
+                                lambda: stream.counts['received'] > count, 30, every=2.0)
+
+        for cycle in range(3):
+            calls = len(batches)
+            arrive('front', front)  # the worker takes it and waits at the gate
+            assert wait_for(lambda n=calls: len(batches) > n, 30)
+            for _ in range(8):  # the fast camera: each frame replaces the one waiting
+                arrive('front', front)
+            arrive('left', left)  # the slow camera: one frame
+            assert front.slot is not None and left.slot is not None
+            gate.release()  # the held batch finishes; the next takes both cameras
+            assert wait_for(lambda n=calls: len(batches) > n + 1, 30)
+            assert batches[-1] == [(60, 80), (96, 128)], batches
+            gate.release()
+            assert wait_for(lambda n=cycle: left.counts['processed'] == n + 1, 30)
+        assert left.counts['received'] == left.counts['processed'] == 3
+        assert left.counts['dropped'] == 0
+        assert front.counts['dropped'] >= 3 * 7  # newest wins on the fast camera
     finally:
+        for _ in range(4):
+            gate.release()
         spinner.stop()
         rig.close()
 

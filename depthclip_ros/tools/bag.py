@@ -69,7 +69,13 @@ from ..bags import (
 from ..model import RANDOM_WEIGHTS_BANNER
 from ..pipeline import DepthPipeline, ObjectSettings, OutputSettings
 from ..referring import ReferringCLIP
-from .common import add_model_arguments, configs_from_args, load_engine, option_problem
+from .common import (
+    add_model_arguments,
+    configs_from_args,
+    load_engine,
+    option_problem,
+    read_scene_config,
+)
 
 PLAIN_PROGRESS_S = 5.0
 SHOWN_PER_PROBLEM = 3
@@ -189,17 +195,7 @@ def scene_every_n_frames(args: argparse.Namespace) -> int:
     path = getattr(args, 'scene_config', None)
     if path is None:
         return default
-    import yaml
-    try:
-        document = yaml.safe_load(Path(path).read_text(encoding='utf-8'))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        raise ValueError(f'--scene-config {path}: cannot be read: '
-                         f'{str(error).splitlines()[0]}') from None
-    for section in document.values() if isinstance(document, dict) else ():
-        parameters = section.get('ros__parameters') if isinstance(section, dict) else None
-        if isinstance(parameters, dict):
-            return parameters.get('scene_every_n_frames', default)
-    return default  # configs_from_args says what is wrong with the file
+    return read_scene_config(path).get('scene_every_n_frames', default)
 
 
 class Progress:

@@ -88,7 +88,7 @@ def scene_settings(args: argparse.Namespace) -> dict:
     values = {}
     path = getattr(args, 'scene_config', None)
     if path is not None:
-        values = read_scene_config(path)
+        values = {k: v for k, v in read_scene_config(path).items() if k in SCENE_OPTIONS}
     for name in SCENE_OPTIONS:
         given = getattr(args, name, None)
         if given is not None:
@@ -97,8 +97,12 @@ def scene_settings(args: argparse.Namespace) -> dict:
             for name, value in values.items()}
 
 
+SCENE_FILE_KEYS = (*SCENE_OPTIONS, 'scene_every_n_frames')
+
+
 def read_scene_config(path: Path) -> dict:
-    """The scene parameters of a node parameters file (``<node>: ros__parameters:``)."""
+    """The scene parameters (``SCENE_FILE_KEYS``) of a node parameters file
+    (``<node>: ros__parameters:``), checked by the node's rules."""
     import yaml
     try:
         document = yaml.safe_load(Path(path).read_text(encoding='utf-8'))
@@ -108,7 +112,7 @@ def read_scene_config(path: Path) -> dict:
     for section in (document or {}).values() if isinstance(document, dict) else ():
         parameters = section.get('ros__parameters') if isinstance(section, dict) else None
         if isinstance(parameters, dict):
-            found = {k: parameters[k] for k in SCENE_OPTIONS if k in parameters}
+            found = {k: parameters[k] for k in SCENE_FILE_KEYS if k in parameters}
             validate(found)
             return found
     raise ValueError(f'--scene-config {path}: no "<node>: ros__parameters:" section')

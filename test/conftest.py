@@ -83,3 +83,17 @@ def small_engine_for_tools(monkeypatch, engine, *modules):
     for module in modules:
         monkeypatch.setattr(module, 'load_engine', load)
     return lambda: engine.set_head(before)
+
+
+def fill_disk_at(monkeypatch, module, writer: str, file_name: str) -> None:
+    """Make ``module.<writer>`` fail with ENOSPC ("No space left on device") when it writes
+    the file named ``file_name``; every other file is written as usual."""
+    from pathlib import Path
+    real = getattr(module, writer)
+
+    def full_disk(path, *rest, **kwargs):
+        if Path(path).name == file_name:
+            raise OSError(28, 'No space left on device')
+        return real(path, *rest, **kwargs)
+
+    monkeypatch.setattr(module, writer, full_disk)

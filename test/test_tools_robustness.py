@@ -36,6 +36,8 @@ from depthclip_ros.tools import evaluate, infer
 from depthclip_ros.tools.infer import OUTPUT_SUFFIXES, plan_outputs
 from depthclip_ros.visualize import read_ply, write_rgb_png
 
+from conftest import fill_disk_at
+
 REPO = Path(__file__).resolve().parents[1]
 FAST = ['--pretrained', 'none', '--device', 'cpu', '--input-size', '64', '96']
 BANNER_ROWS = 24  # the RANDOM WEIGHTS strip on top of a preview
@@ -310,14 +312,7 @@ def test_a_failed_write_leaves_none_of_that_input_s_files(tmp_path, capsys, monk
                                                           engine_loads):
     a = write_image(tmp_path / 'in' / 'a.png', image(40))
     write_image(tmp_path / 'in' / 'b.png', image(41))
-    real = infer.write_ply
-
-    def full_disk(path, *rest, **kwargs):
-        if Path(path).name == 'b.ply':
-            raise OSError(28, 'No space left on device')
-        return real(path, *rest, **kwargs)
-
-    monkeypatch.setattr(infer, 'write_ply', full_disk)
+    fill_disk_at(monkeypatch, infer, 'write_ply', 'b.ply')
     out = tmp_path / 'out'
     assert main(infer_args(tmp_path / 'in', output=out)) == 1
     captured = capsys.readouterr()

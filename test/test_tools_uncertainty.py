@@ -29,7 +29,7 @@ from depthclip_ros.visualize import (
     write_ply,
 )
 
-from conftest import small_engine_for_tools
+from conftest import fill_disk_at, small_engine_for_tools
 
 FAST = ['--pretrained', 'none', '--device', 'cpu', '--input-size', '64', '96']
 H, W = 36, 52
@@ -170,14 +170,7 @@ def test_a_failed_write_takes_the_new_files_along_but_no_file_it_did_not_write(
     out.mkdir()
     mine = out / f'b{SUMMARY_SUFFIX}'  # the user's, not written by a run without --json
     mine.write_text('keep me')
-    real = infer.write_ply
-
-    def full_disk(path, *rest, **kwargs):
-        if Path(path).name == 'b.ply':
-            raise OSError(28, 'No space left on device')
-        return real(path, *rest, **kwargs)
-
-    monkeypatch.setattr(infer, 'write_ply', full_disk)
+    fill_disk_at(monkeypatch, infer, 'write_ply', 'b.ply')
     assert run_infer([tmp_path / 'in'], out) == 1
     assert 'No space left' in capsys.readouterr().err
     assert all((out / f'a{suffix}').is_file() for suffix in OUTPUT_SUFFIXES)

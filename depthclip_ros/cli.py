@@ -8,7 +8,12 @@ import importlib
 import sys
 import types
 
-from .tools.common import setup_logging
+from .allocator import keep_freed_memory
+
+# The program's first act, before numpy, torch or rclpy start threads (allocator.py).
+keep_freed_memory()
+
+from .tools.common import setup_logging  # noqa: E402
 
 # Python packages of ROS 2 itself: from a ROS install (source its setup file) or, without
 # one, the PyPI wheels (pip install 'depthclip_ros[ros]').

@@ -23,6 +23,8 @@ import signal
 import sys
 import threading
 
+from .allocator import keep_freed_memory
+
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -62,8 +64,10 @@ SHUTDOWN = Shutdown()
 
 
 def depth_node() -> None:
-    """The ``depth_node`` console script: signals handled before the heavy imports."""
+    """The ``depth_node`` console script: signals handled and the allocator set
+    (:mod:`depthclip_ros.allocator`) before the heavy imports start threads."""
     SHUTDOWN.install()
+    keep_freed_memory()
     from .node import main
     main()
 
@@ -71,5 +75,6 @@ def depth_node() -> None:
 def depth_lifecycle_node() -> None:
     """The ``depth_lifecycle_node`` console script (the managed node)."""
     SHUTDOWN.install()
+    keep_freed_memory()
     from .node import main
     main(managed=True)

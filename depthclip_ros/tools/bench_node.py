@@ -2,9 +2,11 @@
 
 Starts ``python -m depthclip_ros.node`` with the given model options, publishes a camera
 frame and its CameraInfo, and times frame-in to depth-and-cloud-out, one frame at a time
-(closed loop) and then as a stream. In the same run it times the bare network forward of
-the same engine in this process, so the overhead of everything around the network
-(decode, messages, DDS) is a ratio from one run.
+(closed loop) and then as a stream. Before each closed-loop frame it times one bare
+network forward of the same engine in this process, so that the overhead of everything
+around the network (decode, messages, DDS) is a ratio of two series from the same minutes;
+the node's own stage medians (/diagnostics) and its page faults and CPU per frame say
+where that overhead goes.
 
 Traffic stays on this machine: discovery is limited to localhost in a random domain and
 Fast DDS uses the shipped loopback profile (large shared-memory segment). The node and
@@ -135,11 +137,11 @@ def run(args: argparse.Namespace) -> int:
             if not complete(index):
                 break
             latencies.append((max(arrived[index].values()) - sent[index]) * 1e3)
+        usage = process_usage(node.pid)
+        if usage and usage_before and latencies:
+            usage = {k: (usage[k] - usage_before[k]) / len(latencies) for k in usage}
         latencies, bare = latencies[2:], bare[2:len(latencies)]
         network_ms = statistics.median(bare) if bare else float('nan')
-        usage = process_usage(node.pid)
-        if usage and usage_before:
-            usage = {k: (usage[k] - usage_before[k]) / (args.frames + 2) for k in usage}
         # The node's own view of the same frames: its next /diagnostics.
         since = time.monotonic()
         with lock:

@@ -31,7 +31,13 @@ import numpy as np
 
 from ..streams import MAX_CAMERAS
 from .common import add_model_arguments, check_model_options, option_problem, scene_settings
-from .node_process import isolate_ros_traffic, private_namespace, start_node, stop_node
+from .node_process import (
+    isolate_ros_traffic,
+    node_statuses,
+    private_namespace,
+    start_node,
+    stop_node,
+)
 
 BACKLOG_RATIO = 1.5  # last-third p50 / first-third p50 above this: latency is growing
 WARMUP_PERIOD_S = 0.5  # warm-up: every camera gets a frame this often until all answered
@@ -178,7 +184,6 @@ def measure(args: argparse.Namespace) -> dict:
     last_arrival = [time.perf_counter()]
     diagnostics: dict[str, dict[str, str]] = {}  # camera (or 'depth') -> latest values
     device_seen: list[str] = []
-    node_prefix = f'{namespace}/depth_node: '
 
     def on_output(camera: int, kind: str):
         def callback(raw: bytes) -> None:
@@ -192,15 +197,12 @@ def measure(args: argparse.Namespace) -> dict:
         return callback
 
     def on_diagnostics(msg) -> None:
-        for status in msg.status:
-            if not status.name.startswith(node_prefix):
-                continue  # another node (another run in this domain)
-            part = status.name[len(node_prefix):]
+        for part, values in node_statuses(msg, namespace).items():  # this run's node only
             key = part[len('camera '):] if part.startswith('camera ') else part
             with lock:
-                diagnostics[key] = {v.key: v.value for v in status.values}
-                if part == 'depth' and status.hardware_id:
-                    device_seen[:] = [status.hardware_id]
+                diagnostics[key] = values
+                if part == 'depth' and values.get('device'):
+                    device_seen[:] = [values['device']]
 
     rng = np.random.default_rng(1)
     focal = 0.96 * width

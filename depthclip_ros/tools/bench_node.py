@@ -26,7 +26,13 @@ import numpy as np
 
 from .bench import device_description, time_engine
 from .common import add_model_arguments, load_engine
-from .node_process import isolate_ros_traffic, private_namespace, start_node, stop_node
+from .node_process import (
+    isolate_ros_traffic,
+    node_statuses,
+    private_namespace,
+    start_node,
+    stop_node,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,13 +83,13 @@ def run(args: argparse.Namespace) -> int:
     diagnostics: dict[str, str] = {}
 
     def on_diagnostics(msg):
-        for status in msg.status:
-            if status.name.startswith(f'{namespace}/') and status.name.endswith(': depth'):
-                with lock:
-                    diagnostics.clear()
-                    diagnostics.update({kv.key: kv.value for kv in status.values})
-                    diagnostics['_received'] = time.monotonic()
-                    lock.notify_all()
+        depth = node_statuses(msg, namespace).get('depth')  # this run's node only
+        if depth is not None:
+            with lock:
+                diagnostics.clear()
+                diagnostics.update(depth)
+                diagnostics['_received'] = time.monotonic()
+                lock.notify_all()
 
     reliable = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
     peer.create_subscription(DiagnosticArray, '/diagnostics', on_diagnostics, 10)

@@ -48,6 +48,16 @@ def start_node(parameters: dict, namespace: str | None = None) -> subprocess.Pop
                             text=True)
 
 
+def node_statuses(msg, namespace: str) -> dict[str, dict[str, str]]:
+    """The key/values of each status that the node started in ``namespace`` (by
+    :func:`start_node`) put in one ``/diagnostics`` message, by what follows ``<node>: ``
+    in the status name (``depth``, ``camera <name>``, ``objects``). Other nodes' statuses
+    (another run that drew this domain) are left out."""
+    prefix = f'{namespace}/depth_node: '
+    return {status.name[len(prefix):]: {kv.key: kv.value for kv in status.values}
+            for status in msg.status if status.name.startswith(prefix)}
+
+
 def stop_node(process: subprocess.Popen, timeout: float = 10.0) -> None:
     """SIGINT (the node's own clean shutdown), then SIGKILL if it has not exited within
     ``timeout`` seconds."""

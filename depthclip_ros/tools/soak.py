@@ -28,7 +28,7 @@ import subprocess
 import threading
 import time
 
-from .node_process import isolate_ros_traffic, private_namespace, start_node
+from .node_process import isolate_ros_traffic, node_statuses, private_namespace, start_node
 
 COUNT_KEYS = ('received', 'processed', 'dropped', 'rejected', 'failed',
               'skipped_no_subscribers')
@@ -84,16 +84,15 @@ def run(args: argparse.Namespace) -> int:
     context = rclpy.Context()
     rclpy.init(context=context)
     peer = rclpy.create_node('soak_camera', namespace=namespace, context=context)
-    status_name = f'{namespace}/depth_node: depth'
     state = {'depth': 0, 'diag': {}}
 
     def on_depth(msg):
         state['depth'] += 1
 
     def on_diagnostics(msg):
-        for status in msg.status:
-            if status.name == status_name:  # this run's node only
-                state['diag'] = {kv.key: kv.value for kv in status.values}
+        depth = node_statuses(msg, namespace).get('depth')  # this run's node only
+        if depth is not None:
+            state['diag'] = depth
 
     reliable = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
     peer.create_subscription(Image, 'depth/image', on_depth, reliable)

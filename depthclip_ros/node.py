@@ -938,12 +938,12 @@ def _spin_until_stopped(node) -> None:
     executor.add_node(node)
     wake = node.create_guard_condition(lambda: None)
     failure: list[BaseException] = []
-    leave = threading.Event()  # the main thread is leaving (a signal, or an exception)
+    leave = threading.Event()  # the main thread is leaving (on a signal, or an exception)
 
     def spin() -> None:
         set_torch_threads(1)  # a lifecycle configure loads the model here
         try:
-            while not (leave.is_set() or SHUTDOWN.requested.is_set()) and rclpy.ok():
+            while not leave.is_set() and rclpy.ok():
                 executor.spin_once(timeout_sec=SPIN_CHECK_S)
         except ExternalShutdownException:
             pass

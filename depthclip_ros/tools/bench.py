@@ -479,7 +479,8 @@ def print_batching(figures: dict) -> None:
 
 # ------------------------------------------------------------------ precisions side by side
 
-LAYOUTS = {'nhwc': torch.channels_last, 'nchw': torch.contiguous_format}
+# bench's short layout names -> the memory_format setting that loads the trunk in it
+LAYOUTS = {'nhwc': 'channels_last', 'nchw': 'contiguous'}
 DTYPE_NAMES = {torch.float32: 'fp32', torch.bfloat16: 'bf16', torch.float16: 'fp16'}
 
 
@@ -504,7 +505,8 @@ def plan_variants(asked: list[tuple[str, str | None]], args: argparse.Namespace
 
     fp32 in its default layout comes first, asked or not (the reference); unless a layout
     of fp32 is asked for, fp32 in its other layout follows it. A variant without a layout
-    gets its precision's default (:func:`~depthclip_ros.model.trunk_memory_format`);
+    gets its precision's default (:func:`~depthclip_ros.model.trunk_memory_format`, or
+    ``--memory-format``);
     duplicates are kept once. Loads nothing."""
     from ..model import trunk_memory_format
     model, _ = configs_from_args(args)
@@ -520,7 +522,7 @@ def plan_variants(asked: list[tuple[str, str | None]], args: argparse.Namespace
         except ValueError as error:
             missing[precision] = str(error)
             continue
-        default = layout_name(trunk_memory_format(device, dtype))
+        default = layout_name(trunk_memory_format(device, dtype, model.memory_format))
         precision = DTYPE_NAMES[dtype]  # auto: what it is on this device
         if layout == 'other':
             layout = 'nchw' if default == 'nhwc' else 'nhwc'
@@ -552,9 +554,8 @@ def build_variants(args: argparse.Namespace, plan: list[tuple[str, str, str]]
     engines = {}
     for label, precision, layout in plan:
         try:
-            engine = DepthCLIP(replace(model, precision=precision), head).load()
-            if engine.memory_format != LAYOUTS[layout]:
-                engine.use_memory_format(LAYOUTS[layout])
+            engine = DepthCLIP(replace(model, precision=precision,
+                                       memory_format=LAYOUTS[layout]), head).load()
         except (ValueError, WeightsError) as error:
             raise SystemExit(f'depthclip-ros bench: {label}: {error}') from None
         engines[label] = engine

@@ -29,7 +29,11 @@ def test_ratio_and_where_the_time_goes(capsys):
     ratio = number(r'^ratio node end-to-end / bare network: ([\d.]+) \(goal <= 1.10\)$',
                    text)
     assert bare > 0 and measured > 0
-    assert abs(ratio - measured / bare) <= 0.006, text  # printed with two decimals
+    # The ratio is printed (2 decimals) from the unrounded times (printed with 1 decimal):
+    # it lies within 0.005 of the range those printed times allow.
+    half = 0.05
+    assert (measured - half) / (bare + half) - 0.005 <= ratio \
+        <= (measured + half) / (bare - half) + 0.005, text
     # The node's own view of the same frames, from its /diagnostics.
     inside_network = number(r'^  network inside the node +([\d.]+) ms', text)
     around = number(r'^  node stages around the network +([\d.]+) ms +\(', text)
@@ -40,7 +44,7 @@ def test_ratio_and_where_the_time_goes(capsys):
     inside = number(r'^  node callback -> published +([\d.]+) ms', text)
     transport = number(r'^  DDS in \+ out, hand-over +(-?[\d.]+) ms', text)
     assert 0 < inside_network and 0 < around and inside_network + around <= inside * 1.5
-    assert abs(measured - inside - transport) <= 0.11, text
+    assert abs(measured - inside - transport) <= 3 * 0.05 + 1e-9, text  # each to 0.1 ms
     usage = re.search(r'^node process per frame \(closed loop\): page faults (\d+), user CPU '
                       r'ms (\d+), system CPU ms (\d+)$', text, re.MULTILINE)
     assert usage, text

@@ -33,9 +33,9 @@ setup(
     },
     entry_points={
         'console_scripts': [
-            'depth_node = depthclip_ros.shutdown:depth_node',
-            'depth_lifecycle_node = depthclip_ros.shutdown:depth_lifecycle_node',
-            'depthclip-ros = depthclip_ros.cli:main',
+            'depth_node = depthclip_ros.ros.entry:depth_node',
+            'depth_lifecycle_node = depthclip_ros.ros.entry:depth_lifecycle_node',
+            'depthclip-ros = depthclip_ros.tools.cli:main',
         ],
     },
 )

@@ -18,7 +18,7 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 
-from depthclip_ros.launch_arguments import overrides, START_TIME_ARGUMENTS
+from depthclip_ros.ros.launch_arguments import overrides, START_TIME_ARGUMENTS
 
 
 def generate_launch_description():

@@ -13,4 +13,4 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
 . scripts/env.sh
-exec python -m depthclip_ros.cli demo --fallback-random "$@"
+exec python -m depthclip_ros.tools.cli demo --fallback-random "$@"

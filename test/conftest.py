@@ -46,7 +46,8 @@ def engine():
     check computation, never accuracy)."""
     import torch
 
-    from depthclip_ros.model import DepthCLIP, ModelConfig
+    from depthclip_ros.engine.config import ModelConfig
+    from depthclip_ros.engine.depthclip import DepthCLIP
 
     torch.manual_seed(0)
     return DepthCLIP(ModelConfig(pretrained='none', device='cpu')).load()
@@ -55,7 +56,8 @@ def engine():
 @pytest.fixture(scope='session')
 def small_engine():
     """Random weights and a small network input: for pipeline and bag mechanics."""
-    from depthclip_ros.model import DepthCLIP, ModelConfig
+    from depthclip_ros.engine.config import ModelConfig
+    from depthclip_ros.engine.depthclip import DepthCLIP
 
     return DepthCLIP(ModelConfig(pretrained='none', device='cpu', input_size=(64, 96))).load()
 

@@ -23,17 +23,17 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import get_typestore, Stores
 from sensor_msgs.msg import CompressedImage
 
-from depthclip_ros.bags import (
+from depthclip_ros.bags.process import (
     BagError,
     choose_topics,
     is_bag,
     output_namespace,
     process_bag,
 )
-from depthclip_ros.cli import main
 from depthclip_ros.geometry import Intrinsics
-from depthclip_ros.messages import cloud_array, rgb_from_image
-from depthclip_ros.pipeline import DepthPipeline
+from depthclip_ros.ros.messages import cloud_array, rgb_from_image
+from depthclip_ros.ros.pipeline import DepthPipeline
+from depthclip_ros.tools.cli import main
 
 from conftest import REPO, shared_data
 from rosutil import camera_info, rgb8_image
@@ -314,7 +314,7 @@ def test_interrupting_leaves_a_readable_bag_with_whole_frames(tmp_path, sig):
     out = tmp_path / 'out'
     env = {**os.environ, 'PYTHONPATH': str(REPO)}
     proc = subprocess.Popen(
-        [sys.executable, '-m', 'depthclip_ros.cli', 'bag', str(source), str(out),
+        [sys.executable, '-m', 'depthclip_ros.tools.cli', 'bag', str(source), str(out),
          '--pretrained', 'none', '--device', 'cpu', '--input-size', '64', '64'],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
@@ -363,7 +363,7 @@ def test_an_inference_failure_skips_that_frame_only(small, tmp_path, monkeypatch
 
 
 def test_a_write_error_on_the_writer_thread_reaches_the_caller():
-    from depthclip_ros.bags import _WriterThread
+    from depthclip_ros.bags.process import _WriterThread
 
     class Broken:
         def write(self, *args):
@@ -403,7 +403,7 @@ def test_a_bag_that_cannot_be_read_to_its_end(small, tmp_path, monkeypatch):
 def test_progress_is_a_bar_with_rate_and_eta_on_a_terminal():
     import io
 
-    from depthclip_ros.bags import BagReport
+    from depthclip_ros.bags.process import BagReport
     from depthclip_ros.tools.bag import Progress
 
     class Terminal(io.StringIO):

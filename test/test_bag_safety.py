@@ -27,16 +27,16 @@ import pytest
 from rosbags.highlevel import AnyReader
 from rosbags.rosbag2 import Writer
 
-from depthclip_ros import bags
-from depthclip_ros.bags import (
+from depthclip_ros.bags import process as bags
+from depthclip_ros.bags.process import (
     BagError,
     BagWriteError,
     PARTIAL_NOTE,
     process_bag,
     recover_partial,
 )
-from depthclip_ros.cli import main
-from depthclip_ros.pipeline import DepthPipeline
+from depthclip_ros.ros.pipeline import DepthPipeline
+from depthclip_ros.tools.cli import main
 
 from conftest import REPO
 from rosutil import camera_info, rgb8_image
@@ -236,7 +236,7 @@ def _wait_for(condition, proc, seconds=180):
 
 def _cli(source, out, *extra, **kwargs):
     env = {**os.environ, 'PYTHONPATH': str(REPO), 'PYTHONDONTWRITEBYTECODE': '1'}
-    return subprocess.Popen([sys.executable, '-m', 'depthclip_ros.cli', 'bag', str(source),
+    return subprocess.Popen([sys.executable, '-m', 'depthclip_ros.tools.cli', 'bag', str(source),
                              str(out), *CLI, *extra], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, **kwargs)
 

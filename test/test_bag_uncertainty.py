@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import yaml
 
-from depthclip_ros import scenes
-from depthclip_ros.bags import output_topics, process_bag
-from depthclip_ros.cli import main
+from depthclip_ros.bags.process import output_topics, process_bag
+from depthclip_ros.engine import scenes
 from depthclip_ros.geometry import Intrinsics
-from depthclip_ros.messages import cloud_array, depth_from_image
-from depthclip_ros.pipeline import DepthPipeline, OutputSettings
+from depthclip_ros.ros.messages import cloud_array, depth_from_image
+from depthclip_ros.ros.pipeline import DepthPipeline, OutputSettings
 from depthclip_ros.tools import bag as bag_tool
+from depthclip_ros.tools.cli import main
 
 from conftest import small_engine_for_tools
 from test_bag import by_topic, frames, mcap_messages, stamp_of, stream, write_bag

@@ -5,8 +5,9 @@ weights: the computation, not accuracy)."""
 import numpy as np
 import pytest
 
+from depthclip_ros.engine.config import head_with
+from depthclip_ros.engine.frames import FrameIn
 from depthclip_ros.geometry import Intrinsics
-from depthclip_ros.model import FrameIn, head_with
 
 SIZES = [(48, 64), (60, 80), (48, 64)]
 

@@ -6,7 +6,7 @@ namespace); conftest set localhost discovery and a random domain before anything
 import json
 import re
 
-from depthclip_ros.cli import main
+from depthclip_ros.tools.cli import main
 
 TINY = ['--cameras', '2', '--rate-hz', '5', '--seconds', '2', '--image-size', '48', '64',
         '--input-size', '64', '96', '--device', 'cpu', '--timeout', '120']

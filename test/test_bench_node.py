@@ -6,7 +6,7 @@ against a time: only that each one is there and consistent with the others."""
 
 import re
 
-from depthclip_ros.cli import main
+from depthclip_ros.tools.cli import main
 
 TINY = ['--frames', '3', '--stream-seconds', '1', '--stream-hz', '10', '--image-size', '48',
         '64', '--input-size', '64', '96', '--device', 'cpu', '--timeout', '120']

@@ -11,9 +11,9 @@ import cv2
 import numpy as np
 import pytest
 
-from depthclip_ros import model
-from depthclip_ros.cli import main
-from depthclip_ros.tools import bench
+from depthclip_ros.engine import runtime as model
+from depthclip_ros.tools.bench import speed as bench
+from depthclip_ros.tools.cli import main
 from depthclip_ros.tools.common import configs_from_args
 
 TINY = ['--pretrained', 'none', '--device', 'cpu', '--warmup', '0', '--repeat', '1',

@@ -10,7 +10,7 @@ import pytest
 from sensor_msgs.msg import CameraInfo
 
 from depthclip_ros.geometry import project
-from depthclip_ros.messages import (
+from depthclip_ros.ros.messages import (
     camera_info_for,
     CameraInfoError,
     depth_from_image,
@@ -18,7 +18,7 @@ from depthclip_ros.messages import (
     image_size_of,
     intrinsics_from_camera_info,
 )
-from depthclip_ros.pipeline import DepthPipeline, OutputSettings
+from depthclip_ros.ros.pipeline import DepthPipeline, OutputSettings
 
 from rosutil import camera_info, rgb8_image
 

@@ -11,10 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
-from depthclip_ros.cli import main
-from depthclip_ros.dataset import RGBDFolder
-from depthclip_ros.geometry import Intrinsics
-from depthclip_ros.metrics import (
+from depthclip_ros.engine.config import HeadConfig, NYU_FOCAL_PX, PAPER_DEPTH_BINS_M
+from depthclip_ros.engine.metrics import (
     depth_metrics,
     evaluated_pixels,
     median_of_counts,
@@ -23,8 +21,10 @@ from depthclip_ros.metrics import (
     NYU_INPUT_CROP,
     uniform_random_depth,
 )
-from depthclip_ros.model import HeadConfig, NYU_FOCAL_PX, PAPER_DEPTH_BINS_M
+from depthclip_ros.geometry import Intrinsics
+from depthclip_ros.io.dataset import RGBDFolder
 from depthclip_ros.tools import evaluate
+from depthclip_ros.tools.cli import main
 
 from conftest import shared_data
 

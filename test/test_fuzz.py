@@ -6,8 +6,8 @@ from hypothesis import strategies as st
 import numpy as np
 from sensor_msgs.msg import CameraInfo
 
-from depthclip_ros.encodings import decode_to_rgb, ENCODINGS, ImageFormatError
-from depthclip_ros.messages import CameraInfoError, intrinsics_from_camera_info
+from depthclip_ros.io.encodings import decode_to_rgb, ENCODINGS, ImageFormatError
+from depthclip_ros.ros.messages import CameraInfoError, intrinsics_from_camera_info
 
 encodings = st.one_of(st.sampled_from(sorted(ENCODINGS)), st.text(max_size=12))
 sizes = st.integers(min_value=-2, max_value=40)

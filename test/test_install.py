@@ -77,7 +77,7 @@ class NoRos:
         if name.split('.')[0] in {sorted(ROS)!r}:
             raise ModuleNotFoundError(f'No module named {{name!r}}', name=name)
 sys.meta_path.insert(0, NoRos())
-from depthclip_ros.cli import main
+from depthclip_ros.tools.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -109,7 +109,7 @@ def test_the_plain_python_tools_run_without_any_ros_package(tmp_path):
 def test_installed_tools_find_the_shipped_files_outside_the_checkout(tmp_path):
     """The package as installed (scripts/setup.sh runs `pip install .` into .venv), run
     from a folder outside the checkout, finds config/ under the install's share folder."""
-    code = ('import depthclip_ros, depthclip_ros.resources as r; '
+    code = ('import depthclip_ros, depthclip_ros.io.resources as r; '
             'print(depthclip_ros.__file__); '
             "print(r.share_file('config/fastdds_localhost.xml')); "
             "print(r.share_file('config/depthclip.yaml')); "

@@ -15,9 +15,9 @@ import pytest
 import rclpy
 from rclpy.parameter import Parameter
 
-from depthclip_ros.launch_arguments import overrides, START_TIME_ARGUMENTS
-from depthclip_ros.node import DepthNode
-from depthclip_ros.parameters import PARAMETER_NAMES
+from depthclip_ros.ros.launch_arguments import overrides, START_TIME_ARGUMENTS
+from depthclip_ros.ros.node import DepthNode
+from depthclip_ros.ros.parameters import PARAMETER_NAMES
 
 LAUNCH = Path(__file__).resolve().parents[1] / 'launch'
 

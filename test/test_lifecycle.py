@@ -9,7 +9,7 @@ from rclpy.parameter import Parameter
 from rclpy.qos import qos_profile_sensor_data, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
 
-from depthclip_ros.node import DepthLifecycleNode
+from depthclip_ros.ros.node import DepthLifecycleNode
 
 from rosutil import camera_info, rgb8_image, Spinner, unique_namespace, wait_for
 

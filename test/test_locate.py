@@ -14,9 +14,9 @@ import cv2
 import numpy as np
 import pytest
 
-from depthclip_ros.cli import main
-from depthclip_ros.model import RANDOM_WEIGHTS_BANNER
-from depthclip_ros.visualize import read_ply
+from depthclip_ros.engine.config import RANDOM_WEIGHTS_BANNER
+from depthclip_ros.io.visualize import read_ply
+from depthclip_ros.tools.cli import main
 
 FAST = ['--pretrained', 'none', '--device', 'cpu', '--input-size', '64', '96']
 CAMERA = ['--intrinsics', '60', '60', '32', '24']

@@ -8,9 +8,9 @@ import pytest
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
-from depthclip_ros.encodings import encode_rgb, ENCODINGS, ImageFormatError
 from depthclip_ros.geometry import backproject, Intrinsics
-from depthclip_ros.messages import (
+from depthclip_ros.io.encodings import encode_rgb, ENCODINGS, ImageFormatError
+from depthclip_ros.ros.messages import (
     camera_info_for,
     CameraInfoError,
     cloud_array,

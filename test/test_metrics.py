@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from depthclip_ros.metrics import depth_metrics, format_table, mean_metrics, nyu_eval_mask
+from depthclip_ros.engine.metrics import depth_metrics, format_table, mean_metrics, nyu_eval_mask
 
 
 def test_metrics_by_hand():

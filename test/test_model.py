@@ -8,8 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from depthclip_ros.geometry import Intrinsics
-from depthclip_ros.model import (
+from depthclip_ros.engine.config import (
     head_with,
     HeadConfig,
     ModelConfig,
@@ -18,6 +17,7 @@ from depthclip_ros.model import (
     PAPER_DISTANCE_PROMPTS,
     TEMPERATURE_RANGE,
 )
+from depthclip_ros.geometry import Intrinsics
 
 NYU_CROP = Intrinsics(518.8579, 519.4696, 325.5824 - 60, 253.7362 - 56, 544, 416)
 
@@ -31,7 +31,7 @@ def image(height=416, width=544, seed=0):
 
 def reference_depthclip(clip, rgb, temperature=0.1, bins=PAPER_DEPTH_BINS_M):
     """A literal re-statement of the authors' MonoCLIP.forward for RN50 (fp32), written
-    independently of depthclip_ros.model: open_clip's own trunk traversal, CLIP's text
+    independently of depthclip_ros.engine.depthclip: open_clip's own trunk traversal, CLIP's text
     tower per prompt, F.interpolate for the channel reduction, softmax over dim 1."""
     with torch.no_grad():
         out = reference_weights(clip, rgb, temperature)
@@ -74,7 +74,7 @@ def test_paper_mode_equals_the_authors_computation(engine):
     rgb = image()
     ours = engine.predict(rgb, NYU_CROP)
     scale = NYU_CROP.mean_focal / NYU_FOCAL_PX
-    ref = reference_depthclip(engine._clip, rgb) * scale
+    ref = reference_depthclip(engine.clip, rgb) * scale
     assert ours.shape == (416, 544)
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
     # Not constant: the comparison is meaningful.
@@ -123,17 +123,19 @@ def test_depth_stays_within_scaled_bins_and_temperature_limits(engine):
 
 
 def test_changing_bins_and_temperature_reuses_model_and_text(engine):
-    clip, runs = engine._clip, engine.text_encodings
     original = engine.head
+    engine.encode_prompts(original.prompts())  # the newest entry of the text cache
+    clip, runs = engine.clip, engine.text_encodings
     try:
         engine.set_head(head_with(original, depth_bins_m=[b * 2 for b in PAPER_DEPTH_BINS_M],
                                   temperature=0.2, canonical_focal_px=400.0))
-        assert engine.text_encodings == runs and engine._clip is clip
-        engine.set_head(head_with(original, distance_prompts=list(PAPER_DISTANCE_PROMPTS[::-1])))
-        assert engine.text_encodings == runs + 1 and engine._clip is clip
+        assert engine.text_encodings == runs and engine.clip is clip
+        engine.set_head(head_with(original, distance_prompts=[f'{p}, said once' for p in
+                                                              PAPER_DISTANCE_PROMPTS]))
+        assert engine.text_encodings == runs + 1 and engine.clip is clip
     finally:
         engine.set_head(original)
-    assert engine.text_encodings == runs + 2
+    assert engine.text_encodings == runs + 1  # the original prompts' features are cached
 
 
 def test_bins_scale_linearly(engine):
@@ -179,7 +181,7 @@ def test_any_image_size_and_output_size(engine):
 
 
 def test_projected_mode_runs_on_the_attention_pool_projections():
-    from depthclip_ros.model import DepthCLIP
+    from depthclip_ros.engine.depthclip import DepthCLIP
     torch.manual_seed(0)
     projected = DepthCLIP(ModelConfig(pretrained='none', device='cpu',
                                       feature_mode='projected', input_size=(224, 288))).load()
@@ -216,7 +218,7 @@ def test_invalid_model_config_is_rejected(change, message):
 
 
 def test_construction_is_cheap_and_fp16_needs_cuda():
-    from depthclip_ros.model import DepthCLIP
+    from depthclip_ros.engine.depthclip import DepthCLIP
     engine = DepthCLIP(ModelConfig(pretrained='/nonexistent/weights.pt'))
     assert not engine.loaded  # nothing read yet
     with pytest.raises(RuntimeError, match='load'):

@@ -20,10 +20,10 @@ from rclpy.parameter import Parameter
 from rclpy.qos import qos_profile_sensor_data, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
-from depthclip_ros.encodings import ENCODINGS
 from depthclip_ros.geometry import backproject, Intrinsics
-from depthclip_ros.messages import cloud_array, depth_from_image
-from depthclip_ros.node import DepthNode
+from depthclip_ros.io.encodings import ENCODINGS
+from depthclip_ros.ros.messages import cloud_array, depth_from_image
+from depthclip_ros.ros.node import DepthNode
 
 from rosutil import camera_info, repeat_until, rgb8_image, Spinner, unique_namespace, wait_for
 

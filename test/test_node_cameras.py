@@ -12,9 +12,9 @@ from rclpy.parameter import Parameter
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
 from depthclip_ros.geometry import Intrinsics
-from depthclip_ros.messages import cloud_array, depth_from_image
-from depthclip_ros.node import DepthNode
-from depthclip_ros.streams import check_camera_names
+from depthclip_ros.ros.messages import cloud_array, depth_from_image
+from depthclip_ros.ros.node import DepthNode
+from depthclip_ros.ros.streams import check_camera_names
 
 from rosutil import camera_info, repeat_until, rgb8_image, Spinner, unique_namespace, wait_for
 from test_node import RELIABLE, SMALL

@@ -19,9 +19,9 @@ import pytest
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 
-from depthclip_ros import node as node_module
+from depthclip_ros.engine.config import PAPER_DEPTH_BINS_M, PAPER_DISTANCE_PROMPTS
 from depthclip_ros.geometry import Intrinsics
-from depthclip_ros.model import PAPER_DEPTH_BINS_M, PAPER_DISTANCE_PROMPTS
+from depthclip_ros.ros import node as node_module
 
 from rosutil import unique_namespace, wait_for
 from test_node import Harness, harness  # noqa: F401 - harness: the fixture
@@ -200,7 +200,7 @@ def start(params: dict, namespace: str = '/') -> subprocess.Popen:
         f'    {k}: {json.dumps(v)}\n' for k, v in params.items()))
     env = dict(os.environ, FASTRTPS_DEFAULT_PROFILES_FILE=LOOPBACK_PROFILE,
                PYTHONUNBUFFERED='1')
-    return subprocess.Popen([sys.executable, '-m', 'depthclip_ros.node', '--ros-args',
+    return subprocess.Popen([sys.executable, '-m', 'depthclip_ros.ros.node', '--ros-args',
                              '--params-file', str(path), '-r', f'__ns:={namespace}'],
                             env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=HERE.parent)
@@ -285,7 +285,7 @@ def test_a_signal_while_the_worker_encodes_prompts_does_not_wait_for_it():
 
 
 def test_help_prints_usage_without_loading_a_model():
-    result = subprocess.run([sys.executable, '-m', 'depthclip_ros.node', '--help'],
+    result = subprocess.run([sys.executable, '-m', 'depthclip_ros.ros.node', '--help'],
                             capture_output=True, text=True, timeout=60, cwd=HERE.parent)
     assert result.returncode == 0, result.stderr
     assert 'usage: depth_node' in result.stdout and 'max_input_pixels' in result.stdout

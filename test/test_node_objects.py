@@ -8,9 +8,9 @@ from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image, PointCloud2
 from visualization_msgs.msg import Marker, MarkerArray
 
-from depthclip_ros.messages import depth_from_image
-from depthclip_ros.object_messages import labels_from_image, labels_image, object_cloud_array
-from depthclip_ros.pipeline import DepthPipeline
+from depthclip_ros.ros.messages import depth_from_image
+from depthclip_ros.ros.object_messages import labels_from_image, labels_image, object_cloud_array
+from depthclip_ros.ros.pipeline import DepthPipeline
 
 from rosutil import repeat_until, Spinner, wait_for
 from test_node import H, Harness, OUTPUT_S, W

@@ -21,7 +21,7 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
 
 from depthclip_ros.geometry import backproject, Intrinsics
-from depthclip_ros.messages import (
+from depthclip_ros.ros.messages import (
     camera_info_for,
     cloud_array,
     depth_from_image,
@@ -59,7 +59,7 @@ def start_node(tmp_path, namespace, extra=(), **env):
                       '    cloud_rgb: true\n    cloud_stride: 2\n    max_depth_m: 20.0\n')
     env = dict(os.environ, FASTRTPS_DEFAULT_PROFILES_FILE=LOOPBACK_PROFILE,
                PYTHONUNBUFFERED='1', **env)
-    command = [sys.executable, '-m', 'depthclip_ros.node', '--ros-args', '--params-file',
+    command = [sys.executable, '-m', 'depthclip_ros.ros.node', '--ros-args', '--params-file',
                str(params), '-r', f'__ns:={namespace}',
                '-r', 'image:=camera/color/image_raw',
                '-r', 'camera_info:=camera/color/camera_info', *extra]

@@ -7,7 +7,7 @@ import pytest
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image
 
-from depthclip_ros.messages import cloud_array, depth_from_image
+from depthclip_ros.ros.messages import cloud_array, depth_from_image
 
 from rosutil import Spinner, wait_for
 from test_node import FX, FY, H, Harness, W

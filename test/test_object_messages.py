@@ -12,9 +12,10 @@ from sensor_msgs.msg import Image, PointCloud2, PointField
 from std_msgs.msg import Header
 from visualization_msgs.msg import Marker
 
-from depthclip_ros.encodings import ImageFormatError
 from depthclip_ros.geometry import Intrinsics
-from depthclip_ros.object_messages import (
+from depthclip_ros.io.encodings import ImageFormatError
+from depthclip_ros.objects.locate import locate, ObjectLocation, ObjectResult
+from depthclip_ros.ros.object_messages import (
     detections_3d,
     labels_from_image,
     labels_image,
@@ -22,7 +23,6 @@ from depthclip_ros.object_messages import (
     object_cloud_array,
     object_markers,
 )
-from depthclip_ros.objects import locate, ObjectLocation, ObjectResult
 
 K = Intrinsics(fx=100.0, fy=100.0, cx=32.0, cy=24.0, width=64, height=48)
 HEADER = Header(frame_id='camera_optical', stamp=Time(sec=12, nanosec=345))
@@ -92,7 +92,7 @@ def test_markers_custom_namespace_and_nothing_located():
 
 
 def test_query_colours_are_distinct():
-    from depthclip_ros.object_messages import query_colour
+    from depthclip_ros.ros.object_messages import query_colour
 
     colours = {tuple(round(c, 3) for c in (q.r, q.g, q.b))
                for q in (query_colour(i) for i in range(16))}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from depthclip_ros.geometry import backproject, Intrinsics
-from depthclip_ros.objects import (
+from depthclip_ros.objects.locate import (
     depth_inliers,
     locate,
     ObjectLocation,

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import yaml
 
-from depthclip_ros.parameters import PARAMETERS
+from depthclip_ros.ros.parameters import PARAMETERS
 
 CONFIG = Path(__file__).resolve().parents[1] / 'config' / 'depthclip.yaml'
 

@@ -11,8 +11,13 @@ import types
 
 import pytest
 
-from depthclip_ros import phrases
-from depthclip_ros.phrases import noun_phrase, rule_noun_phrase, select_noun_phrase, which_parser
+from depthclip_ros.objects import phrases
+from depthclip_ros.objects.phrases import (
+    noun_phrase,
+    rule_noun_phrase,
+    select_noun_phrase,
+    which_parser,
+)
 
 RULE_CASES = [
     # the examples of the brief
@@ -112,7 +117,8 @@ def test_rules_parser_equals_rule_noun_phrase(sentence, _):
 
 
 def test_import_is_lazy():
-    code = 'import sys, depthclip_ros.phrases; sys.exit(1 if "spacy" in sys.modules else 0)'
+    code = ('import sys, depthclip_ros.objects.phrases; '
+            'sys.exit(1 if "spacy" in sys.modules else 0)')
     result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
 

@@ -8,8 +8,8 @@ import pytest
 from sensor_msgs.msg import CompressedImage
 
 from depthclip_ros.geometry import Intrinsics
-from depthclip_ros.messages import cloud_array, depth_from_image
-from depthclip_ros.pipeline import DepthPipeline, FrameRejected, OutputSettings, Wanted
+from depthclip_ros.ros.messages import cloud_array, depth_from_image
+from depthclip_ros.ros.pipeline import DepthPipeline, FrameRejected, OutputSettings, Wanted
 from depthclip_ros.timing import StageTimer, Throttle
 
 from rosutil import camera_info, rgb8_image

@@ -1,4 +1,4 @@
-"""Mask proposals without learned weights (depthclip_ros.proposals).
+"""Mask proposals without learned weights (depthclip_ros.objects.proposals).
 
 The scenes are rendered here with numpy: a textured wall and a receding floor, and a few
 flat-coloured objects at known depths painted back to front, so each object's visible
@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from depthclip_ros.proposals import (
+from depthclip_ros.objects.proposals import (
     _working_shape,
     check_labels,
     masks_from_labels,

@@ -12,14 +12,10 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 
+from depthclip_ros.engine.depthclip import TEXT_CACHE
 from depthclip_ros.geometry import Intrinsics
-from depthclip_ros.referring import (
-    attention_pool,
-    check_queries,
-    MAX_QUERIES,
-    ReferringCLIP,
-    TEXT_CACHE,
-)
+from depthclip_ros.objects.queries import check_queries, MAX_QUERIES
+from depthclip_ros.objects.referring import attention_pool, ReferringCLIP
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
@@ -105,7 +101,7 @@ def test_paper_protocol_scores_equal_the_restatement(engine):
     sentence, phrase = 'the red chair next to the door', 'the red chair'
     [referral] = referring.refer(rgb, masks, [3, 5, 9], [sentence], [phrase],
                                  protocol='paper')
-    clip = engine._clip
+    clip = engine.clip
     t = reference_text(clip, sentence, phrase, 0.4)
     expected = []
     for mask in masks:
@@ -133,7 +129,7 @@ def test_node_protocol_reuses_the_depth_pass_with_a_resized_positional_embedding
     referring = ReferringCLIP(engine, alpha=1.0, beta=0.5)  # global feature only
     [referral] = referring.refer(rgb, masks, [1, 2, 3], ['a mug'], ['a mug'],
                                  protocol='node', tokens=tokens)
-    clip = engine._clip
+    clip = engine.clip
     pool = resized_pool(clip.visual.attnpool, grid)
     t = reference_text(clip, 'a mug', 'a mug', 0.5)
     expected = [100.0 * float(reference_global(clip, rgb, m, (net_h, net_w), pool) @ t)
@@ -142,7 +138,7 @@ def test_node_protocol_reuses_the_depth_pass_with_a_resized_positional_embedding
 
 
 def test_attention_pool_at_the_trained_grid_is_clips_own(engine):
-    pool = engine._clip.visual.attnpool
+    pool = engine.clip.visual.attnpool
     x = torch.randn(2, pool.k_proj.in_features, 7, 7)
     with torch.no_grad():
         torch.testing.assert_close(attention_pool(pool, x), pool(x), rtol=1e-5, atol=1e-5)
@@ -152,7 +148,7 @@ def test_attention_pool_at_another_grid_resizes_the_positional_embedding(engine)
     """Against torchvision's bilinear resize of the table, run through CLIP's own forward;
     the table is amplified so that its resizing dominates the output (random weights make
     it small)."""
-    pool = copy.deepcopy(engine._clip.visual.attnpool)
+    pool = copy.deepcopy(engine.clip.visual.attnpool)
     pool.positional_embedding.data *= 50.0
     x = F.normalize(torch.randn(2, pool.k_proj.in_features, 13, 17), dim=1)
     with torch.no_grad():
@@ -163,7 +159,7 @@ def test_attention_pool_at_another_grid_resizes_the_positional_embedding(engine)
 def test_the_text_feature_mixes_sentence_and_noun_phrase(engine):
     referring = ReferringCLIP(engine, beta=0.25)
     t = referring.text_feature('man in blue shirt', 'man')
-    torch.testing.assert_close(t, reference_text(engine._clip, 'man in blue shirt', 'man',
+    torch.testing.assert_close(t, reference_text(engine.clip, 'man in blue shirt', 'man',
                                                  0.25), rtol=1e-5, atol=1e-6)
 
 
@@ -222,18 +218,22 @@ def test_bad_arguments_are_refused(engine):
         check_queries('a cup')
 
 
-def test_text_features_are_remembered_and_bounded(engine):
+def test_text_features_are_remembered_by_the_engine(engine):
     referring = ReferringCLIP(engine)
-    referring.text_feature('a cup', 'a cup')
-    referring.text_feature('a cup', 'a cup')
-    assert referring.text_encodings == 1
+    runs = engine.text_encodings
+    referring.text_feature('a teapot on a stool', 'a teapot')
+    referring.text_feature('a teapot on a stool', 'a teapot')
+    ReferringCLIP(engine).text_feature('a teapot on a stool', 'a teapot')
+    assert engine.text_encodings == runs + 1
     for i in range(TEXT_CACHE + 5):
         referring.sentence_features(f'thing {i}', 'thing')
-    assert len(referring._text) == TEXT_CACHE
+    assert engine.text_encodings == runs + 1 + TEXT_CACHE + 5
+    referring.text_feature('a teapot on a stool', 'a teapot')  # evicted: encoded again
+    assert engine.text_encodings == runs + 2 + TEXT_CACHE + 5
 
 
 def test_local_crops_are_batched_and_independent_of_batching(engine, monkeypatch):
-    import depthclip_ros.referring as referring_module
+    import depthclip_ros.objects.referring as referring_module
 
     rgb, masks = scene(seed=3)
     referring = ReferringCLIP(engine)

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import yaml
 
+from depthclip_ros.engine.config import head_with, HeadConfig, mix_bins, PAPER_DEPTH_BINS_M
+from depthclip_ros.engine.scenes import SceneClassifier
 from depthclip_ros.geometry import Intrinsics
-from depthclip_ros.messages import cloud_array, depth_from_image
-from depthclip_ros.model import head_with, HeadConfig, PAPER_DEPTH_BINS_M
-from depthclip_ros.node import _count_mismatch, head_from_parameters
-from depthclip_ros.parameters import PARAMETERS, validate
-from depthclip_ros.pipeline import DepthPipeline, OutputSettings, Wanted
-from depthclip_ros.scenes import mix_bins, SceneClassifier
+from depthclip_ros.ros.messages import cloud_array, depth_from_image
+from depthclip_ros.ros.node import _count_mismatch, head_from_parameters
+from depthclip_ros.ros.parameters import PARAMETERS, validate
+from depthclip_ros.ros.pipeline import DepthPipeline, OutputSettings, Wanted
 from depthclip_ros.timing import StageTimer
 from depthclip_ros.tools.common import add_model_arguments, configs_from_args
 

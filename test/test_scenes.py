@@ -12,16 +12,16 @@ import pytest
 import torch
 from torchvision import transforms as T
 
-from depthclip_ros.model import DepthCLIP, ModelConfig
-from depthclip_ros.scenes import (
+from depthclip_ros.engine.config import (
     check_scene_template,
     MAX_SCENES,
     mix_bins,
+    ModelConfig,
     SCENE_PROMPT_TEMPLATE,
-    SceneClassifier,
     SceneEstimate,
-    TEXT_CACHE,
 )
+from depthclip_ros.engine.depthclip import DepthCLIP, TEXT_CACHE
+from depthclip_ros.engine.scenes import SceneClassifier
 
 NAMES = ('kitchen', 'bathroom', 'bedroom', 'office', 'living room')
 # (height, width): odd and non-square both ways, larger and smaller than CLIP's 224
@@ -66,7 +66,7 @@ def zero_shot_classifier(clip, names, template=lambda c: f'a photo of a {c}.'):
 
 @pytest.fixture(scope='module')
 def classifier(engine):
-    return zero_shot_classifier(engine._clip, NAMES)
+    return zero_shot_classifier(engine.clip, NAMES)
 
 
 def reference(clip, preprocess, rgb, classifier):
@@ -112,7 +112,7 @@ def test_preprocess_is_open_clips_own(scenes, open_clip_preprocess):
 def test_probabilities_are_open_clips_zero_shot(engine, scenes, open_clip_preprocess,
                                                  classifier, size):
     rgb = frame(*size)
-    expected, expected_feature = reference(engine._clip, open_clip_preprocess, rgb,
+    expected, expected_feature = reference(engine.clip, open_clip_preprocess, rgb,
                                            classifier)
     estimate = scenes.classify(rgb, NAMES)
 
@@ -138,7 +138,7 @@ def test_the_comparison_notices_wrong_preprocessing(engine, scenes, open_clip_pr
         ours = np.asarray(scenes.classify(rgb, NAMES).probabilities)
         feature = scenes.image_embedding(rgb).cpu().numpy()
         broken, broken_feature = reference(
-            engine._clip, variant(open_clip_preprocess, **{wrong: True}), rgb, classifier)
+            engine.clip, variant(open_clip_preprocess, **{wrong: True}), rgb, classifier)
         assert np.abs(feature - broken_feature).max() > 10 * EMBEDDING_ATOL, (wrong, size)
         if wrong != 'bilinear':
             assert np.abs(ours - broken).max() > 20 * PROBABILITY_ATOL, (wrong, size)
@@ -147,8 +147,8 @@ def test_the_comparison_notices_wrong_preprocessing(engine, scenes, open_clip_pr
 def test_another_template_is_open_clips_too(engine, scenes, open_clip_preprocess):
     rgb = frame(120, 90, seed=3)
     names = ['street', 'corridor', 'classroom']
-    robot = zero_shot_classifier(engine._clip, names, lambda c: f'an indoor {c}, seen by a robot')
-    expected, _ = reference(engine._clip, open_clip_preprocess, rgb, robot)
+    robot = zero_shot_classifier(engine.clip, names, lambda c: f'an indoor {c}, seen by a robot')
+    expected, _ = reference(engine.clip, open_clip_preprocess, rgb, robot)
     estimate = scenes.classify(rgb, names, 'an indoor {}, seen by a robot')
     np.testing.assert_allclose(estimate.probabilities, expected, rtol=0,
                                atol=PROBABILITY_ATOL)
@@ -192,44 +192,48 @@ def test_shares_the_engine_and_loads_nothing(engine):
     shared = SceneClassifier(engine)
     assert shared.engine is engine
     with pytest.raises(TypeError):
-        SceneClassifier(engine._clip)
+        SceneClassifier(engine.clip)
 
 
 # ------------------------------------------------------------- the text cache
 def test_text_encoder_runs_once_per_names_and_template(engine, monkeypatch):
+    """The scene texts go through the engine's one bounded text cache."""
     calls = []
-    encode_text = engine._clip.encode_text
+    encode_text = engine.clip.encode_text
 
     def counting(*args, **kwargs):
         calls.append(args[0].shape[0])
         return encode_text(*args, **kwargs)
 
-    monkeypatch.setattr(engine._clip, 'encode_text', counting)
+    monkeypatch.setattr(engine.clip, 'encode_text', counting)
+    names = ('a scullery', 'a vestibule', 'a belfry')  # in no other test: not cached yet
     scenes = SceneClassifier(engine)
-    first = scenes.classify(frame(97, 151), NAMES)
-    again = scenes.classify(frame(97, 151), list(NAMES))  # a list is the same key
-    scenes.classify(frame(64, 64, seed=5), NAMES)
-    assert calls == [len(NAMES)] and scenes.text_encodings == 1
+    runs = engine.text_encodings
+    first = scenes.classify(frame(97, 151), names)
+    again = scenes.classify(frame(97, 151), list(names))  # a list is the same key
+    scenes.classify(frame(64, 64, seed=5), names)
+    assert calls == [len(names)] and engine.text_encodings == runs + 1
     assert again == first
+    SceneClassifier(engine).classify(frame(64, 64), names)  # shared by every classifier
+    assert len(calls) == 1
 
-    scenes.classify(frame(97, 151), NAMES, 'a picture of a {}')
-    scenes.classify(frame(97, 151), NAMES[:3])
-    assert len(calls) == 3 == scenes.text_encodings
+    scenes.classify(frame(97, 151), names, 'a picture of a {}')
+    scenes.classify(frame(97, 151), names[:2])
+    assert len(calls) == 3 == engine.text_encodings - runs
 
     # bounded: after TEXT_CACHE other keys, the first is encoded again
     for i in range(TEXT_CACHE):
-        scenes.text_features(['hall', f'room {i}'])
+        scenes.text_features(['a hall', f'a room {i}'])
     assert len(calls) == 3 + TEXT_CACHE
-    scenes.text_features(['hall', f'room {TEXT_CACHE - 1}'])  # the newest is still there
+    scenes.text_features(['a hall', f'a room {TEXT_CACHE - 1}'])  # the newest is still there
     assert len(calls) == 3 + TEXT_CACHE
-    scenes.classify(frame(40, 40), NAMES)
+    scenes.classify(frame(40, 40), names)
     assert len(calls) == 4 + TEXT_CACHE
-    assert len(scenes._text) == TEXT_CACHE
 
 
 def test_a_bad_call_encodes_nothing(engine, monkeypatch):
     calls = []
-    monkeypatch.setattr(engine._clip, 'encode_text', lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(engine.clip, 'encode_text', lambda *a, **k: calls.append(a))
     scenes = SceneClassifier(engine)
     with pytest.raises(ValueError):
         scenes.classify(frame(40, 40), ['kitchen', 'kitchen'])

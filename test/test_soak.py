@@ -4,7 +4,7 @@ The full-length run is ``depthclip-ros soak`` (README, Speed)."""
 
 import re
 
-from depthclip_ros.cli import main
+from depthclip_ros.tools.cli import main
 
 
 def test_soak_memory_threads_fds_counts_and_shutdown(capsys):

@@ -7,6 +7,7 @@ Random weights: the tests compare computations, never accuracy.
 
 import argparse
 import copy
+from dataclasses import replace
 import json
 import logging
 
@@ -14,26 +15,15 @@ import numpy as np
 import pytest
 import torch
 
-from depthclip_ros import model as model_module
+from depthclip_ros.engine import runtime as model_module
+from depthclip_ros.engine.config import MEMORY_FORMATS, ModelConfig, PRECISIONS
+from depthclip_ros.engine.cuda import PinnedUploads, TrunkGraphs
+from depthclip_ros.engine.depthclip import DepthCLIP
+from depthclip_ros.engine.frames import FrameIn
+from depthclip_ros.engine.runtime import resolve_dtype, resolve_runtime, trunk_memory_format
 from depthclip_ros.geometry import Intrinsics
-from depthclip_ros.model import (
-    DepthCLIP,
-    FrameIn,
-    MEMORY_FORMATS,
-    ModelConfig,
-    PinnedUploads,
-    PRECISIONS,
-    resolve_dtype,
-    resolve_runtime,
-    trunk_memory_format,
-    TrunkGraphs,
-)
-from depthclip_ros.parameters import PARAMETERS, validate
-from depthclip_ros.tools.common import (
-    add_model_arguments,
-    check_model_options,
-    configs_from_args,
-)
+from depthclip_ros.ros.parameters import PARAMETERS, validate
+from depthclip_ros.tools.common import add_model_arguments, check_model_options, configs_from_args
 
 from conftest import shared_data
 
@@ -64,7 +54,7 @@ def relative_deviation(depth: np.ndarray, reference: np.ndarray) -> np.ndarray:
 
 def nchw_tokens(engine: DepthCLIP, x: torch.Tensor) -> torch.Tensor:
     """The trunk as before the speed paths: an NCHW copy of the image tower, NCHW input."""
-    visual = copy.deepcopy(engine._clip.visual).to(memory_format=torch.contiguous_format)
+    visual = copy.deepcopy(engine.clip.visual).to(memory_format=torch.contiguous_format)
     x = x.contiguous()
     with torch.inference_mode():
         for layer in (visual.stem, visual.layer1, visual.layer2, visual.layer3,
@@ -140,7 +130,7 @@ def test_bf16_is_refused_without_native_support(monkeypatch):
 def test_the_cpu_fp32_trunk_runs_channels_last_whatever_the_image_size(small_engine):
     assert small_engine.dtype == torch.float32
     assert small_engine.memory_format == torch.channels_last
-    conv = small_engine._clip.visual.conv1.weight
+    conv = small_engine.clip.visual.conv1.weight
     assert conv.is_contiguous(memory_format=torch.channels_last)
     seen = []
     for height, width in (SMALL, (48, 80)):  # not resized, and resized
@@ -160,20 +150,14 @@ def test_channels_last_fp32_equals_nchw_fp32(small_engine):
     scale = reference.abs().max().item()
     torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-5 * scale)
 
-    # the whole pass, channels-last against the engine switched to NCHW
+    # the whole pass, channels-last against an engine of the same weights in NCHW
     cameras = camera(48, 80)
     depth_cl = small_engine.infer(images, cameras, uncertainty=True)
-    small_engine.use_memory_format(torch.contiguous_format)
-    try:
-        assert not small_engine._clip.visual.conv1.weight.is_contiguous(
-            memory_format=torch.channels_last)
-        depth_nchw = small_engine.infer(images, cameras, uncertainty=True)
-    finally:
-        small_engine.use_memory_format(torch.channels_last)
+    nchw = DepthCLIP(replace(small_engine.config, memory_format='contiguous')).load()
+    assert not nchw.clip.visual.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    depth_nchw = nchw.infer(images, cameras, uncertainty=True)
     np.testing.assert_allclose(depth_cl.depth, depth_nchw.depth, rtol=1e-5)
     np.testing.assert_allclose(depth_cl.sigma, depth_nchw.sigma, rtol=1e-4, atol=1e-6)
-    with pytest.raises(ValueError, match='memory_format'):
-        small_engine.use_memory_format(torch.preserve_format)
 
 
 def test_memory_format_is_a_parameter_an_option_and_a_config():
@@ -212,9 +196,9 @@ def test_a_contiguous_engine_loads_nchw_and_gives_the_channels_last_depth(small_
     engine = DepthCLIP(ModelConfig(pretrained='none', device='cpu', input_size=SMALL,
                                    memory_format='contiguous')).load()
     assert engine.memory_format == torch.contiguous_format
-    assert not engine._clip.visual.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not engine.clip.visual.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     seen = []
-    hook = engine._clip.visual.conv1.register_forward_pre_hook(
+    hook = engine.clip.visual.conv1.register_forward_pre_hook(
         lambda module, args: seen.append(args[0].is_contiguous()))
     images = np.stack([picture(48, 80, seed) for seed in range(2)])
     try:
@@ -233,9 +217,9 @@ def test_bf16_trunk_with_a_float32_text_tower_and_head(bf16_engine, small_engine
     engine = bf16_engine
     assert engine.dtype == torch.bfloat16 and engine.memory_format == torch.channels_last
     assert 'bfloat16' in engine.describe_device()
-    assert engine._clip.visual.conv1.weight.dtype == torch.bfloat16
-    assert engine._clip.visual.conv1.weight.is_contiguous(memory_format=torch.channels_last)
-    assert all(p.dtype == torch.float32 for p in engine._clip.transformer.parameters())
+    assert engine.clip.visual.conv1.weight.dtype == torch.bfloat16
+    assert engine.clip.visual.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert all(p.dtype == torch.float32 for p in engine.clip.transformer.parameters())
     # text features in float32, equal to the fp32 engine's (same seeded random weights)
     assert engine.text_features.dtype == torch.float32
     torch.testing.assert_close(engine.text_features, small_engine.text_features,
@@ -292,7 +276,7 @@ def test_bf16_depth_on_a_real_frame_at_the_default_size(engine):
 
 @needs_bf16
 def test_referring_and_scenes_run_on_the_bf16_engine(bf16_engine, small_engine):
-    from depthclip_ros.referring import ReferringCLIP
+    from depthclip_ros.objects.referring import ReferringCLIP
     rgb = picture(64, 96, seed=3)
     masks = np.zeros((2, 64, 96), bool)
     masks[0, :, :48] = True
@@ -348,7 +332,7 @@ def test_trunk_graphs_capture_once_per_shape_and_stay_bounded(caplog):
     graphs(-one)
     torch.testing.assert_close(first, one * 2.0)
     # a third shape runs eagerly (no eviction, no re-capture), warned once
-    with caplog.at_level(logging.WARNING, logger='depthclip_ros.model'):
+    with caplog.at_level(logging.WARNING, logger='depthclip_ros.engine.cuda'):
         for _ in range(2):
             torch.testing.assert_close(graphs(three), three * 2.0)
     assert graphs.eager_runs == 2 and len(graphs.shapes) == 2 and graphs.captures == 2
@@ -366,7 +350,7 @@ def test_a_failed_capture_falls_back_to_eager_with_a_warning(caplog):
 
     graphs = TrunkGraphs(lambda x: x + 1.0, capture=capture)
     x = torch.zeros(1, 3, 2, 2)
-    with caplog.at_level(logging.WARNING, logger='depthclip_ros.model'):
+    with caplog.at_level(logging.WARNING, logger='depthclip_ros.engine.cuda'):
         torch.testing.assert_close(graphs(x), x + 1.0)
         torch.testing.assert_close(graphs(torch.ones(2, 3, 2, 2)), torch.full((2, 3, 2, 2),
                                                                              2.0))

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from rosbags.highlevel import AnyReader
 
-from depthclip_ros.cli import main
-from depthclip_ros.model import RANDOM_WEIGHTS_BANNER
+from depthclip_ros.engine.config import RANDOM_WEIGHTS_BANNER
+from depthclip_ros.io.visualize import read_ply
+from depthclip_ros.tools.cli import main
 from depthclip_ros.tools.demo import render_corridor
-from depthclip_ros.visualize import read_ply
 
 from conftest import shared_data
 
@@ -180,7 +180,7 @@ def test_demo_falls_back_to_labelled_random_weights(tmp_path, capsys):
 
 
 def run_cli(args, tmp_path, **env):
-    """``python -m depthclip_ros.cli ARGS`` from this source tree, with a Hugging Face cache
+    """``python -m depthclip_ros.tools.cli ARGS`` from this source tree, with a Hugging Face cache
     of its own (empty), the hub endpoint a closed loopback port (no real hub is ever
     asked), and ``env`` on top: ``(return code, stdout, stderr, seconds)``."""
     with socket.socket() as probe:  # a loopback port nothing listens on
@@ -191,7 +191,7 @@ def run_cli(args, tmp_path, **env):
     environment.update(HF_HOME=str(tmp_path / 'hf_home'),
                        HF_ENDPOINT=f'http://127.0.0.1:{port}', **env)
     started = time.monotonic()
-    done = subprocess.run([sys.executable, '-m', 'depthclip_ros.cli', *args], cwd=REPO,
+    done = subprocess.run([sys.executable, '-m', 'depthclip_ros.tools.cli', *args], cwd=REPO,
                           env=environment, capture_output=True, text=True, timeout=120)
     return done.returncode, done.stdout, done.stderr, time.monotonic() - started
 

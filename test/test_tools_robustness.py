@@ -27,14 +27,14 @@ from hypothesis import strategies as st
 import numpy as np
 import pytest
 
-from depthclip_ros import dataset
-from depthclip_ros.cli import main
-from depthclip_ros.dataset import DatasetError, read_rgb, RGBDFolder
-from depthclip_ros.encodings import ImageFormatError
-from depthclip_ros.parameters import DEFAULT_MAX_INPUT_PIXELS
+from depthclip_ros.io import dataset
+from depthclip_ros.io.dataset import DatasetError, read_rgb, RGBDFolder
+from depthclip_ros.io.encodings import ImageFormatError
+from depthclip_ros.io.visualize import read_ply, write_rgb_png
+from depthclip_ros.ros.parameters import DEFAULT_MAX_INPUT_PIXELS
 from depthclip_ros.tools import evaluate, infer
+from depthclip_ros.tools.cli import main
 from depthclip_ros.tools.infer import OUTPUT_SUFFIXES, plan_outputs
-from depthclip_ros.visualize import read_ply, write_rgb_png
 
 from conftest import fill_disk_at
 
@@ -120,7 +120,7 @@ def assert_one_line_refusal(err: str, command: str) -> None:
 
 def run_process(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE='1')
-    return subprocess.run([sys.executable, '-m', 'depthclip_ros.cli', *args], cwd=REPO,
+    return subprocess.run([sys.executable, '-m', 'depthclip_ros.tools.cli', *args], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -397,8 +397,8 @@ def test_video_frames_are_bounded_by_the_declared_size(tmp_path, capsys, monkeyp
 
 
 def test_max_input_pixels_defaults_to_the_node_parameter():
-    from depthclip_ros.cli import build_parser
-    args = build_parser().parse_args(['infer', 'x.png', '--hfov-deg', '60', '-o', 'o'])
+    from depthclip_ros.tools.cli import build_parser
+    args = build_parser('infer').parse_args(['infer', 'x.png', '--hfov-deg', '60', '-o', 'o'])
     assert args.max_input_pixels == DEFAULT_MAX_INPUT_PIXELS
 
 
@@ -724,7 +724,7 @@ def test_rgbd_folder_checks_depth_size_from_its_header(tmp_path, monkeypatch):
 
 
 def test_writers_leave_no_partial_file(tmp_path, monkeypatch):
-    from depthclip_ros import visualize
+    from depthclip_ros.io import visualize
     with pytest.raises(OSError):
         write_rgb_png(tmp_path / 'missing' / 'x.png', np.zeros((4, 4, 3), np.uint8))
     target = tmp_path / 'x.png'

@@ -14,20 +14,21 @@ import numpy as np
 import pytest
 import yaml
 
-from depthclip_ros.cli import main
-from depthclip_ros.dataset import read_rgb
+from depthclip_ros.engine.config import mix_bins, PAPER_DEPTH_BINS_M
+from depthclip_ros.engine.scenes import SceneClassifier
 from depthclip_ros.geometry import backproject, Intrinsics
-from depthclip_ros.model import PAPER_DEPTH_BINS_M
-from depthclip_ros.scenes import mix_bins, SceneClassifier
-from depthclip_ros.tools import bench, infer
-from depthclip_ros.tools.infer import OUTPUT_SUFFIXES, plan_outputs, SUMMARY_SUFFIX
-from depthclip_ros.visualize import (
+from depthclip_ros.io.dataset import read_rgb
+from depthclip_ros.io.visualize import (
     BAR_WIDTH,
     colorize_uncertainty,
     read_ply,
     TITLE_WIDTH,
     write_ply,
 )
+from depthclip_ros.tools import infer
+from depthclip_ros.tools.bench import speed as bench
+from depthclip_ros.tools.cli import main
+from depthclip_ros.tools.infer import OUTPUT_SUFFIXES, plan_outputs, SUMMARY_SUFFIX
 
 from conftest import fill_disk_at, small_engine_for_tools
 

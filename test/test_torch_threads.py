@@ -14,7 +14,7 @@ from conftest import REPO
 THREADS = textwrap.dedent("""
     import threading
     import torch
-    from depthclip_ros.node import set_torch_threads
+    from depthclip_ros.ros.node import set_torch_threads
 
     def scenario(setter):
         out = {}

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from depthclip_ros.model import head_with, NYU_FOCAL_PX, PAPER_DEPTH_BINS_M
+from depthclip_ros.engine.config import head_with, NYU_FOCAL_PX, PAPER_DEPTH_BINS_M
 
 from test_model import image, NYU_CROP, reference_weights
 
@@ -43,9 +43,9 @@ def upsample(grid: np.ndarray, size) -> np.ndarray:
 
 def reference(engine, rgb, flip=False):
     """``(depth, sigma, grid sigma)`` in metres from the reference softmax weights."""
-    weights = reference_weights(engine._clip, rgb, TEMPERATURE)[0].double().numpy()
+    weights = reference_weights(engine.clip, rgb, TEMPERATURE)[0].double().numpy()
     if flip:
-        mirrored = reference_weights(engine._clip, np.ascontiguousarray(rgb[:, ::-1]), TEMPERATURE)
+        mirrored = reference_weights(engine.clip, np.ascontiguousarray(rgb[:, ::-1]), TEMPERATURE)
         weights = 0.5 * (weights + mirrored[0].double().numpy()[:, :, ::-1])
     scale = NYU_CROP.mean_focal / NYU_FOCAL_PX
     mean, sigma = moments(weights, BINS * scale)

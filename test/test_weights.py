@@ -10,15 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from depthclip_ros import model as model_module
+from depthclip_ros.engine import weights as model_module
+from depthclip_ros.engine.config import ModelConfig
+from depthclip_ros.engine.depthclip import DepthCLIP
+from depthclip_ros.engine.weights import how_to_supply_weights, WeightsError
 from depthclip_ros.geometry import Intrinsics
-from depthclip_ros.model import (
-    DepthCLIP,
-    how_to_supply_weights,
-    ModelConfig,
-    node_hint_style,
-    WeightsError,
-)
+from depthclip_ros.ros.hints import LAUNCH_SPELLING, node_spelling, ROS_SPELLING, with_hint
 
 CAMERA = Intrinsics(518.86, 519.47, 144.0, 112.0, 288, 224)
 RGB = np.random.default_rng(0).integers(0, 256, (224, 288, 3), dtype=np.uint8)
@@ -219,22 +216,24 @@ def test_a_reachable_host_or_its_proxy_is_reachable(monkeypatch):
 
 
 def test_the_hint_speaks_the_syntax_of_where_weights_are_given(monkeypatch):
-    cli, ros, launch = (how_to_supply_weights(style) for style in ('cli', 'ros', 'launch'))
+    cli = how_to_supply_weights()
+    ros, launch = how_to_supply_weights(ROS_SPELLING), how_to_supply_weights(LAUNCH_SPELLING)
     assert '--pretrained none' in cli and ':=' not in cli
     assert '-p pretrained:=none' in ros and '--ros-args' in ros and '--pretrained' not in ros
     assert 'pretrained:=none' in launch and 'depth.launch.py' in launch
     assert '-p ' not in launch and '--pretrained' not in launch
-    with pytest.raises(ValueError):
-        how_to_supply_weights('yaml')
     error = WeightsError('weights file x does not exist')
     assert error.problem == 'weights file x does not exist'
-    assert error.message('ros') == f'{error.problem}\n{ros}' and error.hint('launch') == launch
-    assert str(error) == error.message('cli')
-    assert WeightsError('no hint', supply_hint=False).message('ros') == 'no hint'
+    assert error.message(ROS_SPELLING) == f'{error.problem}\n{ros}'
+    assert error.hint(LAUNCH_SPELLING) == launch
+    assert str(error) == error.message() == f'{error.problem}\n{cli}'
+    assert WeightsError('no hint', supply_hint=False).message(ROS_SPELLING) == 'no hint'
     monkeypatch.delenv('DEPTHCLIP_STARTED_BY_LAUNCH', raising=False)
-    assert node_hint_style() == 'ros'
+    assert node_spelling() == ROS_SPELLING and with_hint(error) == error.message(ROS_SPELLING)
     monkeypatch.setenv('DEPTHCLIP_STARTED_BY_LAUNCH', '1')
-    assert node_hint_style() == 'launch'
+    assert node_spelling() == LAUNCH_SPELLING
+    assert with_hint(error) == error.message(LAUNCH_SPELLING)
+    assert with_hint(ValueError('plain')) == 'plain'
 
 
 def test_not_cached_with_a_reachable_hub_is_left_to_open_clip_to_download(hub, monkeypatch):

@@ -56,7 +56,7 @@ import statistics
 import sys
 import time
 
-from ..bags import (
+from depthclip_ros.bags.process import (
     BagError,
     BagReport,
     BagWriteError,
@@ -66,10 +66,10 @@ from ..bags import (
     recover_partial,
     RecoveryReport,
 )
-from ..model import RANDOM_WEIGHTS_BANNER
-from ..pipeline import DepthPipeline, ObjectSettings, OutputSettings
-from ..referring import ReferringCLIP
-from .common import (
+from depthclip_ros.engine.config import RANDOM_WEIGHTS_BANNER
+from depthclip_ros.objects.referring import ReferringCLIP
+from depthclip_ros.ros.pipeline import DepthPipeline, ObjectSettings, OutputSettings
+from depthclip_ros.tools.common import (
     add_model_arguments,
     configs_from_args,
     load_engine,

@@ -8,9 +8,8 @@ import math
 from pathlib import Path
 import sys
 
-from ..model import (
+from depthclip_ros.engine.config import (
     BINS_MODES,
-    DepthCLIP,
     HeadConfig,
     MEMORY_FORMATS,
     ModelConfig,
@@ -20,11 +19,12 @@ from ..model import (
     PAPER_TEMPERATURE,
     PRECISIONS,
     RANDOM_WEIGHTS_BANNER,
-    resolve_runtime,
     SCENE_PROMPT_TEMPLATE,
-    WeightsError,
 )
-from ..parameters import validate
+from depthclip_ros.engine.depthclip import DepthCLIP
+from depthclip_ros.engine.runtime import resolve_runtime
+from depthclip_ros.engine.weights import WeightsError
+from depthclip_ros.ros.parameters import validate
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:

@@ -25,16 +25,24 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import get_typestore, Stores
 from std_msgs.msg import Header
 
-from ..bags import BagError, is_bag, METADATA_VERSION, process_bag, remove_bag_folder
-from ..dataset import expand_inputs, iter_images
-from ..geometry import Intrinsics, intrinsics_from_hfov, pixel_rays
-from ..messages import camera_info_for, rgb_image
-from ..metrics import depth_metrics, format_table
-from ..model import DepthCLIP, RANDOM_WEIGHTS_BANNER, WeightsError
-from ..pipeline import DepthPipeline
-from .bag import print_summary, ProblemLog, Progress
-from .common import add_model_arguments, configs_from_args, warn_random_weights
-from .infer import write_outputs
+from depthclip_ros.bags.process import (
+    BagError,
+    is_bag,
+    METADATA_VERSION,
+    process_bag,
+    remove_bag_folder,
+)
+from depthclip_ros.engine.config import RANDOM_WEIGHTS_BANNER
+from depthclip_ros.engine.depthclip import DepthCLIP
+from depthclip_ros.engine.metrics import depth_metrics, format_table
+from depthclip_ros.engine.weights import WeightsError
+from depthclip_ros.geometry import Intrinsics, intrinsics_from_hfov, pixel_rays
+from depthclip_ros.io.dataset import expand_inputs, iter_images
+from depthclip_ros.ros.messages import camera_info_for, rgb_image
+from depthclip_ros.ros.pipeline import DepthPipeline
+from depthclip_ros.tools.bag import print_summary, ProblemLog, Progress
+from depthclip_ros.tools.common import add_model_arguments, configs_from_args, warn_random_weights
+from depthclip_ros.tools.infer import write_outputs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

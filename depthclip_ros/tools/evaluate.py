@@ -43,9 +43,9 @@ import cv2
 import numpy as np
 import torch
 
-from ..dataset import DatasetError, one_line, RGBDFolder
-from ..geometry import Intrinsics, metric_scale
-from ..metrics import (
+from depthclip_ros.engine.config import RANDOM_WEIGHTS_BANNER
+from depthclip_ros.engine.depthclip import DepthCLIP
+from depthclip_ros.engine.metrics import (
     depth_metrics,
     evaluated_pixels,
     format_table,
@@ -60,9 +60,15 @@ from ..metrics import (
     RANDOM_GUESS_NYU,
     uniform_random_depth,
 )
-from ..model import DepthCLIP, RANDOM_WEIGHTS_BANNER
-from ..visualize import atomic_path, check_output_file
-from .common import add_model_arguments, check_max_depth, check_model_options, load_engine
+from depthclip_ros.geometry import Intrinsics, metric_scale
+from depthclip_ros.io.dataset import DatasetError, one_line, RGBDFolder
+from depthclip_ros.io.visualize import atomic_path, check_output_file
+from depthclip_ros.tools.common import (
+    add_model_arguments,
+    check_max_depth,
+    check_model_options,
+    load_engine,
+)
 
 PROG = 'depthclip-ros evaluate'
 MIN_GT_DEPTH_M = 1e-3  # ground truth at or below this is invalid

@@ -47,13 +47,12 @@ import cv2
 import numpy as np
 import torch
 
-from ..dataset import expand_inputs, is_video, iter_images, one_line
-from ..encodings import MAX_SIDE_PX
-from ..geometry import backproject, Intrinsics, intrinsics_from_hfov
-from ..model import DepthCLIP, Prediction, RANDOM_WEIGHTS_BANNER
-from ..parameters import DEFAULT_MAX_INPUT_PIXELS, validate
-from ..scenes import mix_bins, SceneEstimate
-from ..visualize import (
+from depthclip_ros.engine.config import MAX_SIDE_PX, mix_bins, RANDOM_WEIGHTS_BANNER, SceneEstimate
+from depthclip_ros.engine.depthclip import DepthCLIP
+from depthclip_ros.engine.frames import Prediction
+from depthclip_ros.geometry import backproject, Intrinsics, intrinsics_from_hfov
+from depthclip_ros.io.dataset import expand_inputs, is_video, iter_images, one_line
+from depthclip_ros.io.visualize import (
     check_output_dir,
     preview,
     save_json,
@@ -62,7 +61,8 @@ from ..visualize import (
     write_ply,
     write_rgb_png,
 )
-from .common import (
+from depthclip_ros.ros.parameters import DEFAULT_MAX_INPUT_PIXELS, validate
+from depthclip_ros.tools.common import (
     add_model_arguments,
     check_max_depth,
     check_model_options,

@@ -2,7 +2,7 @@
 
 For every query (a referring expression such as "the red chair next to the door") the
 candidate mask that CLIP scores best (zero-shot referring segmentation, Yu et al. 2023:
-depthclip_ros.referring) is chosen, and its position and box are computed from the
+depthclip_ros.objects.referring) is chosen, and its position and box are computed from the
 metric depth of the same engine (z of the position = its distance along the optical
 axis). The candidates are the built-in proposals (colour and depth segmentation), or
 the labels of ``--masks`` (a single-channel 8- or 16-bit PNG at the image's size,
@@ -34,24 +34,10 @@ import sys
 import cv2
 import numpy as np
 
-from ..dataset import one_line, read_rgb
-from ..finder import find_objects, Found
-from ..geometry import Intrinsics
-from ..model import RANDOM_WEIGHTS_BANNER
-from ..objects import ObjectResult
-from ..parameters import DEFAULT_MAX_INPUT_PIXELS
-from ..phrases import which_parser
-from ..proposals import check_labels, MAX_MASKS
-from ..referring import (
-    check_mix,
-    check_protocol,
-    check_queries,
-    DEFAULT_ALPHA,
-    DEFAULT_BETA,
-    PROTOCOLS,
-    ReferringCLIP,
-)
-from ..visualize import (
+from depthclip_ros.engine.config import RANDOM_WEIGHTS_BANNER
+from depthclip_ros.geometry import Intrinsics
+from depthclip_ros.io.dataset import one_line, read_rgb
+from depthclip_ros.io.visualize import (
     atomic_path,
     check_output_dir,
     check_output_file,
@@ -59,9 +45,23 @@ from ..visualize import (
     write_ply,
     write_rgb_png,
 )
-from .common import add_model_arguments, load_engine
-from .infer import check_options as check_image_options
-from .infer import intrinsics_for
+from depthclip_ros.objects.finder import find_objects, Found
+from depthclip_ros.objects.locate import ObjectResult
+from depthclip_ros.objects.phrases import which_parser
+from depthclip_ros.objects.proposals import check_labels, MAX_MASKS
+from depthclip_ros.objects.queries import check_queries
+from depthclip_ros.objects.referring import (
+    check_mix,
+    check_protocol,
+    DEFAULT_ALPHA,
+    DEFAULT_BETA,
+    PROTOCOLS,
+    ReferringCLIP,
+)
+from depthclip_ros.ros.parameters import DEFAULT_MAX_INPUT_PIXELS
+from depthclip_ros.tools.common import add_model_arguments, load_engine
+from depthclip_ros.tools.infer import check_options as check_image_options
+from depthclip_ros.tools.infer import intrinsics_for
 
 PROG = 'depthclip-ros locate'
 PREVIEW_MIN_WIDTH = 480  # smaller images are enlarged (nearest) so that the text is legible

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import uuid
 
-from ..resources import share_file
+from depthclip_ros.io.resources import share_file
 
 PROFILE = 'config/fastdds_localhost.xml'  # installed under share/depthclip_ros
 
@@ -34,7 +34,7 @@ def private_namespace(name: str) -> str:
 
 
 def start_node(parameters: dict, namespace: str | None = None) -> subprocess.Popen:
-    """``python -m depthclip_ros.node`` with ``parameters`` (a params file), in
+    """``python -m depthclip_ros.ros.node`` with ``parameters`` (a params file), in
     ``namespace`` if given, stdout discarded, stderr piped (text)."""
     folder = Path(tempfile.mkdtemp(prefix='depthclip_node_'))
     params = folder / 'params.yaml'
@@ -43,7 +43,7 @@ def start_node(parameters: dict, namespace: str | None = None) -> subprocess.Pop
     ros_args = ['--params-file', str(params)]
     if namespace:
         ros_args += ['-r', f'__ns:={namespace}']
-    return subprocess.Popen([sys.executable, '-m', 'depthclip_ros.node', '--ros-args',
+    return subprocess.Popen([sys.executable, '-m', 'depthclip_ros.ros.node', '--ros-args',
                              *ros_args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
 

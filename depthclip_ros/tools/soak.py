@@ -28,7 +28,12 @@ import subprocess
 import threading
 import time
 
-from .node_process import isolate_ros_traffic, node_statuses, private_namespace, start_node
+from depthclip_ros.tools.node_process import (
+    isolate_ros_traffic,
+    node_statuses,
+    private_namespace,
+    start_node,
+)
 
 COUNT_KEYS = ('received', 'processed', 'dropped', 'rejected', 'failed',
               'skipped_no_subscribers')
@@ -71,8 +76,8 @@ def run(args: argparse.Namespace) -> int:
     from sensor_msgs.msg import CameraInfo, Image
     from std_msgs.msg import Header
 
-    from ..geometry import Intrinsics
-    from ..messages import camera_info_for, rgb_image
+    from depthclip_ros.geometry import Intrinsics
+    from depthclip_ros.ros.messages import camera_info_for, rgb_image
 
     height, width = args.image_size
     namespace = private_namespace('soak')

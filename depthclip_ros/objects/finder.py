@@ -1,8 +1,8 @@
 """Objects named in words, found in metres: proposals, referring, 3-D, for one frame.
 
 The step shared by the node, ``depthclip-ros bag --query`` and ``depthclip-ros locate``:
-candidate masks (the user's label image, or :func:`~depthclip_ros.proposals.propose`),
-the best mask per query (:class:`~depthclip_ros.referring.ReferringCLIP`), and its
+candidate masks (the user's label image, or :func:`~depthclip_ros.objects.proposals.propose`),
+the best mask per query (:class:`~depthclip_ros.objects.referring.ReferringCLIP`), and its
 position and box from the metric depth (:func:`~depthclip_ros.objects.locate`).
 No rclpy here.
 """
@@ -15,11 +15,11 @@ from typing import Sequence
 
 import numpy as np
 
-from .geometry import Intrinsics
-from .objects import locate, ObjectResult, query_labels
-from .proposals import check_labels, masks_from_labels, MAX_MASKS, propose
-from .referring import ReferringCLIP
-from .timing import stage_or_nothing, StageTimer
+from depthclip_ros.geometry import Intrinsics
+from depthclip_ros.objects.locate import locate, ObjectResult, query_labels
+from depthclip_ros.objects.proposals import check_labels, masks_from_labels, MAX_MASKS, propose
+from depthclip_ros.objects.referring import ReferringCLIP
+from depthclip_ros.timing import stage_or_nothing, StageTimer
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """``depthclip-ros bench-cameras``: several cameras into one depth_node process.
 
-Starts ``python -m depthclip_ros.node`` with ``cameras: [cam0, ..., camN-1]`` and the given
+Starts ``python -m depthclip_ros.ros.node`` with ``cameras: [cam0, ..., camN-1]`` and the given
 model options, publishes every camera's frames at its rate from one scheduling loop (the
 cameras evenly out of phase, every frame stamped uniquely), and times each frame from its
 publication to the arrival of both its ``depth/image`` and its ``points``. The node keeps
@@ -29,9 +29,14 @@ import time
 
 import numpy as np
 
-from ..streams import MAX_CAMERAS
-from .common import add_model_arguments, check_model_options, option_problem, scene_settings
-from .node_process import (
+from depthclip_ros.ros.streams import MAX_CAMERAS
+from depthclip_ros.tools.common import (
+    add_model_arguments,
+    check_model_options,
+    option_problem,
+    scene_settings,
+)
+from depthclip_ros.tools.node_process import (
     isolate_ros_traffic,
     node_statuses,
     private_namespace,
@@ -172,8 +177,8 @@ def measure(args: argparse.Namespace) -> dict:
     from sensor_msgs.msg import CameraInfo, Image, PointCloud2
     from std_msgs.msg import Header
 
-    from ..geometry import Intrinsics
-    from ..messages import camera_info_for, rgb_image
+    from depthclip_ros.geometry import Intrinsics
+    from depthclip_ros.ros.messages import camera_info_for, rgb_image
 
     height, width = args.image_size
     cameras = [f'cam{i}' for i in range(args.cameras)]
@@ -336,7 +341,7 @@ def measure(args: argparse.Namespace) -> dict:
     elif device.startswith('cpu'):
         import torch
 
-        from .bench import cpu_name
+        from depthclip_ros.tools.bench.speed import cpu_name
         device += f' - {cpu_name()}, {torch.get_num_threads()} threads'
     problems = [line.rstrip() for line in stderr_lines
                 if any(marker in line for marker in PROBLEM_MARKERS)

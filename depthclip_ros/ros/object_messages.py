@@ -1,4 +1,4 @@
-"""ROS messages for language-referred objects (:mod:`depthclip_ros.objects`), no rclpy.
+"""ROS messages for language-referred objects (:mod:`depthclip_ros.objects.locate`), no rclpy.
 
 * :func:`object_markers`: rviz boxes and labels (``visualization_msgs/MarkerArray``).
 * :func:`object_cloud`: the objects' inlier points, tagged with their query index.
@@ -20,10 +20,11 @@ from sensor_msgs.msg import Image, PointCloud2, PointField
 from std_msgs.msg import ColorRGBA
 from visualization_msgs.msg import Marker, MarkerArray
 
-from .encodings import check_pixels, ImageFormatError, MAX_SIDE_PX
-from .messages import _bytes, image_message
-from .objects import ObjectResult
-from .visualize import query_rgb
+from depthclip_ros.engine.config import MAX_SIDE_PX
+from depthclip_ros.io.encodings import check_pixels, ImageFormatError
+from depthclip_ros.io.visualize import query_rgb
+from depthclip_ros.objects.locate import ObjectResult
+from depthclip_ros.ros.messages import _bytes, image_message
 
 MIN_MARKER_SIZE_M = 0.01  # rviz cannot draw a box thinner than nothing
 MARKER_ALPHA = 0.5

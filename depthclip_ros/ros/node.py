@@ -27,16 +27,16 @@ forward.
 Inference runs on a worker thread: the subscription callbacks only store each camera's
 newest frame (an older one still waiting is dropped and counted), so the executor never
 stalls and latency cannot grow without bound. Outputs nobody subscribes to are not computed. The
-per-frame work is :class:`~depthclip_ros.pipeline.DepthPipeline`, shared with the bag tool.
+per-frame work is :class:`~depthclip_ros.ros.pipeline.DepthPipeline`, shared with the bag tool.
 :class:`DepthNode` subscribes from construction; :class:`DepthLifecycleNode` is the same
 node under a lifecycle manager (``depth_lifecycle_node``).
 """
 
 from __future__ import annotations
 
-if __name__ == '__main__':  # python -m depthclip_ros.node: signals handled from here on
+if __name__ == '__main__':  # python -m depthclip_ros.ros.node: signals handled from here on
     from depthclip_ros.allocator import keep_freed_memory
-    from depthclip_ros.shutdown import SHUTDOWN
+    from depthclip_ros.ros.shutdown import SHUTDOWN
     SHUTDOWN.install()
     keep_freed_memory()  # before numpy, torch and rclpy start threads (allocator.py)
 
@@ -57,20 +57,19 @@ from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 import torch
 
-from .allocator import keep_freed_memory
-from .encodings import ImageFormatError
-from .model import (
+from depthclip_ros.allocator import keep_freed_memory
+from depthclip_ros.engine.config import (
     check_scene_template,
-    DepthCLIP,
     HeadConfig,
-    import_backend,
     ModelConfig,
-    node_hint_style,
     RANDOM_WEIGHTS_BANNER,
-    WeightsError,
 )
-from .object_messages import labels_from_image
-from .parameters import (
+from depthclip_ros.engine.depthclip import DepthCLIP
+from depthclip_ros.engine.weights import import_backend, WeightsError
+from depthclip_ros.io.encodings import ImageFormatError
+from depthclip_ros.ros.hints import with_hint
+from depthclip_ros.ros.object_messages import labels_from_image
+from depthclip_ros.ros.parameters import (
     check_read_only,
     declare_parameters,
     HEAD_PARAMETERS,
@@ -78,10 +77,16 @@ from .parameters import (
     PARAMETERS,
     validate,
 )
-from .pipeline import DepthPipeline, FrameRejected, ObjectSettings, OutputSettings, Wanted
-from .shutdown import SHUTDOWN, StopRequested
-from .streams import CameraStream, COUNTS, OUTPUT_PUBLISHERS
-from .timing import StageTimer, Throttle
+from depthclip_ros.ros.pipeline import (
+    DepthPipeline,
+    FrameRejected,
+    ObjectSettings,
+    OutputSettings,
+    Wanted,
+)
+from depthclip_ros.ros.shutdown import SHUTDOWN, StopRequested
+from depthclip_ros.ros.streams import CameraStream, COUNTS, OUTPUT_PUBLISHERS
+from depthclip_ros.timing import StageTimer, Throttle
 
 THROTTLE_S = 5.0
 SPIN_CHECK_S = 1.0  # the executor thread and the main thread re-check the stop flag
@@ -111,7 +116,7 @@ class DepthNodeCore:
     :meth:`_start_worker` (frames flow), and back: :meth:`_stop_worker`,
     :meth:`_unsubscribe`, :meth:`_release`.
 
-    Cameras: one :class:`~depthclip_ros.streams.CameraStream` per entry of ``cameras``
+    Cameras: one :class:`~depthclip_ros.ros.streams.CameraStream` per entry of ``cameras``
     (topics under its namespace), or one on the node's own relative topics. Each keeps only
     its newest waiting frame; the worker takes every camera's waiting frame and runs them
     as one batched forward, so no camera waits for another and none can starve another.
@@ -733,7 +738,7 @@ class DepthLifecycleNode(DepthNodeCore, LifecycleNode):
             self._load()
         except (WeightsError, ValueError, RuntimeError) as error:
             self.get_logger().error(f'configure failed, still unconfigured: '
-                                    f'{_with_hint(error)}')
+                                    f'{with_hint(error)}')
             self._destroy_outputs()
             self._release()
             return TransitionCallbackReturn.FAILURE
@@ -863,7 +868,7 @@ def run(args=None, managed: bool = False) -> int:
     ``managed``: the lifecycle node, which starts unconfigured and loads the model when a
     lifecycle manager configures it.
 
-    Signals are the node's own (:mod:`depthclip_ros.shutdown`), never rclpy's: rclpy's
+    Signals are the node's own (:mod:`depthclip_ros.ros.shutdown`), never rclpy's: rclpy's
     handler shuts the context down from another thread at once, racing both the executor
     (which then raises ``RCLError`` creating its wait set) and the worker (whose publish
     fails mid-frame). While starting (rclpy, node, model, prompts) a signal stops the start
@@ -894,7 +899,7 @@ def run(args=None, managed: bool = False) -> int:
     except (StopRequested, KeyboardInterrupt, ExternalShutdownException):
         pass
     except (WeightsError, ValueError) as error:
-        message = f'depth_node cannot start: {_with_hint(error)}'
+        message = f'depth_node cannot start: {with_hint(error)}'
         if node is not None:
             node.get_logger().fatal(message)
         else:
@@ -963,15 +968,6 @@ def _spin_until_stopped(node) -> None:
         executor.shutdown(timeout_sec=0)
     if failure:
         raise failure[0]
-
-
-def _with_hint(error: Exception) -> str:
-    """The error, with a weights hint in the syntax of how the node was started: launch
-    arguments under ``ros2 launch`` (the launch files set DEPTHCLIP_STARTED_BY_LAUNCH), ROS
-    parameters otherwise."""
-    if isinstance(error, WeightsError):
-        return error.message(node_hint_style())
-    return str(error)
 
 
 def main(args=None, managed: bool = False) -> None:

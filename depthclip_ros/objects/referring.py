@@ -2,7 +2,7 @@
 
 Zero-shot referring image segmentation with CLIP's global-local context features (Yu,
 Seo and Son, CVPR 2023), as stated in ``docs/METHOD.md`` §3, on the CLIP already loaded
-by the depth engine (:class:`~depthclip_ros.model.DepthCLIP`): nothing is loaded twice.
+by the depth engine (:class:`~depthclip_ros.engine.depthclip.DepthCLIP`): nothing is loaded twice.
 
 For a mask ``m`` of an image ``I`` and a referring expression ``T``:
 
@@ -15,7 +15,7 @@ For a mask ``m`` of an image ``I`` and a referring expression ``T``:
   resized to 224x224;
 - ``f = alpha * f_G + (1 - alpha) * f_L`` and ``t = beta * norm(E(T)) + (1 - beta) *
   norm(E(NP(T)))`` with ``NP`` the noun phrase holding the sentence's root
-  (:mod:`~depthclip_ros.phrases`);
+  (:mod:`~depthclip_ros.objects.phrases`);
 - score ``s(m) = 100 * f . t``; the answer is the best-scoring mask.
 
 Two protocols for ``F``: ``paper`` runs the trunk on the image resized to 224x224 (the
@@ -27,7 +27,6 @@ With random weights (``pretrained='none'``) every score is meaningless; callers 
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 import math
 from typing import Sequence
@@ -36,17 +35,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .model import CLIP_LOGIT_SCALE, DepthCLIP, MAX_PROMPT_CHARS
-from .phrases import noun_phrase as extract_noun_phrase
+from depthclip_ros.engine.config import CLIP_LOGIT_SCALE
+from depthclip_ros.engine.depthclip import DepthCLIP
+from depthclip_ros.objects.phrases import noun_phrase as extract_noun_phrase
+from depthclip_ros.objects.queries import check_queries
 
 PROTOCOLS = ('paper', 'node')
 PAPER_INPUT_SIZE = (224, 224)  # the paper's CLIP input, global and local
 DEFAULT_ALPHA = 0.95  # RefCOCO / RefCOCO+; the paper uses 0.85 for long expressions
 DEFAULT_BETA = 0.5
-MAX_QUERIES = 16
-MAX_QUERY_CHARS = MAX_PROMPT_CHARS
 LOCAL_BATCH = 8  # crops encoded per forward pass: bounds activation memory
-TEXT_CACHE = 64  # sentences whose text features are remembered
 
 
 @dataclass(frozen=True)
@@ -94,21 +92,6 @@ def check_protocol(protocol: str) -> str:
     return protocol
 
 
-def check_queries(queries: Sequence[str]) -> list[str]:
-    """Non-empty strings of at most ``MAX_QUERY_CHARS``, at most ``MAX_QUERIES`` of them."""
-    if isinstance(queries, str):
-        raise TypeError('queries must be a list of strings, not one string')
-    queries = list(queries)
-    if len(queries) > MAX_QUERIES:
-        raise ValueError(f'at most {MAX_QUERIES} queries, got {len(queries)}')
-    for query in queries:
-        if not isinstance(query, str) or not query.strip():
-            raise ValueError(f'every query must be a non-empty string, got {query!r}')
-        if len(query) > MAX_QUERY_CHARS:
-            raise ValueError(f'query {query[:40]!r}... is longer than {MAX_QUERY_CHARS} '
-                             f'characters')
-    return [q.strip() for q in queries]
-
 
 class ReferringCLIP:
     """Scores candidate masks against referring expressions with the depth engine's CLIP.
@@ -123,9 +106,6 @@ class ReferringCLIP:
         self.alpha = check_mix('alpha', alpha)
         self.beta = check_mix('beta', beta)
         self.parser = parser
-        self._text: OrderedDict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = \
-            OrderedDict()
-        self.text_encodings = 0
 
     # ------------------------------------------------------------------ text side
     def noun_phrase(self, sentence: str, given: str | None = None) -> str:
@@ -140,25 +120,14 @@ class ReferringCLIP:
         """Raise ``ValueError`` if ``sentence`` does not fit CLIP's text context."""
         self.engine.check_text(sentence, 'query')
 
-    @torch.inference_mode()
     def sentence_features(self, sentence: str, noun_phrase: str) -> tuple[torch.Tensor,
                                                                            torch.Tensor]:
-        """``norm(E(sentence))`` and ``norm(E(noun_phrase))``, float32 ``(D,)`` each;
-        remembered for the last ``TEXT_CACHE`` pairs."""
-        key = (sentence, noun_phrase)
-        if key in self._text:
-            self._text.move_to_end(key)
-            return self._text[key]
-        for text in key:
+        """``norm(E(sentence))`` and ``norm(E(noun_phrase))``, float32 ``(D,)`` each (the
+        engine remembers recent ones)."""
+        for text in (sentence, noun_phrase):
             self.check_text(text)
-        tokens = self.engine._tokenizer([sentence, noun_phrase]).to(self.engine.device)
-        embedded = F.normalize(self.engine._clip.encode_text(tokens).float(), dim=-1)
-        self.text_encodings += 1
-        value = (embedded[0], embedded[1])
-        self._text[key] = value
-        while len(self._text) > TEXT_CACHE:
-            self._text.popitem(last=False)
-        return value
+        embedded = self.engine.encode_text([sentence, noun_phrase])
+        return embedded[0], embedded[1]
 
     def text_feature(self, sentence: str, noun_phrase: str) -> torch.Tensor:
         """``t = beta * norm(E(sentence)) + (1 - beta) * norm(E(noun phrase))``."""
@@ -186,7 +155,7 @@ class ReferringCLIP:
         cells = F.interpolate(masks_t[:, None].float(), size=grid, mode='area')
         normalised = F.normalize(tokens.float(), dim=1)  # (1, C, h, w)
         masked = (normalised * cells).to(self.engine.dtype)  # (N, C, h, w)
-        return attention_pool(self.engine._clip.visual.attnpool, masked).float()
+        return attention_pool(self.engine.attention_pool, masked).float()
 
     @torch.inference_mode()
     def local_features(self, rgb: np.ndarray, masks: np.ndarray) -> torch.Tensor:
@@ -199,8 +168,7 @@ class ReferringCLIP:
         for start in range(0, len(masks), LOCAL_BATCH):
             crops = torch.stack([_masked_crop(image, mask)
                                  for mask in masks[start:start + LOCAL_BATCH]])
-            encoded = engine._clip.encode_image(crops.to(engine.dtype)).float()
-            features.append(F.normalize(encoded, dim=-1))
+            features.append(engine.encode_image(crops, normalize=True))
         return torch.cat(features)
 
     def mask_features(self, rgb: np.ndarray, masks: np.ndarray, protocol: str = 'paper',
@@ -326,5 +294,5 @@ def _check_image_and_masks(rgb: np.ndarray, masks: np.ndarray) -> tuple[np.ndarr
 
 
 __all__ = ['ReferringCLIP', 'Referral', 'PROTOCOLS', 'DEFAULT_ALPHA', 'DEFAULT_BETA',
-           'MAX_QUERIES', 'attention_pool', 'positional_embedding', 'score_matrix',
-           'check_mix', 'check_protocol', 'check_queries']
+           'attention_pool', 'positional_embedding', 'score_matrix',
+           'check_mix', 'check_protocol']

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from .parameters import PARAMETERS, validate
+from depthclip_ros.ros.parameters import PARAMETERS, validate
 
 # name -> help text shown by `ros2 launch depthclip_ros depth.launch.py --show-args`
 START_TIME_ARGUMENTS = {
@@ -50,6 +50,6 @@ def overrides(given: dict[str, str]) -> dict:
     except ValueError as error:
         raise ValueError(f'launch argument: {error}') from None
     if 'input_size' in out:
-        from .model import check_input_size
+        from depthclip_ros.engine.config import check_input_size
         check_input_size(out['input_size'])
     return out

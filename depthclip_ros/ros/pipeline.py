@@ -14,10 +14,16 @@ from typing import Callable
 import numpy as np
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
-from .encodings import ImageFormatError
-from .finder import find_objects
-from .geometry import Intrinsics, intrinsics_from_hfov
-from .messages import (
+from depthclip_ros.engine.config import mix_bins, SceneEstimate
+from depthclip_ros.engine.depthclip import DepthCLIP
+from depthclip_ros.engine.frames import FrameIn, Prediction
+from depthclip_ros.geometry import Intrinsics, intrinsics_from_hfov
+from depthclip_ros.io.encodings import ImageFormatError
+from depthclip_ros.io.visualize import colorize_depth
+from depthclip_ros.objects.finder import find_objects
+from depthclip_ros.objects.locate import ObjectResult
+from depthclip_ros.objects.referring import ReferringCLIP
+from depthclip_ros.ros.messages import (
     camera_info_for,
     CameraInfoError,
     depth_image,
@@ -29,14 +35,14 @@ from .messages import (
     rgb_image,
     uncertainty_image,
 )
-from .model import DepthCLIP, FrameIn, Prediction
-from .object_messages import detections_3d, labels_image, object_cloud, object_markers
-from .objects import ObjectResult
-from .parameters import PARAMETERS, validate
-from .referring import ReferringCLIP
-from .scenes import mix_bins, SceneEstimate
-from .timing import stage_or_nothing, StageTimer
-from .visualize import colorize_depth
+from depthclip_ros.ros.object_messages import (
+    detections_3d,
+    labels_image,
+    object_cloud,
+    object_markers,
+)
+from depthclip_ros.ros.parameters import PARAMETERS, validate
+from depthclip_ros.timing import stage_or_nothing, StageTimer
 
 _DEFAULTS = {p.name: p.default for p in PARAMETERS}
 # image_geometry's models; the node honours none of them (it does not undistort), but an

@@ -44,24 +44,26 @@ import time
 import numpy as np
 import torch
 
-from ..dataset import DatasetError, read_rgb
-from ..finder import find_objects
-from ..geometry import backproject, Intrinsics
-from ..model import (
-    bin_moments,
-    cpu_bf16_native,
-    DepthCLIP,
-    FrameIn,
-    PRECISIONS,
-    resolve_runtime,
-    WeightsError,
+from depthclip_ros.engine.config import PRECISIONS
+from depthclip_ros.engine.depthclip import DepthCLIP
+from depthclip_ros.engine.frames import bin_moments, FrameIn
+from depthclip_ros.engine.runtime import cpu_bf16_native, resolve_runtime
+from depthclip_ros.engine.scenes import SceneClassifier
+from depthclip_ros.engine.weights import WeightsError
+from depthclip_ros.geometry import backproject, Intrinsics
+from depthclip_ros.io.dataset import DatasetError, read_rgb
+from depthclip_ros.objects.finder import find_objects
+from depthclip_ros.objects.proposals import MAX_MASKS
+from depthclip_ros.objects.queries import MAX_QUERIES
+from depthclip_ros.objects.referring import ReferringCLIP
+from depthclip_ros.ros.parameters import PARAMETERS
+from depthclip_ros.timing import StageTimer
+from depthclip_ros.tools.common import (
+    add_model_arguments,
+    configs_from_args,
+    load_engine,
+    warn_random_weights,
 )
-from ..parameters import PARAMETERS
-from ..proposals import MAX_MASKS
-from ..referring import MAX_QUERIES, ReferringCLIP
-from ..scenes import SceneClassifier
-from ..timing import StageTimer
-from .common import add_model_arguments, configs_from_args, load_engine, warn_random_weights
 
 ENGINE_STAGES = ('preprocess', 'network', 'head', 'upsample', 'backproject')
 
@@ -505,10 +507,10 @@ def plan_variants(asked: list[tuple[str, str | None]], args: argparse.Namespace
 
     fp32 in its default layout comes first, asked or not (the reference); unless a layout
     of fp32 is asked for, fp32 in its other layout follows it. A variant without a layout
-    gets its precision's default (:func:`~depthclip_ros.model.trunk_memory_format`, or
+    gets its precision's default (:func:`~depthclip_ros.engine.depthclip.trunk_memory_format`, or
     ``--memory-format``);
     duplicates are kept once. Loads nothing."""
-    from ..model import trunk_memory_format
+    from depthclip_ros.engine.runtime import trunk_memory_format
     model, _ = configs_from_args(args)
     wanted = [('fp32', None)] + [v for v in asked if v != ('fp32', None)]
     if not any(precision == 'fp32' and layout for precision, layout in asked):
@@ -620,7 +622,7 @@ def deviation_images(args: argparse.Namespace) -> list[tuple[str, np.ndarray, In
                                 height)
             out.append((str(path), rgb, camera))
     if args.dataset:
-        from .evaluate import find_datasets
+        from depthclip_ros.tools.evaluate import find_datasets
         for label, folder in find_datasets(list(args.dataset)):
             for frame in folder:
                 out.append((f'{label}/{frame.name}', frame.rgb, frame.intrinsics))

@@ -21,8 +21,9 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from .encodings import check_pixels, encoded_image_size, ImageFormatError, MAX_SIDE_PX
-from .geometry import Intrinsics
+from depthclip_ros.engine.config import MAX_SIDE_PX
+from depthclip_ros.geometry import Intrinsics
+from depthclip_ros.io.encodings import check_pixels, encoded_image_size, ImageFormatError
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
 VIDEO_SUFFIXES = ('.mp4', '.avi', '.mov', '.mkv', '.webm')

@@ -1,6 +1,6 @@
 """``depthclip-ros bench-node``: end-to-end latency of depth_node as its own process.
 
-Starts ``python -m depthclip_ros.node`` with the given model options, publishes a camera
+Starts ``python -m depthclip_ros.ros.node`` with the given model options, publishes a camera
 frame and its CameraInfo, and times frame-in to depth-and-cloud-out, one frame at a time
 (closed loop) and then as a stream. Before each closed-loop frame it times one bare
 network forward of the same engine in this process, so that the overhead of everything
@@ -24,9 +24,9 @@ import time
 
 import numpy as np
 
-from .bench import device_description, time_engine
-from .common import add_model_arguments, load_engine
-from .node_process import (
+from depthclip_ros.tools.bench.speed import device_description, time_engine
+from depthclip_ros.tools.common import add_model_arguments, load_engine
+from depthclip_ros.tools.node_process import (
     isolate_ros_traffic,
     node_statuses,
     private_namespace,
@@ -60,8 +60,8 @@ def run(args: argparse.Namespace) -> int:
     from sensor_msgs.msg import CameraInfo, Image, PointCloud2
     from std_msgs.msg import Header
 
-    from ..geometry import Intrinsics
-    from ..messages import camera_info_for, rgb_image
+    from depthclip_ros.geometry import Intrinsics
+    from depthclip_ros.ros.messages import camera_info_for, rgb_image
 
     namespace = private_namespace('bench_node')
     node = start_node({'pretrained': args.pretrained, 'device': args.device,

@@ -348,7 +348,7 @@ def propose(rgb: np.ndarray, depth: np.ndarray | None = None, max_masks: int = M
     try:
         from skimage.segmentation import felzenszwalb
     except ImportError as error:  # pragma: no cover - depends on the environment
-        raise ImportError('depthclip_ros.proposals.propose needs scikit-image '
+        raise ImportError('depthclip_ros.objects.proposals.propose needs scikit-image '
                           '(pip install scikit-image==0.26.0)') from error
     import cv2
 

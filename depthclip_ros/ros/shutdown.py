@@ -23,8 +23,6 @@ import signal
 import sys
 import threading
 
-from .allocator import keep_freed_memory
-
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -62,19 +60,3 @@ class Shutdown:
 
 SHUTDOWN = Shutdown()
 
-
-def depth_node() -> None:
-    """The ``depth_node`` console script: signals handled and the allocator set
-    (:mod:`depthclip_ros.allocator`) before the heavy imports start threads."""
-    SHUTDOWN.install()
-    keep_freed_memory()
-    from .node import main
-    main()
-
-
-def depth_lifecycle_node() -> None:
-    """The ``depth_lifecycle_node`` console script (the managed node)."""
-    SHUTDOWN.install()
-    keep_freed_memory()
-    from .node import main
-    main(managed=True)

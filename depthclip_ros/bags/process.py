@@ -7,7 +7,7 @@
 Reading, ROS 1 -> ROS 2 message conversion and writing are done by the ``rosbags``
 library (its ``convert`` module migrates ROS 1 definitions such as CameraInfo's upper-case
 ``K``). Image and CameraInfo messages are turned into real ``sensor_msgs`` objects with
-``rclpy.serialization`` and handed to :class:`~depthclip_ros.pipeline.DepthPipeline`,
+``rclpy.serialization`` and handed to :class:`~depthclip_ros.ros.pipeline.DepthPipeline`,
 exactly what ``depth_node`` runs on a live topic; the outputs are serialised the same way.
 Nothing here starts rclpy (no node, no DDS traffic).
 
@@ -55,8 +55,8 @@ from rosbags.rosbag2 import StoragePlugin, Writer, WriterError
 from rosbags.typesys import get_typestore, Stores
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-from .pipeline import DepthPipeline, FrameRejected, Outputs, Wanted
-from .timing import StageTimer
+from depthclip_ros.ros.pipeline import DepthPipeline, FrameRejected, Outputs, Wanted
+from depthclip_ros.timing import StageTimer
 
 log = logging.getLogger(__name__)
 
@@ -531,7 +531,7 @@ def _first_readable(reader, topic: str, describe: Callable) -> tuple | None:
 
 def _image_facts(msg) -> tuple[str, tuple[int, int] | None]:
     if hasattr(msg, 'format'):  # CompressedImage: the size its header declares
-        from .encodings import encoded_image_size, ImageFormatError
+        from depthclip_ros.io.encodings import encoded_image_size, ImageFormatError
         try:
             return msg.header.frame_id, encoded_image_size(bytes(msg.data))
         except ImageFormatError:
@@ -540,7 +540,7 @@ def _image_facts(msg) -> tuple[str, tuple[int, int] | None]:
 
 
 def _info_facts(msg) -> tuple[str, tuple[int, int]]:
-    from .messages import image_size_of
+    from depthclip_ros.ros.messages import image_size_of
     return msg.header.frame_id, tuple(int(v) for v in image_size_of(msg))
 
 
@@ -560,7 +560,7 @@ def check_camera_info(reader, image_topic: str, image_type: str, info_topic: str
     frame_id cannot be compared (empty) is used only with the image's exact size, and
     warned about.
     """
-    from .messages import ASPECT_TOLERANCE
+    from depthclip_ros.ros.messages import ASPECT_TOLERANCE
 
     if info_topic is None:
         return 'none in the bag'

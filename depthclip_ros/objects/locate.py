@@ -29,7 +29,7 @@ import math
 
 import numpy as np
 
-from .geometry import Intrinsics, pixel_rays, valid_depth_mask
+from depthclip_ros.geometry import Intrinsics, pixel_rays, valid_depth_mask
 
 OUTLIER_K = 3.0  # robust standard deviations of z kept around the median z
 OUTLIER_FLOOR_M = 0.02  # the kept band is at least this wide on each side of the median

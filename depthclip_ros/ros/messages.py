@@ -13,8 +13,13 @@ import math
 import numpy as np
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 
-from .encodings import check_pixels, decode_to_rgb, encoded_image_size, ImageFormatError
-from .geometry import backproject, Intrinsics
+from depthclip_ros.geometry import backproject, Intrinsics
+from depthclip_ros.io.encodings import (
+    check_pixels,
+    decode_to_rgb,
+    encoded_image_size,
+    ImageFormatError,
+)
 
 ASPECT_TOLERANCE = 0.01  # relative; a CameraInfo of another size is scaled within this
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 import math
 
-from .encodings import MAX_SIDE_PX
-from .model import (
+from depthclip_ros.engine.config import (
     BINS_MODES,
     CANONICAL_FOCAL_RANGE_PX,
     DEFAULT_INPUT_SIZE,
     MAX_BINS,
     MAX_SCENES,
+    MAX_SIDE_PX,
     MEMORY_FORMATS,
     NYU_FOCAL_PX,
     PAPER_DEPTH_BINS_M,
@@ -225,7 +225,7 @@ def validate(values: dict) -> None:
         raise ValueError(f'min_depth_m ({values["min_depth_m"]}) must be < max_depth_m '
                          f'({values["max_depth_m"]})')
     if values.get('object_queries'):
-        from .referring import check_queries
+        from depthclip_ros.objects.queries import check_queries
         try:
             check_queries(values['object_queries'])
         except (TypeError, ValueError) as error:
@@ -270,7 +270,7 @@ def _check_one(param: Param, value) -> None:
         raise ValueError(f'scene_bins_m must be finite bins > 0, at most '
                          f'{MAX_SCENES * MAX_BINS} values, got {list(value)!r}')
     if name == 'cameras':
-        from .streams import check_camera_names
+        from depthclip_ros.ros.streams import check_camera_names
         check_camera_names(value)
     if name == 'output_size':
         size = list(value)

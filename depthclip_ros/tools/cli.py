@@ -1,5 +1,8 @@
 """``depthclip-ros``: the command-line entry (infer, locate, bag, evaluate, bench, bench-node,
-bench-cameras, demo)."""
+bench-cameras, soak, demo).
+
+Only the tool named on the command line is imported: ``depthclip-ros --help`` lists the
+tools from this table alone, without torch, OpenCV or ROS."""
 
 from __future__ import annotations
 
@@ -8,12 +11,10 @@ import importlib
 import sys
 import types
 
-from .allocator import keep_freed_memory
+from depthclip_ros.allocator import keep_freed_memory
 
 # The program's first act, before numpy, torch or rclpy start threads (allocator.py).
 keep_freed_memory()
-
-from .tools.common import setup_logging  # noqa: E402
 
 # Python packages of ROS 2 itself: from a ROS install (source its setup file) or, without
 # one, the PyPI wheels (pip install 'depthclip_ros[ros]').
@@ -28,7 +29,7 @@ def _tool(name: str):
     """The tool's module, or a stand-in that says how to get what it needs when it imports
     ROS 2 packages that are not installed (infer, locate, evaluate and bench need none)."""
     try:
-        return importlib.import_module(f'.tools.{name.replace("-", "_")}', __package__)
+        return importlib.import_module(MODULES[name])
     except ModuleNotFoundError as error:
         missing = (error.name or '').split('.')[0]
         if missing not in ROS_MODULES:
@@ -44,7 +45,7 @@ def _tool(name: str):
         return types.SimpleNamespace(add_arguments=add_arguments, run=run, __doc__=message)
 
 
-COMMANDS = {name: (_tool(name), summary) for name, summary in (
+SUMMARIES = dict((
     ('infer', 'depth, 16-bit PNG, preview and PLY for images, folders or videos'),
     ('locate', 'objects named in words (--query "the red chair next to the door") in one '
                'image: chosen mask, 3-D points and position in metres'),
@@ -60,26 +61,44 @@ COMMANDS = {name: (_tool(name), summary) for name, summary in (
              'counts, shutdown'),
     ('demo', 'the main job without a camera: run the pipeline on given or generated input '
              'and say where the results are'),
-)}
+))
+MODULES = {name: f'depthclip_ros.tools.{name.replace("-", "_")}' for name in SUMMARIES}
+MODULES.update({name: f'depthclip_ros.tools.bench.{name[6:]}'
+                for name in ('bench-bag', 'bench-node', 'bench-cameras')})
+MODULES['bench'] = 'depthclip_ros.tools.bench.speed'
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only ``command``'s tool (if any) is imported to add its options."""
     parser = argparse.ArgumentParser(
         prog='depthclip-ros', description='Zero-shot metric depth from an RGB camera '
         '(DepthCLIP + focal-length scaling), without ROS running.')
     parser.add_argument('--verbose', '-v', action='store_true', help='log at INFO level')
     sub = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
-    for name, (module, summary) in COMMANDS.items():
-        module.add_arguments(sub.add_parser(name, help=summary, description=module.__doc__,
-                                            formatter_class=argparse.RawTextHelpFormatter))
+    for name, summary in SUMMARIES.items():
+        if name == command:
+            module = _tool(name)
+            module.add_arguments(sub.add_parser(
+                name, help=summary, description=module.__doc__,
+                formatter_class=argparse.RawTextHelpFormatter))
+        else:
+            sub.add_parser(name, help=summary, add_help=False)
     return parser
 
 
+def command_of(argv: list[str]) -> str | None:
+    """The tool named in ``argv`` (the first word that is one), or ``None``."""
+    return next((word for word in argv if word in SUMMARIES), None)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = command_of(argv)
+    args = build_parser(command).parse_args(argv)
+    from depthclip_ros.tools.common import setup_logging
     setup_logging(args.verbose)
     try:
-        return COMMANDS[args.command][0].run(args)
+        return _tool(args.command).run(args)
     except KeyboardInterrupt:
         print('interrupted', file=sys.stderr)
         return 130

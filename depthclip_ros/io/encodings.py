@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-MAX_SIDE_PX = 16384  # larger images are refused as absurd
+from depthclip_ros.engine.config import MAX_SIDE_PX
 
 
 class ImageFormatError(ValueError):

@@ -43,7 +43,7 @@ def test_the_ros_path_installs_no_ros_wheel_and_keeps_numpy_1_and_opencv_4():
             assert not version or int(version.split('.')[0]) < 5, version
     # what rosdep cannot give is there: the model's libraries
     assert {'torch', 'torchvision', 'open_clip_torch'} <= set(wanted)
-    readme = (REPO / 'README.md').read_text()
+    readme = (REPO / 'README.md').read_text()  # the ROS 2 install route
     assert 'pip install -r depthclip_ros/requirements-ros.txt' in readme
 
 

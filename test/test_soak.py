@@ -1,6 +1,6 @@
 """A long stream into depth_node as its own process: flat memory, no thread or fd growth,
 counts that add up, clean SIGINT while frames arrive (CPU, random weights, small frames).
-The full-length run is ``depthclip-ros soak`` (README, Speed)."""
+The full-length run is ``depthclip-ros soak`` (docs/benchmarks.md, "Long runs")."""
 
 import re
 
@@ -9,7 +9,7 @@ from depthclip_ros.tools.cli import main
 
 def test_soak_memory_threads_fds_counts_and_shutdown(capsys):
     code = main(['soak', '--frames', '1500', '--warmup-frames', '300', '--rate-hz', '100',
-                 '--bad-every', '25', '--stop-signal', 'TERM'])  # the README's run: INT
+                 '--bad-every', '25', '--stop-signal', 'TERM'])  # the documented run: INT
     out = capsys.readouterr().out
     assert code == 0, out
     assert 'soak: all checks passed' in out and 'SIGTERM while streaming: exit code 0' in out

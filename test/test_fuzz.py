@@ -2,7 +2,7 @@
 path (without DDS): any field combination either converts or raises the one named error,
 never anything else."""
 
-from hypothesis import given, HealthCheck, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 import numpy as np
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
@@ -61,8 +61,7 @@ fuzz_floats = st.one_of(st.floats(allow_nan=True, allow_infinity=True),
                         st.integers(-5, 200).map(float))
 
 
-@settings(max_examples=120, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=120, deadline=None)
 @given(encoding=st.one_of(st.sampled_from(sorted(ENCODINGS)), field_text),
        height=st.integers(0, 40), width=st.integers(0, 40), step=st.integers(0, 200),
        length=st.integers(0, 6000), big=st.booleans(),

@@ -95,6 +95,8 @@ def node_configs(values: dict, check_head: Callable[[HeadConfig], None] | None =
         head, mismatch = head_or_mismatch(values, check_head)
     else:
         head, mismatch = head_from_parameters(values), None
+        if check_head is not None:
+            check_head(head)
     return NodeConfigs(model, head, mismatch, output, objects)
 
 

@@ -19,7 +19,7 @@ beyond it (``depthclip-ros soak`` checks the resident size over thousands of fra
 
 Process-wide, so only the programs of this package call :func:`keep_freed_memory`, as
 their first act: ``depth_node`` and ``depth_lifecycle_node`` (beside their signal
-handlers), ``python -m depthclip_ros.ros.node``, and the ``depthclip-ros`` command line.
+handlers), ``python -m depthclip_ros.ros.entry``, and the ``depthclip-ros`` command line.
 First, because glibc fixes the arena limit when a thread first needs an arena after the
 setting, and threads that numpy, torch or rclpy start on import keep the arenas they made
 before it; a worker that then shares one of theirs is back to the churn. Importing the

@@ -1,6 +1,7 @@
 """Several frames of different sizes, cameras and output sizes in one forward
 (``DepthCLIP.infer_frames``): each result equals the frame run alone (CPU, random
-weights: the computation, not accuracy)."""
+weights: the computation, not accuracy); and ``run_batch``, the batched forward that loses
+only the frame that fails."""
 
 import numpy as np
 import pytest
@@ -8,6 +9,8 @@ import pytest
 from depthclip_ros.engine.config import head_with
 from depthclip_ros.engine.frames import FrameIn
 from depthclip_ros.geometry import Intrinsics
+from depthclip_ros.ros.batch import run_batch
+from depthclip_ros.timing import StageTimer
 
 SIZES = [(48, 64), (60, 80), (48, 64)]
 
@@ -72,3 +75,65 @@ def test_the_trunk_in_chunks_equals_one_trunk_call(small_engine):
         small_engine.trunk_batch = 1
     for a, b in zip(chunked, whole):
         np.testing.assert_allclose(a.depth, b.depth, rtol=1e-4, atol=1e-5)
+
+
+def counted(monkeypatch, engine) -> list[int]:
+    """The number of frames of each ``infer_frames`` call from now on."""
+    calls = []
+    real = engine.infer_frames
+
+    def infer_frames(frames, *args, **kwargs):
+        calls.append(len(frames))
+        return real(frames, *args, **kwargs)
+    monkeypatch.setattr(engine, 'infer_frames', infer_frames)
+    return calls
+
+
+def test_run_batch_is_one_forward_and_every_timer_gets_its_stages(small_engine, monkeypatch):
+    frames = [frame(seed, SIZES[seed]) for seed in range(3)]
+    expected = small_engine.infer_frames(frames)
+    calls = counted(monkeypatch, small_engine)
+    timers = [StageTimer(), None, StageTimer()]
+    ran = run_batch(small_engine, frames, timers)
+    assert calls == [3] and ran.batch_error is None
+    for got, want in zip(ran.results, expected):
+        np.testing.assert_array_equal(got.depth, want.depth)
+    assert timers[0].samples == timers[2].samples and len(timers[0].samples['network']) == 1
+    assert run_batch(small_engine, []).results == [] and calls == [3]
+    with pytest.raises(ValueError, match='3 frames but 1 timers'):
+        run_batch(small_engine, frames, [None])
+
+
+def test_run_batch_loses_only_the_failing_frame(small_engine, monkeypatch):
+    good, other = frame(0, SIZES[0]), frame(1, SIZES[1])
+    wrong = FrameIn(good.rgb, Intrinsics(50, 50, 30, 20, 80, 60))  # fails the frame check
+    calls = counted(monkeypatch, small_engine)
+    timers = [StageTimer(), StageTimer(), StageTimer()]
+    ran = run_batch(small_engine, [good, wrong, other], timers)
+    assert calls == [3, 1, 1, 1]  # the batch, then each frame alone
+    assert isinstance(ran.batch_error, ValueError) and 'images are 64x48' in str(
+        ran.batch_error)
+    assert isinstance(ran.results[1], ValueError)
+    for got, f in ((ran.results[0], good), (ran.results[2], other)):
+        np.testing.assert_allclose(got.depth, alone(small_engine, f).depth, rtol=1e-4,
+                                   atol=1e-5)
+    assert 'network' in timers[0].samples and 'network' not in timers[1].samples
+
+
+def test_run_batch_does_not_rerun_a_single_frame_nor_catch_a_stop(small_engine, monkeypatch):
+    calls = []
+
+    def failing(frames, *args, **kwargs):
+        calls.append(len(frames))
+        raise RuntimeError('CUDA out of memory (simulated)')
+    monkeypatch.setattr(small_engine, 'infer_frames', failing)
+    ran = run_batch(small_engine, [frame(0, SIZES[0])])
+    assert calls == [1] and ran.batch_error is None
+    [error] = ran.results
+    assert isinstance(error, RuntimeError) and 'simulated' in str(error)
+
+    def interrupted(frames, *args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(small_engine, 'infer_frames', interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_batch(small_engine, [frame(0, SIZES[0]), frame(1, SIZES[1])])

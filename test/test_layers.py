@@ -26,7 +26,7 @@ LIGHT = ['depthclip_ros.engine.config', 'depthclip_ros.objects.queries',
          'depthclip_ros.ros.parameters', 'depthclip_ros.ros.launch_arguments',
          'depthclip_ros.ros.streams', 'depthclip_ros.geometry',
          'depthclip_ros.engine.metrics', 'depthclip_ros.timing', 'depthclip_ros.allocator',
-         'depthclip_ros.ros.shutdown', 'depthclip_ros.ros.entry']
+         'depthclip_ros.ros.shutdown', 'depthclip_ros.ros.entry', 'depthclip_ros.ros.configs']
 
 
 def module_name(path: Path) -> str:

@@ -90,11 +90,11 @@ def test_configure_activate_deactivate_cleanup_shutdown(ros):
         for sec in range(20, 25):
             send(sec)
         assert not wait_for(lambda: len(got) > count, 1.5)
-        assert node._slot is None  # the waiting frame was dropped
+        assert node.streams[0].slot is None  # the waiting frame was dropped
 
         assert manager.transition(Transition.TRANSITION_CLEANUP)
         assert manager.state() == State.PRIMARY_STATE_UNCONFIGURED
-        assert node.engine is None and node.pub_depth is None
+        assert node.engine is None and node.streams[0].pub_depth is None
         # configure again from scratch, then shut down from inactive
         assert manager.transition(Transition.TRANSITION_CONFIGURE)
         assert manager.transition(Transition.TRANSITION_INACTIVE_SHUTDOWN)

@@ -266,7 +266,6 @@ def test_no_cameras_is_the_single_camera_node(ros):
                      parameter_overrides=list(SMALL))
     try:
         assert [s.name for s in node.streams] == ['']
-        assert node.pub_depth is node.streams[0].pub_depth
         assert node.get_parameter('cameras').type_ == Parameter.Type.STRING_ARRAY
         assert node.get_parameter('cameras').value == []
         [result] = node.set_parameters([Parameter('cameras', value=['front'])])

@@ -2,13 +2,10 @@
 quietly (CPU, random weights, small input, real rclpy / Fast DDS on loopback)."""
 
 import itertools
-import json
-import os
 from pathlib import Path
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
@@ -21,7 +18,9 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 
 from depthclip_ros.engine.config import PAPER_DEPTH_BINS_M, PAPER_DISTANCE_PROMPTS
 from depthclip_ros.geometry import Intrinsics
-from depthclip_ros.ros import node as node_module
+from depthclip_ros.ros import diagnostics
+from depthclip_ros.ros.configs import head_from_parameters
+from depthclip_ros.tools import node_process
 
 from rosutil import unique_namespace, wait_for
 from test_node import Harness, harness  # noqa: F401 - harness: the fixture
@@ -66,7 +65,7 @@ def test_values_that_cannot_be_built_are_refused_and_output_goes_on(harness, nam
     assert not result.successful and reason in result.reason, result.reason
     assert harness.node.get_parameter(name).value != value
     assert outputs_continue(harness)
-    assert harness.node.counts['failed'] == 0
+    assert harness.node.streams[0].counts['failed'] == 0
 
 
 def test_the_worker_survives_any_exception_and_diagnostics_say_so(harness, monkeypatch):
@@ -76,8 +75,8 @@ def test_the_worker_survives_any_exception_and_diagnostics_say_so(harness, monke
         raise RuntimeError('text encoder exploded')
     monkeypatch.setattr(harness.node.engine, 'set_head', broken)
     assert set_param(harness.node, 'temperature', 0.2).successful
-    assert wait_for(lambda: harness.node.counts['failed'] >= 1, 10)
-    assert 'text encoder exploded' in harness.node._last_problem
+    assert wait_for(lambda: harness.node.streams[0].counts['failed'] >= 1, 10)
+    assert 'text encoder exploded' in harness.node.streams[0].last_problem
     monkeypatch.undo()
     # the worker is alive: the next frames are processed, and a new head applies
     assert outputs_continue(harness)
@@ -87,17 +86,17 @@ def test_the_worker_survives_any_exception_and_diagnostics_say_so(harness, monke
 
 def test_diagnostics_turn_error_when_frames_arrive_but_nothing_is_published(
         harness, monkeypatch):
-    monkeypatch.setattr(node_module, 'STALL_S', 1.0)
+    monkeypatch.setattr(diagnostics, 'STALL_S', 1.0)
     statuses = []
     harness.peer.create_subscription(
         DiagnosticArray, '/diagnostics', lambda m: statuses.extend(m.status),
         QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
     assert send_until_output(harness)
-    real = harness.node.pipeline.prepare
+    real = harness.node.streams[0].pipeline.prepare
 
     def failing(*args, **kwargs):
         raise MemoryError('out of memory in the test')
-    monkeypatch.setattr(harness.node.pipeline, 'prepare', failing)
+    monkeypatch.setattr(harness.node.streams[0].pipeline, 'prepare', failing)
 
     def stalled():
         harness.send(200)
@@ -106,7 +105,7 @@ def test_diagnostics_turn_error_when_frames_arrive_but_nothing_is_published(
     assert wait_for(stalled, 20, period=0.2)
     last = [s for s in statuses if s.level == DiagnosticStatus.ERROR][-1]
     assert 'no output for' in last.message and 'out of memory in the test' in last.message
-    monkeypatch.setattr(harness.node.pipeline, 'prepare', real)
+    monkeypatch.setattr(harness.node.streams[0].pipeline, 'prepare', real)
     assert outputs_continue(harness)
     statuses.clear()
     assert wait_for(lambda: statuses and statuses[-1].level != DiagnosticStatus.ERROR, 10)
@@ -190,20 +189,14 @@ def test_every_accepted_value_is_usable(lone_node, name, template, words, number
         assert np.isfinite(depth).all()
     lone_node._on_set_parameters([Parameter(name, value=before[name])])  # restore
     lone_node._next_head = None
-    lone_node.engine.set_head(node_module.head_from_parameters(lone_node._params))
+    lone_node.engine.set_head(head_from_parameters(lone_node._params))
 
 
 # ---------------------------------------------------------------- signals at any moment
-def start(params: dict, namespace: str = '/') -> subprocess.Popen:
-    path = Path(tempfile.mkdtemp()) / 'params.yaml'
-    path.write_text('/**:\n  ros__parameters:\n' + ''.join(
-        f'    {k}: {json.dumps(v)}\n' for k, v in params.items()))
-    env = dict(os.environ, FASTRTPS_DEFAULT_PROFILES_FILE=LOOPBACK_PROFILE,
-               PYTHONUNBUFFERED='1')
-    return subprocess.Popen([sys.executable, '-m', 'depthclip_ros.ros.node', '--ros-args',
-                             '--params-file', str(path), '-r', f'__ns:={namespace}'],
-                            env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=HERE.parent)
+def start(params: dict, namespace: str | None = None) -> subprocess.Popen:
+    return node_process.start_node(
+        params, namespace, env={'FASTRTPS_DEFAULT_PROFILES_FILE': LOOPBACK_PROFILE,
+                                'PYTHONUNBUFFERED': '1'}, stdout=subprocess.PIPE, cwd=HERE.parent)
 
 
 BIG_PROMPTS = {'distance_prompts': [f'distance word number {i}' for i in range(64)],
@@ -285,9 +278,23 @@ def test_a_signal_while_the_worker_encodes_prompts_does_not_wait_for_it():
 
 
 def test_help_prints_usage_without_loading_a_model():
-    result = subprocess.run([sys.executable, '-m', 'depthclip_ros.ros.node', '--help'],
+    result = subprocess.run([sys.executable, '-m', 'depthclip_ros.ros.entry', '--help'],
                             capture_output=True, text=True, timeout=60, cwd=HERE.parent)
     assert result.returncode == 0, result.stderr
     assert 'usage: depth_node' in result.stdout and 'max_input_pixels' in result.stdout
     assert 'RANDOM WEIGHTS' not in result.stdout + result.stderr
     assert 'DepthCLIP RN50' not in result.stdout + result.stderr
+
+
+def test_the_entry_module_imports_nothing_that_starts_threads():
+    """The entry points install the signal handlers and the allocator settings before
+    anything is imported that starts threads (numpy, torch, rclpy) or takes long."""
+    code = ('import sys, depthclip_ros.ros.entry; print(sorted(m for m in sys.modules if '
+            'm.split(".")[0] in ("numpy", "torch", "rclpy", "yaml") or '
+            'm.startswith("depthclip_ros.") and m not in ("depthclip_ros.ros", '
+            '"depthclip_ros.ros.entry", "depthclip_ros.ros.shutdown", '
+            '"depthclip_ros.allocator")))')
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                            timeout=60, cwd=HERE.parent)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == '[]'

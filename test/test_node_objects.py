@@ -8,6 +8,7 @@ from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image, PointCloud2
 from visualization_msgs.msg import Marker, MarkerArray
 
+from depthclip_ros.ros.diagnostics import objects_status
 from depthclip_ros.ros.messages import depth_from_image
 from depthclip_ros.ros.object_messages import labels_from_image, labels_image, object_cloud_array
 from depthclip_ros.ros.pipeline import DepthPipeline
@@ -43,8 +44,9 @@ def object_harness(ros, overrides=()):
 def objects(ros, request):
     h = object_harness(ros, getattr(request, 'param', ()))
     spinner = Spinner(ros, h.node, h.peer)
-    publishers = (h.node.pub_depth, h.node.pub_markers, h.node.pub_object_points,
-                  h.node.pub_labels)
+    stream = h.node.streams[0]
+    publishers = (stream.pub_depth, stream.pub_markers, stream.pub_object_points,
+                  stream.pub_labels)
     assert wait_for(lambda: h.image_pub.get_subscription_count() > 0
                     and all(p.get_subscription_count() > 0 for p in publishers), 30.0)
     yield h
@@ -86,17 +88,17 @@ def test_no_query_no_object_work_and_no_object_output(objects, monkeypatch):
         assert out['depth/image'].header.stamp.sec == sec
     assert calls == []
     assert not any(objects.objects_got.values())
-    assert objects.node._objects_status() is None
+    assert objects_status(objects.node, objects.node.streams[0]) is None
 
 
 def test_query_set_at_run_time_gives_object_outputs_aligned_with_depth(objects):
     result = objects.node.set_parameters(
         [Parameter('object_queries', Parameter.Type.STRING_ARRAY, ['the red box', 'a wall'])])
     assert result[0].successful, result[0].reason
-    assert objects.node.pipeline.objects.queries == ('the red box', 'a wall')
+    assert objects.node.streams[0].pipeline.objects.queries == ('the red box', 'a wall')
     sec = 20
     assert objects.send_until(lambda: all_outputs(objects, sec), sec, rgb=scene()), \
-        (objects.node.counts, objects.node._last_problem,
+        (objects.node.streams[0].counts, objects.node.streams[0].last_problem,
          {t: len(m) for t, m in object_outputs(objects, sec).items()})
     got = {topic: msgs[0] for topic, msgs in
            {**objects.outputs(sec), **object_outputs(objects, sec)}.items()}
@@ -114,8 +116,8 @@ def test_query_set_at_run_time_gives_object_outputs_aligned_with_depth(objects):
     cloud = object_cloud_array(got['objects/points'])
     assert set(np.unique(cloud['query'])) <= {0, 1} and np.isfinite(cloud['z']).all()
     # the per-query report in /diagnostics
-    assert wait_for(lambda: len(objects.node.objects_found) == 2, 10.0)
-    status = objects.node._objects_status()
+    assert wait_for(lambda: len(objects.node.streams[0].objects_found) == 2, 10.0)
+    status = objects_status(objects.node, objects.node.streams[0])
     keys = {kv.key: kv.value for kv in status.values}
     assert 'query 0 "the red box" score' in keys and 'query 1 "a wall" position (m)' in keys
     assert 'random weights' in status.message
@@ -127,7 +129,7 @@ def test_bad_queries_are_refused_and_the_old_ones_kept(objects):
             [Parameter('object_queries', Parameter.Type.STRING_ARRAY, bad)])
         assert not result[0].successful and 'object_queries' in result[0].reason \
             or 'context' in result[0].reason
-    assert objects.node.pipeline.objects.queries == ()
+    assert objects.node.streams[0].pipeline.objects.queries == ()
     result = objects.node.set_parameters([Parameter('object_alpha', value=1.5)])
     assert not result[0].successful
 
@@ -150,15 +152,15 @@ def test_label_images_on_the_topic_are_matched_by_stamp(objects):
     assert repeat_until(lambda: send_with_masks(sec),
                         lambda: all_outputs(objects, sec), OUTPUT_S)
     labels = labels_from_image(object_outputs(objects, sec)['objects/labels'][0])
-    chosen = objects.node.objects_found[0].label
+    chosen = objects.node.streams[0].objects_found[0].label
     assert chosen in (3, 7)
     np.testing.assert_array_equal(labels == 1, given == chosen)
-    assert {c[0] for c in objects.node.objects_found[0].candidates} == {3, 7}
+    assert {c[0] for c in objects.node.streams[0].objects_found[0].candidates} == {3, 7}
 
     # a frame whose label image never comes: depth still out, objects skipped and said so
-    skipped = objects.node.counts['objects_skipped']
+    skipped = objects.node.streams[0].counts['objects_skipped']
     out = objects.output_for(31, rgb=scene())
     assert out['depth/image'].header.stamp.sec == 31
-    assert wait_for(lambda: objects.node.counts['objects_skipped'] > skipped, 10.0)
-    assert 'objects/masks' in objects.node._last_problem
+    assert wait_for(lambda: objects.node.streams[0].counts['objects_skipped'] > skipped, 10.0)
+    assert 'objects/masks' in objects.node.streams[0].last_problem
     assert object_outputs(objects, 31)['objects/labels'] == []

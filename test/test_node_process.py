@@ -9,7 +9,6 @@ from pathlib import Path
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -51,20 +50,18 @@ def read_realsense_frame():
     return found['/camera/color/image_raw'], found['/camera/color/camera_info']
 
 
-def start_node(tmp_path, namespace, extra=(), **env):
+PARAMS = {'pretrained': 'none', 'device': 'cpu', 'cloud_rgb': True, 'cloud_stride': 2,
+          'max_depth_m': 20.0}
+
+
+def start_node(namespace, extra=(), **env):
     """The node in ``namespace``, its inputs remapped to the bag's topics in there, with
     ``env`` added to its environment."""
-    params = tmp_path / 'params.yaml'
-    params.write_text('/**:\n  ros__parameters:\n    pretrained: none\n    device: cpu\n'
-                      '    cloud_rgb: true\n    cloud_stride: 2\n    max_depth_m: 20.0\n')
-    env = dict(os.environ, FASTRTPS_DEFAULT_PROFILES_FILE=LOOPBACK_PROFILE,
-               PYTHONUNBUFFERED='1', **env)
-    command = [sys.executable, '-m', 'depthclip_ros.ros.node', '--ros-args', '--params-file',
-               str(params), '-r', f'__ns:={namespace}',
-               '-r', 'image:=camera/color/image_raw',
-               '-r', 'camera_info:=camera/color/camera_info', *extra]
-    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=HERE.parent)
+    return node_process.start_node(
+        PARAMS, namespace, ['-r', 'image:=camera/color/image_raw',
+                            '-r', 'camera_info:=camera/color/camera_info', *extra],
+        env={'FASTRTPS_DEFAULT_PROFILES_FILE': LOOPBACK_PROFILE, 'PYTHONUNBUFFERED': '1',
+             **env}, stdout=subprocess.PIPE, cwd=HERE.parent)
 
 
 def stop(process: subprocess.Popen, stop_signal) -> tuple[str, float]:
@@ -85,11 +82,11 @@ def assert_exited_cleanly(process: subprocess.Popen, err: str, exit_s: float) ->
 
 
 @pytest.mark.parametrize('stop_signal', [signal.SIGINT, signal.SIGTERM])
-def test_real_frame_through_the_node_process(tmp_path, stop_signal):
+def test_real_frame_through_the_node_process(stop_signal):
     image, info = read_realsense_frame()
     rgb = rgb_from_image(image)
     namespace = unique_namespace('replay')
-    process = start_node(tmp_path, namespace)
+    process = start_node(namespace)
     os.environ['FASTRTPS_DEFAULT_PROFILES_FILE'] = LOOPBACK_PROFILE
     context = rclpy.Context()
     rclpy.init(context=context)
@@ -146,7 +143,7 @@ def test_missing_weights_end_the_node_with_one_clear_message(tmp_path, launched)
     """The hint names the parameter as the user gives it: ``-p pretrained:=...`` to
     ``ros2 run`` / ``python -m``, the launch argument ``pretrained:=...`` under
     ``ros2 launch`` (the launch file sets DEPTHCLIP_STARTED_BY_LAUNCH=1)."""
-    process = start_node(tmp_path, unique_namespace('no_weights'),
+    process = start_node(unique_namespace('no_weights'),
                          ['-p', f'pretrained:={tmp_path / "RN50.pt"}'],
                          DEPTHCLIP_STARTED_BY_LAUNCH='1' if launched else '')
     out, err = process.communicate(timeout=120)
@@ -167,7 +164,7 @@ def test_uncached_weights_without_network_end_the_node_in_seconds(tmp_path):
         probe.bind(('127.0.0.1', 0))
         port = probe.getsockname()[1]
     started = time.monotonic()
-    process = start_node(tmp_path, unique_namespace('offline'), ['-p', 'pretrained:=openai'],
+    process = start_node(unique_namespace('offline'), ['-p', 'pretrained:=openai'],
                          HF_HUB_OFFLINE='', HF_HOME=str(tmp_path / 'hf_home'),
                          HF_HUB_CACHE=str(tmp_path / 'hf_home' / 'hub'),
                          HF_ENDPOINT=f'http://127.0.0.1:{port}')

@@ -40,7 +40,7 @@ def test_uncertainty_topic_filtered_cloud_and_scene_diagnostics(ros):
     spinner = Spinner(ros, h.node, h.peer)
     try:
         assert h.connected()
-        assert wait_for(lambda: h.node.pub_uncertainty.get_subscription_count() > 0, 30)
+        assert wait_for(lambda: h.node.streams[0].pub_uncertainty.get_subscription_count() > 0, 30)
         h.output_for(99)
         assert wait_for(lambda: [m for m in sigmas if m.header.stamp.sec == 99], 30)
         # a limit that splits this camera's frames, set live
@@ -74,7 +74,7 @@ def test_uncertainty_topic_filtered_cloud_and_scene_diagnostics(ros):
         assert values['scene probabilities'].startswith('bathroom ')
         # the median over recent frames of each frame's median over the token grid (frames
         # may have been processed since that status: within their range, printed to 1 mm)
-        recent = list(h.node._sigma_median_m)
+        recent = list(h.node.streams[0].sigma_median_m)
         assert any(m == pytest.approx(prediction.sigma_median_m, rel=1e-5) for m in recent)
         reported = float(values['depth uncertainty median (m)'])
         assert min(recent) - 5e-4 <= reported <= max(recent) + 5e-4

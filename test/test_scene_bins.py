@@ -12,8 +12,8 @@ import yaml
 from depthclip_ros.engine.config import head_with, HeadConfig, mix_bins, PAPER_DEPTH_BINS_M
 from depthclip_ros.engine.scenes import SceneClassifier
 from depthclip_ros.geometry import Intrinsics
+from depthclip_ros.ros.configs import count_mismatch, head_from_parameters
 from depthclip_ros.ros.messages import cloud_array, depth_from_image
-from depthclip_ros.ros.node import _count_mismatch, head_from_parameters
 from depthclip_ros.ros.parameters import PARAMETERS, validate
 from depthclip_ros.ros.pipeline import DepthPipeline, OutputSettings, Wanted
 from depthclip_ros.timing import StageTimer
@@ -110,15 +110,15 @@ def test_counts_may_disagree_for_a_while_but_not_values():
     """What the node accepts one parameter at a time (``ros2 param load``) and holds as
     pending until the counts agree."""
     values = dict(DEFAULTS, bins_mode='scene_soft')
-    assert 'needs at least 2 names' in _count_mismatch(values)
+    assert 'needs at least 2 names' in count_mismatch(values)
     values.update(scene_names=['bathroom', 'street'])
-    assert 'needs at least 2 names and 7 bins per name' in _count_mismatch(values)
+    assert 'needs at least 2 names and 7 bins per name' in count_mismatch(values)
     values.update(scene_bins_m=list(BATHROOM + FAR))
-    assert _count_mismatch(values) is None
+    assert count_mismatch(values) is None
     assert head_from_parameters(values).scene_bin_sets == (BATHROOM, FAR)
-    assert _count_mismatch(dict(values, distance_prompts=['near', 'far'])) is not None
+    assert count_mismatch(dict(values, distance_prompts=['near', 'far'])) is not None
     # fixed mode never waits on the scene lists
-    assert _count_mismatch(dict(values, bins_mode='fixed', scene_bins_m=[1.0])) is None
+    assert count_mismatch(dict(values, bins_mode='fixed', scene_bins_m=[1.0])) is None
 
 
 def test_the_example_config_is_valid_and_marked_unvalidated():

@@ -1,4 +1,4 @@
-"""node.set_torch_threads: a thread's torch thread count holds whatever other threads set.
+"""torch_threads.set_torch_threads: a thread's torch thread count holds whatever other threads set.
 
 torch adopts the process-wide count (the last ``set_num_threads`` of any thread) at a
 thread's first parallel operation; depth_node's worker sets its full count while the main
@@ -14,7 +14,7 @@ from conftest import REPO
 THREADS = textwrap.dedent("""
     import threading
     import torch
-    from depthclip_ros.ros.node import set_torch_threads
+    from depthclip_ros.ros.torch_threads import set_torch_threads
 
     def scenario(setter):
         out = {}

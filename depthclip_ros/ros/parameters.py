@@ -112,8 +112,6 @@ PARAMETERS: tuple[Param, ...] = (
     Param('image_transport', 'raw', "input transport, image_transport's naming: raw "
           '(image) or compressed (<image>/compressed, jpeg or png)', read_only=True,
           choices=('raw', 'compressed')),
-    Param('use_compressed', False, 'deprecated (use image_transport): true subscribes to '
-          'both image and <image>/compressed', read_only=True),
     Param('intrinsics_source', 'K', 'K for raw images, P for rectified ones',
           choices=('K', 'P')),
     Param('fallback_hfov_deg', 0.0, 'horizontal FOV used when no CameraInfo has arrived; '
@@ -147,6 +145,11 @@ PARAMETERS: tuple[Param, ...] = (
 )
 
 PARAMETER_NAMES = tuple(p.name for p in PARAMETERS)
+DEFAULTS = {p.name: p.default for p in PARAMETERS}
+# The parameters that make the engine's configurations (ros/configs.py), by the field names
+# of ModelConfig (fixed once loaded: all read-only) and HeadConfig (changeable while running).
+MODEL_PARAMETERS = ('model', 'pretrained', 'device', 'precision', 'feature_mode',
+                    'input_size', 'cuda_graphs', 'memory_format')
 HEAD_PARAMETERS = frozenset({'distance_prompts', 'depth_bins_m', 'prompt_template',
                              'prompt_objects', 'temperature', 'canonical_focal_px',
                              'flip_average', 'bins_mode', 'scene_names', 'scene_bins_m',

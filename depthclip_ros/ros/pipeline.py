@@ -41,10 +41,9 @@ from depthclip_ros.ros.object_messages import (
     object_cloud,
     object_markers,
 )
-from depthclip_ros.ros.parameters import PARAMETERS, validate
+from depthclip_ros.ros.parameters import DEFAULTS, validate
 from depthclip_ros.timing import stage_or_nothing, StageTimer
 
-_DEFAULTS = {p.name: p.default for p in PARAMETERS}
 # image_geometry's models; the node honours none of them (it does not undistort), but an
 # unknown name is reported as such.
 KNOWN_DISTORTION_MODELS = ('plumb_bob', 'rational_polynomial', 'equidistant')
@@ -59,16 +58,16 @@ class OutputSettings:
     raises ``ValueError`` naming the parameter, so the tools refuse what the node refuses.
     """
 
-    output_size: tuple[int, int] = tuple(_DEFAULTS['output_size'])
-    cloud_stride: int = _DEFAULTS['cloud_stride']
-    min_depth_m: float = _DEFAULTS['min_depth_m']
-    max_depth_m: float = _DEFAULTS['max_depth_m']
-    cloud_rgb: bool = _DEFAULTS['cloud_rgb']
-    max_uncertainty_m: float = _DEFAULTS['max_uncertainty_m']
-    scene_every_n_frames: int = _DEFAULTS['scene_every_n_frames']
-    intrinsics_source: str = _DEFAULTS['intrinsics_source']
-    fallback_hfov_deg: float = _DEFAULTS['fallback_hfov_deg']
-    max_input_pixels: int = _DEFAULTS['max_input_pixels']
+    output_size: tuple[int, int] = tuple(DEFAULTS['output_size'])
+    cloud_stride: int = DEFAULTS['cloud_stride']
+    min_depth_m: float = DEFAULTS['min_depth_m']
+    max_depth_m: float = DEFAULTS['max_depth_m']
+    cloud_rgb: bool = DEFAULTS['cloud_rgb']
+    max_uncertainty_m: float = DEFAULTS['max_uncertainty_m']
+    scene_every_n_frames: int = DEFAULTS['scene_every_n_frames']
+    intrinsics_source: str = DEFAULTS['intrinsics_source']
+    fallback_hfov_deg: float = DEFAULTS['fallback_hfov_deg']
+    max_input_pixels: int = DEFAULTS['max_input_pixels']
 
     def __post_init__(self):
         object.__setattr__(self, 'output_size', tuple(self.output_size))
@@ -87,11 +86,11 @@ class ObjectSettings:
     No query: the object step is off. Checked like :class:`OutputSettings`."""
 
     queries: tuple[str, ...] = ()
-    proposals: str = _DEFAULTS['object_proposals']
-    alpha: float = _DEFAULTS['object_alpha']
-    beta: float = _DEFAULTS['object_beta']
-    max_masks: int = _DEFAULTS['object_max_masks']
-    masks_wait_s: float = _DEFAULTS['object_masks_wait_s']
+    proposals: str = DEFAULTS['object_proposals']
+    alpha: float = DEFAULTS['object_alpha']
+    beta: float = DEFAULTS['object_beta']
+    max_masks: int = DEFAULTS['object_max_masks']
+    masks_wait_s: float = DEFAULTS['object_masks_wait_s']
 
     def __post_init__(self):
         object.__setattr__(self, 'queries', tuple(self.queries))
@@ -235,7 +234,8 @@ class DepthPipeline:
         """The output messages for one image; raises :class:`FrameRejected`.
 
         :meth:`prepare`, the engine's pass, :meth:`finish`: the node runs the three steps
-        itself to batch several cameras' frames into one pass."""
+        itself to batch several cameras' frames into one pass
+        (:func:`~depthclip_ros.ros.batch.run_batch`)."""
         job = self.prepare(msg, want, timer)
         [prediction] = self.engine.infer_frames([job.frame], timer)
         return self.finish(job, prediction, timer)

@@ -15,6 +15,7 @@ import random
 import subprocess
 import sys
 import tempfile
+from typing import Sequence
 import uuid
 
 from depthclip_ros.io.resources import share_file
@@ -33,19 +34,23 @@ def private_namespace(name: str) -> str:
     return f'/{name}_{uuid.uuid4().hex[:12]}'
 
 
-def start_node(parameters: dict, namespace: str | None = None) -> subprocess.Popen:
-    """``python -m depthclip_ros.ros.node`` with ``parameters`` (a params file), in
-    ``namespace`` if given, stdout discarded, stderr piped (text)."""
+def start_node(parameters: dict, namespace: str | None = None, ros_args: Sequence[str] = (),
+               env: dict[str, str] | None = None, stdout=subprocess.DEVNULL,
+               cwd: str | Path | None = None) -> subprocess.Popen:
+    """``python -m depthclip_ros.ros.entry`` (``depth_node``) with ``parameters`` (written
+    to a params file), in ``namespace`` if given, then ``ros_args`` (remaps, ``-p``
+    overrides: they win over the file). ``env`` is added to this process's environment;
+    stdout goes to ``stdout`` (discarded unless given), stderr is piped (text)."""
     folder = Path(tempfile.mkdtemp(prefix='depthclip_node_'))
     params = folder / 'params.yaml'
     params.write_text('/**:\n  ros__parameters:\n' + ''.join(
         f'    {name}: {json.dumps(value)}\n' for name, value in parameters.items()))
-    ros_args = ['--params-file', str(params)]
+    args = ['--params-file', str(params)]
     if namespace:
-        ros_args += ['-r', f'__ns:={namespace}']
-    return subprocess.Popen([sys.executable, '-m', 'depthclip_ros.ros.node', '--ros-args',
-                             *ros_args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+        args += ['-r', f'__ns:={namespace}']
+    return subprocess.Popen([sys.executable, '-m', 'depthclip_ros.ros.entry', '--ros-args',
+                             *args, *ros_args], env=dict(os.environ, **(env or {})),
+                            stdout=stdout, stderr=subprocess.PIPE, text=True, cwd=cwd)
 
 
 def node_statuses(msg, namespace: str) -> dict[str, dict[str, str]]:

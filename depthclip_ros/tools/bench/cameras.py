@@ -1,6 +1,6 @@
 """``depthclip-ros bench-cameras``: several cameras into one depth_node process.
 
-Starts ``python -m depthclip_ros.ros.node`` with ``cameras: [cam0, ..., camN-1]`` and the given
+Starts ``python -m depthclip_ros.ros.entry`` with ``cameras: [cam0, ..., camN-1]`` and the given
 model options, publishes every camera's frames at its rate from one scheduling loop (the
 cameras evenly out of phase, every frame stamped uniquely), and times each frame from its
 publication to the arrival of both its ``depth/image`` and its ``points``. The node keeps

@@ -1,6 +1,6 @@
 """``depthclip-ros bench-node``: end-to-end latency of depth_node as its own process.
 
-Starts ``python -m depthclip_ros.ros.node`` with the given model options, publishes a camera
+Starts ``python -m depthclip_ros.ros.entry`` with the given model options, publishes a camera
 frame and its CameraInfo, and times frame-in to depth-and-cloud-out, one frame at a time
 (closed loop) and then as a stream. Before each closed-loop frame it times one bare
 network forward of the same engine in this process, so that the overhead of everything

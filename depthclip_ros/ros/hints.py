@@ -1,6 +1,6 @@
 """The weights hint in the node's own syntax: launch arguments when ``ros2 launch``
 started it (the launch files set ``DEPTHCLIP_STARTED_BY_LAUNCH=1``), ROS parameters
-otherwise (``ros2 run``, ``python -m depthclip_ros.ros.node``)."""
+otherwise (``ros2 run``, ``python -m depthclip_ros.ros.entry``)."""
 
 from __future__ import annotations
 

@@ -23,13 +23,9 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import get_typestore, Stores
 from sensor_msgs.msg import CompressedImage
 
-from depthclip_ros.bags.process import (
-    BagError,
-    choose_topics,
-    is_bag,
-    output_namespace,
-    process_bag,
-)
+from depthclip_ros.bags.process import process_bag
+from depthclip_ros.bags.safety import BagError, is_bag
+from depthclip_ros.bags.topics import choose_topics, output_namespace
 from depthclip_ros.geometry import Intrinsics
 from depthclip_ros.ros.messages import cloud_array, rgb_from_image
 from depthclip_ros.ros.pipeline import DepthPipeline
@@ -363,13 +359,13 @@ def test_an_inference_failure_skips_that_frame_only(small, tmp_path, monkeypatch
 
 
 def test_a_write_error_on_the_writer_thread_reaches_the_caller():
-    from depthclip_ros.bags.process import _WriterThread
+    from depthclip_ros.bags.process import WriterThread
 
     class Broken:
         def write(self, *args):
             raise OSError('disk full (simulated)')
 
-    background = _WriterThread(Broken())
+    background = WriterThread(Broken())
     background.write('conn', 0, b'x')
     with pytest.raises(OSError, match='disk full'):
         background.close()

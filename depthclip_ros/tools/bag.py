@@ -56,16 +56,9 @@ import statistics
 import sys
 import time
 
-from depthclip_ros.bags.process import (
-    BagError,
-    BagReport,
-    BagWriteError,
-    PARTIAL_NOTE,
-    plan_output,
-    process_bag,
-    recover_partial,
-    RecoveryReport,
-)
+from depthclip_ros.bags.process import BagReport, BagWriteError, process_bag
+from depthclip_ros.bags.recover import recover_partial, RecoveryReport
+from depthclip_ros.bags.safety import BagError, PARTIAL_NOTE, plan_output
 from depthclip_ros.engine.config import RANDOM_WEIGHTS_BANNER
 from depthclip_ros.objects.referring import ReferringCLIP
 from depthclip_ros.ros.pipeline import DepthPipeline, ObjectSettings, OutputSettings

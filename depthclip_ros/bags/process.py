@@ -114,6 +114,25 @@ class BagReport:
     write_thread_ms: float = 0.0  # time the writer thread spent writing (overlapped)
     seconds: float = 0.0
 
+    def damage(self) -> str | None:
+        """What of the input could not be read or processed, with the counts, in one line;
+        None when every message was read and every frame got all its outputs. (A run with
+        damage ends with exit status 1, whatever else it wrote.)"""
+        counts = ((self.unreadable, 'unreadable message', 'unreadable messages'),
+                  (self.frames_rejected, 'frame rejected', 'frames rejected'),
+                  (self.frames_failed, 'frame failed', 'frames failed'),
+                  (self.object_frames_failed, 'frame without its object outputs (the object '
+                   'step failed)', 'frames without their object outputs (the object step '
+                   'failed)'))
+        parts = [f'{count} {one if count == 1 else many}' for count, one, many in counts
+                 if count]
+        if self.read_error:
+            parts.append(f'the input could not be read to its end ({self.read_error})')
+        if not parts:
+            return None
+        return (f'not all of the input could be read and processed: {", ".join(parts)}; '
+                f'{self.frames_written} of {self.frames_total} frames have outputs')
+
 
 @contextlib.contextmanager
 def stop_on_signal() -> Iterator[Shutdown]:

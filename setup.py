@@ -18,17 +18,23 @@ setup(
     # wheels for the node, bags and demo are the `ros` extra (a ROS install provides them
     # instead). Exact pins: requirements.txt (plain Python), requirements-ros.txt (next to
     # a ROS distribution), package.xml (rosdep). colcon build installs none of these.
+    # Every module the package imports is declared (test/test_install.py checks it): mcap
+    # reads a partial output for `bag --recover`, pyyaml the scene config, huggingface_hub
+    # finds cached weights offline.
     install_requires=['setuptools', 'numpy', 'opencv-python-headless', 'pillow',
                       'scikit-image', 'scipy', 'torch', 'torchvision', 'open_clip_torch',
-                      'safetensors', 'rosbags', 'tqdm'],
+                      'safetensors', 'huggingface_hub', 'rosbags', 'mcap', 'pyyaml',
+                      'tqdm'],
     zip_safe=True,
     maintainer='depthclip_ros maintainers',
     maintainer_email='maintainers@depthclip-ros.invalid',
     description='Zero-shot metric depth (DepthCLIP) for ROS 2 cameras',
     license='Apache-2.0',
     extras_require={
-        'ros': ['ros-rclpy', 'ros-rmw-fastrtps-cpp', 'ros-sensor-msgs', 'ros-std-msgs',
-                'ros-diagnostic-msgs', 'ros-visualization-msgs'],
+        'ros': ['ros-rclpy', 'ros-rmw-fastrtps-cpp', 'ros-rcl-interfaces',
+                'ros-builtin-interfaces', 'ros-ament-index-python', 'ros-sensor-msgs',
+                'ros-std-msgs', 'ros-geometry-msgs', 'ros-diagnostic-msgs',
+                'ros-visualization-msgs'],
         'test': ['pytest'],  # colcon test runs pytest when this names it
     },
     entry_points={

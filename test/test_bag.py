@@ -23,13 +23,9 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import get_typestore, Stores
 from sensor_msgs.msg import CompressedImage
 
-from depthclip_ros.bags.process import (
-    BagError,
-    choose_topics,
-    is_bag,
-    output_namespace,
-    process_bag,
-)
+from depthclip_ros.bags.process import process_bag
+from depthclip_ros.bags.safety import BagError, is_bag
+from depthclip_ros.bags.topics import choose_topics, output_namespace
 from depthclip_ros.geometry import Intrinsics
 from depthclip_ros.ros.messages import cloud_array, rgb_from_image
 from depthclip_ros.ros.pipeline import DepthPipeline
@@ -341,6 +337,24 @@ def test_interrupting_leaves_a_readable_bag_with_whole_frames(tmp_path, sig):
         assert reader.message_count == sum(len(v) for v in got.values())
 
 
+def test_a_signal_during_processing_only_sets_the_flag_and_the_handlers_come_back():
+    """The bag loops stop on the node's own mechanism (ros/shutdown's Shutdown, running
+    phase), for the duration of the run only."""
+    from depthclip_ros.bags.process import stop_on_signal
+
+    signals = (signal.SIGINT, signal.SIGTERM)
+    before = {sig: signal.getsignal(sig) for sig in signals}
+    with stop_on_signal() as stop:
+        assert not stop.requested.is_set()
+        for sig in (*signals, signal.SIGINT):  # repeated: still no KeyboardInterrupt
+            os.kill(os.getpid(), sig)
+            deadline = time.monotonic() + 5
+            while not stop.requested.is_set() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert stop.requested.is_set()
+    assert {sig: signal.getsignal(sig) for sig in signals} == before
+
+
 def test_an_inference_failure_skips_that_frame_only(small, tmp_path, monkeypatch):
     source = write_bag(tmp_path / 'in', stream(frames(3)))
     predict = small.infer_frames
@@ -363,13 +377,13 @@ def test_an_inference_failure_skips_that_frame_only(small, tmp_path, monkeypatch
 
 
 def test_a_write_error_on_the_writer_thread_reaches_the_caller():
-    from depthclip_ros.bags.process import _WriterThread
+    from depthclip_ros.bags.process import WriterThread
 
     class Broken:
         def write(self, *args):
             raise OSError('disk full (simulated)')
 
-    background = _WriterThread(Broken())
+    background = WriterThread(Broken())
     background.write('conn', 0, b'x')
     with pytest.raises(OSError, match='disk full'):
         background.close()

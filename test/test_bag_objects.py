@@ -9,7 +9,8 @@ from rosbags.highlevel import AnyReader
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from visualization_msgs.msg import Marker, MarkerArray
 
-from depthclip_ros.bags.process import process_bag, read_topic, recover_partial
+from depthclip_ros.bags.process import process_bag, read_topic
+from depthclip_ros.bags.recover import recover_partial
 from depthclip_ros.engine.config import RANDOM_WEIGHTS_BANNER
 from depthclip_ros.ros.object_messages import labels_from_image, object_cloud_array
 from depthclip_ros.ros.pipeline import DepthPipeline, ObjectSettings

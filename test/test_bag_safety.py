@@ -28,13 +28,9 @@ from rosbags.highlevel import AnyReader
 from rosbags.rosbag2 import Writer
 
 from depthclip_ros.bags import process as bags
-from depthclip_ros.bags.process import (
-    BagError,
-    BagWriteError,
-    PARTIAL_NOTE,
-    process_bag,
-    recover_partial,
-)
+from depthclip_ros.bags.process import BagWriteError, process_bag
+from depthclip_ros.bags.recover import recover_partial
+from depthclip_ros.bags.safety import BagError, PARTIAL_NOTE
 from depthclip_ros.ros.pipeline import DepthPipeline
 from depthclip_ros.tools.cli import main
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import yaml
 
-from depthclip_ros.bags.process import output_topics, process_bag
+from depthclip_ros.bags.process import process_bag
+from depthclip_ros.bags.topics import output_topics
 from depthclip_ros.engine import scenes
 from depthclip_ros.geometry import Intrinsics
 from depthclip_ros.ros.messages import cloud_array, depth_from_image

@@ -13,6 +13,8 @@ import pytest
 
 from depthclip_ros.engine import runtime as model
 from depthclip_ros.tools.bench import speed as bench
+from depthclip_ros.tools.bench.batch import BATCH_STAGES, bench_frames
+from depthclip_ros.tools.bench.precision import plan_variants
 from depthclip_ros.tools.cli import main
 from depthclip_ros.tools.common import configs_from_args
 
@@ -78,7 +80,7 @@ def test_batch_compares_one_by_one_with_one_batched_call(tmp_path, capsys, tool_
     assert figures['batch'] == 3 and figures['rounds'] == 1
     assert figures['trunk_batch'] == 1  # the CPU's rule
     for mode in ('sequential', 'batched', 'one trunk call'):
-        assert set(figures[mode]['stages_ms_per_frame']) == set(bench.BATCH_STAGES)
+        assert set(figures[mode]['stages_ms_per_frame']) == set(BATCH_STAGES)
         assert figures[mode]['fps'] == pytest.approx(1e3 / figures[mode]['total_ms_per_frame'])
     assert figures['ratio'] == pytest.approx(figures['batched']['fps']
                                              / figures['sequential']['fps'])
@@ -94,7 +96,7 @@ def test_batch_one_has_no_batching_table(capsys, tool_engine):
 
 
 def test_bench_frames_are_distinct_with_their_own_intrinsics(small_engine):
-    frames = bench.bench_frames(small_engine, H, W, 3)
+    frames = bench_frames(small_engine, H, W, 3)
     assert len({f.rgb.tobytes() for f in frames}) == 3
     assert len({f.intrinsics for f in frames}) == 3
     assert all(f.intrinsics.size == (H, W) for f in frames)
@@ -172,7 +174,7 @@ def test_compare_precision_reads_dataset_folders(tmp_path, capsys):
 def test_plan_reports_a_precision_the_cpu_cannot_run(monkeypatch):
     args = bench_args('--compare-precision', 'bf16', 'auto', 'fp16', 'fp32-nhwc')
     monkeypatch.setattr(model, 'cpu_bf16_native', lambda: False)
-    plan, missing = bench.plan_variants(args.compare_precision, args)
+    plan, missing = plan_variants(args.compare_precision, args)
     reasons = dict(missing)
     assert set(reasons) == {'bf16', 'fp16'}
     assert 'native bf16' in reasons['bf16'] and 'CUDA' in reasons['fp16']

@@ -14,11 +14,18 @@ REPO = Path(__file__).resolve().parents[1]
 # import name -> distribution that provides it
 DISTRIBUTIONS = {'numpy': 'numpy', 'cv2': 'opencv-python-headless', 'PIL': 'pillow',
                  'torch': 'torch', 'torchvision': 'torchvision', 'open_clip': 'open_clip_torch',
-                 'safetensors': 'safetensors', 'rosbags': 'rosbags', 'tqdm': 'tqdm',
+                 'safetensors': 'safetensors', 'huggingface_hub': 'huggingface_hub',
+                 'rosbags': 'rosbags', 'mcap': 'mcap', 'yaml': 'pyyaml', 'tqdm': 'tqdm',
                  'skimage': 'scikit-image', 'scipy': 'scipy'}
+# import name -> rosdep key, for what a ROS distribution provides (the rest of the
+# third-party imports come from requirements-ros.txt)
+ROSDEP_KEYS = {'numpy': 'python3-numpy', 'cv2': 'python3-opencv', 'PIL': 'python3-pil',
+               'skimage': 'python3-skimage', 'scipy': 'python3-scipy', 'yaml': 'python3-yaml'}
 ROS = {'rclpy', 'rcl_interfaces', 'sensor_msgs', 'std_msgs', 'diagnostic_msgs',
        'lifecycle_msgs', 'ament_index_python', 'launch', 'launch_ros', 'builtin_interfaces',
        'visualization_msgs', 'geometry_msgs', 'vision_msgs'}
+# imported only inside `try: ... except ImportError` (the node works without them)
+OPTIONAL = {'vision_msgs'}
 
 
 def requirements(path: Path) -> dict[str, str]:
@@ -47,27 +54,89 @@ def test_the_ros_path_installs_no_ros_wheel_and_keeps_numpy_1_and_opencv_4():
     assert 'pip install -r depthclip_ros/requirements-ros.txt' in readme
 
 
-def imported_top_levels() -> set[str]:
-    names = set()
-    for path in (REPO / 'depthclip_ros').rglob('*.py'):
-        for node in ast.walk(ast.parse(path.read_text())):
+def import_nodes():
+    """``(path, the try blocks it sits in, top-level name)`` of every absolute import in
+    the package (at any depth: lazy imports count)."""
+    for path in sorted((REPO / 'depthclip_ros').rglob('*.py')):
+        tree = ast.parse(path.read_text())
+        guards = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Try):
+                for inner in (n for stmt in node.body for n in ast.walk(stmt)):
+                    guards.setdefault(inner, []).append(node)
+        for node in ast.walk(tree):
             if isinstance(node, ast.Import):
-                names |= {a.name.split('.')[0] for a in node.names}
+                names = [a.name.split('.')[0] for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names.add(node.module.split('.')[0])
-    return names
+                names = [node.module.split('.')[0]]
+            else:
+                continue
+            for name in names:
+                yield path, guards.get(node, []), name
 
 
-def test_setup_declares_every_third_party_import():
-    setup = (REPO / 'setup.py').read_text()
+def imported_top_levels() -> set[str]:
+    return {name for _, _, name in import_nodes()}
+
+
+def install_requires() -> tuple[set[str], set[str]]:
+    """setup.py's ``install_requires`` and its ``ros`` extra, read from the file."""
+    tree = ast.parse((REPO / 'setup.py').read_text())
+    call = next(n for n in ast.walk(tree) if isinstance(n, ast.Call)
+                and getattr(n.func, 'id', '') == 'setup')
+    keywords = {k.arg: ast.literal_eval(k.value) for k in call.keywords
+                if k.arg in ('install_requires', 'extras_require')}
+    return set(keywords['install_requires']), set(keywords['extras_require']['ros'])
+
+
+def exec_depends() -> set[str]:
+    return set(re.findall(r'<exec_depend>([^<]+)</exec_depend>',
+                          (REPO / 'package.xml').read_text()))
+
+
+def test_every_third_party_import_is_declared_for_every_install():
+    """`pip install .` (setup.py), the pinned plain-Python install (requirements.txt) and
+    the ROS install (a rosdep key in package.xml, else requirements-ros.txt) each provide
+    every module the package imports, `bag --recover`'s mcap included."""
     third_party = imported_top_levels() - set(sys.stdlib_module_names) - ROS - {
-        'depthclip_ros', 'huggingface_hub', 'mcap', 'mcap_ros2', 'yaml', 'spacy'}
+        'depthclip_ros'}
     unknown = third_party - set(DISTRIBUTIONS)
     assert not unknown, f'map these imports to distributions: {unknown}'
-    for name in third_party:
-        assert f"'{DISTRIBUTIONS[name]}'" in setup, DISTRIBUTIONS[name]
-    for wheel in ('ros-rclpy', 'ros-sensor-msgs'):
-        assert f"'{wheel}'" in setup  # the `ros` extra
+    assert {'mcap', 'yaml', 'huggingface_hub'} <= third_party  # the check sees them
+    required, _ = install_requires()
+    pinned = requirements(REPO / 'requirements.txt')
+    for_ros = requirements(REPO / 'requirements-ros.txt')
+    rosdep = exec_depends()
+    for name in sorted(third_party):
+        distribution = DISTRIBUTIONS[name]
+        assert distribution in required, f'setup.py install_requires lacks {distribution}'
+        assert pinned.get(distribution), f'requirements.txt does not pin {distribution}'
+        assert ROSDEP_KEYS.get(name) in rosdep or distribution in for_ros, \
+            f'neither package.xml (rosdep) nor requirements-ros.txt gives {distribution}'
+    dev = requirements(REPO / 'requirements-dev.txt')
+    assert not set(dev) & set(pinned), 'requirements-dev.txt repeats requirements.txt'
+    assert '-r requirements.txt' in (REPO / 'requirements-dev.txt').read_text()
+
+
+def test_every_ros_import_is_declared_or_optional():
+    """Each ROS package imported is an exec_depend of package.xml and a wheel of the `ros`
+    extra (pinned in requirements.txt), or optional: imported only where an ImportError is
+    caught."""
+    _, ros_extra = install_requires()
+    pinned = requirements(REPO / 'requirements.txt')
+    rosdep = exec_depends()
+    used = imported_top_levels() & ROS
+    assert {'rclpy', 'sensor_msgs', 'geometry_msgs'} <= used
+    for name in sorted(used - OPTIONAL):
+        wheel = 'ros-' + name.replace('_', '-')
+        assert name in rosdep, f'package.xml lacks <exec_depend>{name}</exec_depend>'
+        assert wheel in ros_extra, f"setup.py's ros extra lacks {wheel}"
+        assert pinned.get(wheel), f'requirements.txt does not pin {wheel}'
+    for path, guards, name in import_nodes():
+        if name in OPTIONAL:
+            caught = {getattr(h.type, 'id', None) for t in guards for h in t.handlers}
+            assert caught & {'ImportError', 'ModuleNotFoundError'}, \
+                f'{path.name} imports the optional {name} without catching ImportError'
 
 
 BLOCK_ROS = f"""

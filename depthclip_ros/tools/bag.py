@@ -56,16 +56,9 @@ import statistics
 import sys
 import time
 
-from depthclip_ros.bags.process import (
-    BagError,
-    BagReport,
-    BagWriteError,
-    PARTIAL_NOTE,
-    plan_output,
-    process_bag,
-    recover_partial,
-    RecoveryReport,
-)
+from depthclip_ros.bags.process import BagReport, BagWriteError, process_bag
+from depthclip_ros.bags.recover import recover_partial, RecoveryReport
+from depthclip_ros.bags.safety import BagError, PARTIAL_NOTE, plan_output
 from depthclip_ros.engine.config import RANDOM_WEIGHTS_BANNER
 from depthclip_ros.objects.referring import ReferringCLIP
 from depthclip_ros.ros.pipeline import DepthPipeline, ObjectSettings, OutputSettings
@@ -311,13 +304,13 @@ def print_summary(report: BagReport, output: Path, random_weights: bool,
               f'({medians[0]:.3f}-{medians[-1]:.3f} m per frame)')
     if report.object_queries:
         answers = report.object_frames * report.object_queries
-        failed = (f', {report.object_frames_failed} frames with depth but no objects (the '
-                  f'object step failed, see above)' if report.object_frames_failed else '')
+        no_objects = (f', {report.object_frames_failed} frames with depth but no objects (the '
+                      f'object step failed, see above)' if report.object_frames_failed else '')
         print(f'objects: {report.object_messages} messages on objects/markers, '
               f'objects/points, objects/labels and objects/camera_info '
               f'({report.object_frames} frames x 4); '
               f'{report.objects_located} of {answers} answers to {report.object_queries} '
-              f'queries located in 3-D{failed}')
+              f'queries located in 3-D{no_objects}')
     frames = max(report.frames_seen, 1)
     totals = {name: sum(values) for name, values in report.timer.samples.items()}
     if totals:
@@ -402,7 +395,10 @@ def run(args: argparse.Namespace) -> int:
     print_summary(report, args.output, engine is not None and engine.random_weights)
     if report.interrupted:
         return 130
-    return 1 if report.read_error or report.frames_written == 0 else 0
+    damage = report.damage()
+    if damage:
+        print(f'depthclip-ros bag: {damage}', file=sys.stderr, flush=True)
+    return 1 if damage or report.frames_written == 0 else 0
 
 
 def run_recover(args: argparse.Namespace) -> int:

@@ -25,13 +25,8 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import get_typestore, Stores
 from std_msgs.msg import Header
 
-from depthclip_ros.bags.process import (
-    BagError,
-    is_bag,
-    METADATA_VERSION,
-    process_bag,
-    remove_bag_folder,
-)
+from depthclip_ros.bags.process import METADATA_VERSION, process_bag
+from depthclip_ros.bags.safety import BagError, is_bag, remove_bag_folder
 from depthclip_ros.engine.config import RANDOM_WEIGHTS_BANNER
 from depthclip_ros.engine.depthclip import DepthCLIP
 from depthclip_ros.engine.metrics import depth_metrics, format_table

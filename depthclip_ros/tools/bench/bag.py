@@ -20,7 +20,7 @@ from sensor_msgs.msg import CameraInfo, Image
 from depthclip_ros.bags.process import process_bag, read_topic
 from depthclip_ros.ros.messages import intrinsics_from_camera_info, rgb_from_image
 from depthclip_ros.ros.pipeline import DepthPipeline
-from depthclip_ros.tools.bench.speed import device_description
+from depthclip_ros.tools.bench.common import device_description
 from depthclip_ros.tools.common import add_model_arguments, load_engine
 from depthclip_ros.tools.demo import CORRIDOR_IMAGE_TOPIC, CORRIDOR_INFO_TOPIC, write_corridor_bag
 

@@ -341,7 +341,7 @@ def measure(args: argparse.Namespace) -> dict:
     elif device.startswith('cpu'):
         import torch
 
-        from depthclip_ros.tools.bench.speed import cpu_name
+        from depthclip_ros.tools.bench.common import cpu_name
         device += f' - {cpu_name()}, {torch.get_num_threads()} threads'
     problems = [line.rstrip() for line in stderr_lines
                 if any(marker in line for marker in PROBLEM_MARKERS)

@@ -24,7 +24,8 @@ import time
 
 import numpy as np
 
-from depthclip_ros.tools.bench.speed import device_description, time_engine
+from depthclip_ros.tools.bench.common import device_description
+from depthclip_ros.tools.bench.stages import time_engine
 from depthclip_ros.tools.common import add_model_arguments, load_engine
 from depthclip_ros.tools.node_process import (
     isolate_ros_traffic,

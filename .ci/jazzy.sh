@@ -30,10 +30,11 @@ pick_python() {  # Jazzy's Python is 3.12; else this machine's python3
     fi
   done
 }
+say() { echo "=== [$((SECONDS - start)) s] $*"; }
 python=$(pick_python)
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 py=$venv/bin/python
-echo "=== Jazzy leg: $venv, $("$py" --version)"
+say "Jazzy leg: $venv, $("$py" --version)"
 
 quiet() {  # pip's notes about this machine's absent local indexes say nothing
   grep -v "^WARNING: Location 'file://" || true
@@ -45,14 +46,14 @@ pip_install() {
 stamp=$venv/.depthclip-jazzy
 want=$(cat requirements-jazzy.txt requirements-ros.txt "$ros_tools"/install.sh | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  echo "--- installing the Jazzy stand-in (requirements-jazzy.txt):"
+  say "installing the Jazzy stand-in (requirements-jazzy.txt):"
   grep -v '^#' requirements-jazzy.txt | sed 's/^/    /'
   pip_install -r requirements-jazzy.txt
-  echo "--- installing requirements-ros.txt as the README says, pinned by requirements-jazzy.txt"
+  say "installing requirements-ros.txt as the README says, pinned by requirements-jazzy.txt"
   echo "    (torch and its CUDA libraries: several GB on a first install):"
   grep -v '^#' requirements-ros.txt | sed 's/^/    /'
   pip_install -r requirements-ros.txt -c requirements-jazzy.txt
-  echo "--- installing the ROS 2 launch system from $ros_tools"
+  say "installing the ROS 2 launch system from $ros_tools"
   PYTHON=$py "$ros_tools/install.sh" 2>&1 | quiet
   echo "$want" > "$stamp"
 fi
@@ -69,7 +70,7 @@ got = {name: version(name) for name in wanted}
 wrong = {name: (got[name], pin) for name, pin in wanted.items() if got[name] != pin}
 assert not wrong, f'not the Jazzy pins (installed, pinned): {wrong}'
 import cv2, numpy, rclpy, torch  # noqa: E401,F401 - they import together
-print('--- installed: ' + ', '.join(f'{n} {got[n]}' for n in (
+print('installed: ' + ', '.join(f'{n} {got[n]}' for n in (
     'ros-rclpy', 'ros-rmw-fastrtps-cpp', 'ros-sensor-msgs', 'numpy', 'opencv-python-headless',
     'scipy', 'scikit-image', 'pillow')) + f', torch {version("torch")}')
 PY
@@ -82,14 +83,14 @@ export HF_HUB_OFFLINE=1
 export PYTEST_ADDOPTS="-p no:launch_testing -p no:launch_ros -p no:launch_pytest ${PYTEST_ADDOPTS:-}"
 ws=$(mktemp -d)
 trap 'rm -rf "$ws"' EXIT
-echo "--- colcon build into $ws, then . install/setup.bash"
+say "colcon build into $ws, then . install/setup.bash"
 colcon --log-base "$ws/log" build --base-paths "$repo" --build-base "$ws/build" \
   --install-base "$ws/install" --event-handlers console_direct- > "$ws/build.txt" 2>&1 \
   || { cat "$ws/build.txt"; exit 1; }
 set +u
 . "$ws/install/setup.bash"
 set -u
-echo "=== Jazzy leg: a tools smoke through ros2 run (the installed console scripts)"
+say "a tools smoke through ros2 run (the installed console scripts)"
 cd "$ws"
 "$py" -c 'import depthclip_ros, sys; assert depthclip_ros.__file__.startswith(sys.argv[1]), depthclip_ros.__file__' "$ws/install"
 ros2 pkg prefix depthclip_ros
@@ -102,7 +103,7 @@ for name in frame_depth.npy frame_depth.png frame_preview.png frame.ply frame_su
   [ -s "infer_out/$name" ] || { echo "infer wrote no $name" >&2; exit 1; }
 done
 "$py" -c 'import numpy as np; d = np.load("infer_out/frame_depth.npy"); assert d.shape == (48, 64) and np.isfinite(d).all() and (d > 0).all(), d.shape'
-echo "=== Jazzy leg: the ROS-facing tests against the install (run from $ws, so the"
+say "the ROS-facing tests against the install (run from $ws, so the"
 echo "    installed depthclip_ros is the one imported): messages, the managed node over DDS,"
 echo "    ros2 launch of the three launch files, bags"
 set +e
@@ -115,5 +116,5 @@ set +e
   "$@"
 status=$?
 set -e
-echo "Jazzy leg: $((SECONDS - start)) s in all"
+say "Jazzy leg done (pytest exit $status)"
 exit "$status"

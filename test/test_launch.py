@@ -178,12 +178,24 @@ class Launch:
         assert code == 0 and took < STOP_S, f'exit {code} after {took:.1f} s\n{self.output()}'
         assert not group_alive(self.process.pid), self.output()
         assert not [pid for pid in pids if alive(pid)], self.output()
-        assert 'Traceback' not in self.output() and 'ERROR' not in self.output(), self.output()
+        after = self.output().partition('user interrupted with ctrl-c')[2]
+        assert not [word for word in ('Traceback', 'ERROR', 'FATAL', 'exit code')
+                    if word in after], self.output()
 
     def kill(self) -> None:
         if group_alive(self.process.pid):
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=30)
+
+
+def loading(pid: int) -> bool:
+    """Whether ``pid`` has started loading rclpy's or torch's libraries (which the node's
+    entry point imports after setting its signal handling)."""
+    try:
+        maps = Path(f'/proc/{pid}/maps').read_text()
+    except OSError:
+        return False
+    return 'rclpy' in maps or 'torch' in maps
 
 
 def alive(pid: int) -> bool:
@@ -434,8 +446,8 @@ def test_ctrl_c_during_the_lifecycle_bring_up_ends_cleanly(installed, launched, 
         p = probe(namespace)
         client = p.node.create_client(ChangeState, f'{namespace}/depth_node/change_state')
         assert client.wait_for_service(timeout_sec=120), launch.output()
-    else:
-        time.sleep(0.5)  # the node is importing; launch waits for its services
+    else:  # the node is importing (its signal handling is set, it has no services yet)
+        assert wait_for(lambda: loading(launch.node_pids()[0]), 60, period=0.05)
     launch.stop_cleanly()
     assert 'Destroyable' not in launch.output()
 

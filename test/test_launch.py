@@ -146,12 +146,12 @@ class Launch:
     """``ros2 launch depthclip_ros <file> <args>`` as a process group of its own."""
 
     def __init__(self, env: dict, launch_file: str, *args: str, log: Path):
-        self.log_path = log
+        self.log_path, self.log = log, log.open('w')
         ros2 = shutil.which('ros2', path=env['PATH'])
         assert ros2, 'ros2 is not on the PATH of the sourced install'
         self.process = subprocess.Popen(
             [ros2, 'launch', 'depthclip_ros', launch_file, *args], env=env,
-            stdin=subprocess.DEVNULL, stdout=log.open('w'), stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
             start_new_session=True)
 
     def output(self) -> str:
@@ -178,7 +178,8 @@ class Launch:
         assert code == 0 and took < STOP_S, f'exit {code} after {took:.1f} s\n{self.output()}'
         assert not group_alive(self.process.pid), self.output()
         assert not [pid for pid in pids if alive(pid)], self.output()
-        after = self.output().partition('user interrupted with ctrl-c')[2]
+        before, marker, after = self.output().partition('user interrupted with ctrl-c')
+        assert marker, self.output()
         assert not [word for word in ('Traceback', 'ERROR', 'FATAL', 'exit code')
                     if word in after], self.output()
 
@@ -186,6 +187,7 @@ class Launch:
         if group_alive(self.process.pid):
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=30)
+        self.log.close()
 
 
 def loading(pid: int) -> bool:

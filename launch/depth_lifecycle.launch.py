@@ -1,55 +1,85 @@
-"""depth_lifecycle_node brought up by launch's own lifecycle events: configure (validate
-the parameters, load the model), then activate once it is inactive.
+"""depth_lifecycle_node, configured (parameters validated, model loaded) and then
+activated by this launch file:
 
-    ros2 launch depthclip_ros depth_lifecycle.launch.py [params_file:=...] [image:=...]
+    ros2 launch depthclip_ros depth_lifecycle.launch.py [arg:=value ...]
 
-Under Nav2, leave this file out and add ``depth_node`` to a lifecycle manager's
-``node_names`` instead (README, "Managed node").
+The arguments of depth.launch.py but ``managed`` (``--show-args``; the table in
+depthclip_ros/ros/launch_arguments.py). Under Nav2, leave this file out: start
+``depth.launch.py managed:=true`` and add ``depth_node`` to a lifecycle manager's
+``node_names`` (README, "Managed node").
+
+The transitions are asked for on launch's own event loop, which also runs its shutdown:
+Ctrl-C at any moment (before the node's services exist, while it configures) ends the
+launch cleanly. launch_ros's ChangeState events would wait for the service on a worker
+thread that shutdown can overtake (launch then exits 1 with "cannot use Destroyable
+because destruction was requested"). The node is still a launch_ros ``LifecycleNode``:
+a including launch file can handle its state transitions and emit ChangeState events.
 """
 
-import os
+import asyncio
 
-from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandler
-from launch.events import matches_action
-from launch.substitutions import LaunchConfiguration
-from launch_ros.actions import LifecycleNode
-from launch_ros.event_handlers import OnStateTransition
-from launch_ros.events.lifecycle import ChangeState
+from launch.actions import OpaqueFunction
+from launch.event_handlers import OnProcessExit
+import launch.logging
+from launch_ros.actions import LifecycleNode, Node
+from launch_ros.ros_adapters import get_ros_node
 from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import ChangeState
+
+from depthclip_ros.ros.launch_arguments import declare, node_options, rviz_options
+
+FILE = 'depth_lifecycle.launch.py'
 
 
 def generate_launch_description():
-    share = get_package_share_directory('depthclip_ros')
-    arguments = [
-        DeclareLaunchArgument('namespace', default_value='',
-                              description='namespace of the node and its topics'),
-        DeclareLaunchArgument('params_file',
-                              default_value=os.path.join(share, 'config', 'depthclip.yaml'),
-                              description='YAML with depth_node parameters'),
-        DeclareLaunchArgument('image', default_value='image',
-                              description='colour image topic (sensor_msgs/Image)'),
-        DeclareLaunchArgument('camera_info', default_value='camera_info',
-                              description='CameraInfo topic of that image'),
-    ]
-    node = LifecycleNode(
-        package='depthclip_ros',
-        executable='depth_lifecycle_node',
-        name='depth_node',
-        namespace=LaunchConfiguration('namespace'),
-        output='screen',
-        parameters=[LaunchConfiguration('params_file')],
-        remappings=[('image', LaunchConfiguration('image')),
-                    ('camera_info', LaunchConfiguration('camera_info'))],
-        additional_env={'DEPTHCLIP_STARTED_BY_LAUNCH': '1'},
-    )
-    configure = EmitEvent(event=ChangeState(
-        lifecycle_node_matcher=matches_action(node),
-        transition_id=Transition.TRANSITION_CONFIGURE))
-    activate_once_inactive = RegisterEventHandler(OnStateTransition(
-        target_lifecycle_node=node, goal_state='inactive',
-        entities=[EmitEvent(event=ChangeState(
-            lifecycle_node_matcher=matches_action(node),
-            transition_id=Transition.TRANSITION_ACTIVATE))]))
-    return LaunchDescription([*arguments, node, activate_once_inactive, configure])
+    return LaunchDescription([*declare(FILE), OpaqueFunction(function=depth_node)])
+
+
+def depth_node(context):
+    """The lifecycle node, what brings it up and, with rviz:=true, rviz2."""
+    given = context.launch_configurations
+    node = LifecycleNode(package='depthclip_ros', executable='depth_lifecycle_node',
+                         **node_options(FILE, given))
+    rviz = rviz_options(given)
+    return [node, OpaqueFunction(function=bring_up, args=[node]),
+            *([Node(**rviz)] if rviz else [])]
+
+
+def bring_up(context, node):
+    """Configure, then activate ``node`` (an executed LifecycleNode action)."""
+    exited = []
+    context.register_event_handler(OnProcessExit(
+        target_action=node, on_exit=lambda event, context: exited.append(event)))
+    context.add_completion_future(context.asyncio_loop.create_task(
+        transitions(context, node.node_name, lambda: context.is_shutdown or exited)))
+
+
+async def transitions(context, node_name: str, stop) -> None:
+    """Ask for configure, then activate, through ``node_name``'s change_state service; give
+    up as soon as ``stop()`` (launch shuts down or the node's process has ended).
+
+    Runs on launch's event loop and checks ``context.is_shutdown`` (set at Ctrl-C before the
+    shutdown event destroys launch's ROS node) before each use of the client, so it never
+    touches a destroyed client and returns promptly once launch shuts down."""
+    logger = launch.logging.get_logger(FILE)
+    client = get_ros_node(context).create_client(ChangeState, f'{node_name}/change_state')
+    for transition, label in ((Transition.TRANSITION_CONFIGURE, 'configure'),
+                              (Transition.TRANSITION_ACTIVATE, 'activate')):
+        while not stop() and not client.service_is_ready():
+            await asyncio.sleep(0.1)
+        if stop():
+            return
+        request = ChangeState.Request()
+        request.transition.id = transition
+        future = client.call_async(request)
+        while not future.done():
+            if stop():
+                future.cancel()
+                return
+            await asyncio.sleep(0.1)
+        if future.exception() is not None or not future.result().success:
+            logger.error(f'{node_name}: {label} failed (the node logged why); it stays '
+                         f'{"unconfigured" if label == "configure" else "inactive"}')
+            return
+    logger.info(f'{node_name} is active')

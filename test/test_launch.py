@@ -103,10 +103,10 @@ def test_a_misspelt_flag_is_refused_not_read_as_false():
         flag('managed', 'ture')
 
 
-def test_the_readme_names_every_launch_argument():
-    readme = (REPO / 'README.md').read_text(encoding='utf-8')
-    missing = [name for name in LAUNCH_ARGUMENTS if f'`{name}`' not in readme]
-    assert not missing, f'README.md does not name the launch arguments {missing}'
+def test_the_docs_name_every_launch_argument():
+    docs = (REPO / 'docs' / 'node.md').read_text(encoding='utf-8')
+    missing = [name for name in LAUNCH_ARGUMENTS if f'`{name}`' not in docs]
+    assert not missing, f'docs/node.md does not name the launch arguments {missing}'
 
 
 # ---- the installed package, launched for real ---------------------------------------

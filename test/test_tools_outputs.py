@@ -356,3 +356,15 @@ def test_demo_with_overwrite_replaces_the_images_outputs(tmp_path, capsys, tool_
                  *FAST]) == 0
     assert np.load(mine).shape == (H, W)
     assert os.path.exists(out / 'kitchen.ply')
+
+
+def test_demo_refuses_a_bag_output_inside_its_input_before_the_model(tmp_path, capsys,
+                                                                     no_model):
+    import shutil
+    recording = tmp_path / 'rec'
+    shutil.copytree(shared_bag(), recording)
+    before = sorted(p.name for p in recording.iterdir())
+    assert main(['demo', '--input', str(recording), '--output', str(recording), *FAST]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith('depthclip-ros demo: ') and 'the input recording' in line
+    assert sorted(p.name for p in recording.iterdir()) == before

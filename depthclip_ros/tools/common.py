@@ -221,8 +221,10 @@ def announce(prog: str, text: str) -> None:
 def build_engine(model: ModelConfig, head: HeadConfig, prog: str):
     """Say what is loading, check the device (``ToolExit`` 2 when it is refused), build
     and load the engine, and say how long it took. ``WeightsError`` propagates."""
+    weights = '' if model.random_weights or Path(model.pretrained).is_file() else \
+        ' (its weights from the local cache; the first run downloads them)'
     announce(prog, f'loading {describe_model(model)}: starting torch, building the network '
-                   f'and encoding its prompts, {LOAD_TIME_HINT}')
+                   f'and encoding its prompts, {LOAD_TIME_HINT}{weights}')
     started = time.monotonic()
     from depthclip_ros.engine.depthclip import DepthCLIP
     from depthclip_ros.engine.runtime import resolve_runtime

@@ -223,7 +223,7 @@ def check_options(args: argparse.Namespace) -> None:
 def plan_run(args: argparse.Namespace) -> Plan:
     """The inputs and every output, and the existing outputs it would replace (refused
     with :class:`~depthclip_ros.io.outputs.OutputsExist` without ``--overwrite``)."""
-    from depthclip_ros.bags.process import is_bag
+    from depthclip_ros.bags.process import BagError, is_bag, plan_output
     out, plan = args.output, Plan()
     if not args.input:
         plan.files = [out / f'{CORRIDOR}{suffix}' for suffix in OUTPUT_SUFFIXES]
@@ -251,6 +251,11 @@ def plan_run(args: argparse.Namespace) -> Plan:
             raise ValueError(f'a bag output folder and an image output share the name '
                              f'{sorted(clash)[0]}; give them separately')
     plan.replaced = check_outputs(plan.files, args.overwrite, plan.series, plan.folders)
+    for source, destination in plan.bags:  # and what `bag` refuses (an output in the input)
+        try:
+            plan_output(source, destination, args.overwrite)
+        except BagError as error:
+            raise ValueError(str(error)) from None
     return plan
 
 

@@ -133,12 +133,12 @@ def test_the_first_line_comes_before_torch_is_imported(tmp_path):
     def first(predicate) -> int:
         return next(i for i, line in enumerate(lines) if predicate(line))
 
-    announced = first(lambda line: line.startswith('depthclip-ros infer: loading CLIP RN50 '
-                                                   '(random weights) on the CPU'))
+    announced = first(lambda line: line.startswith('infer: loading CLIP RN50 (random weights) '
+                                                   'on the CPU'))
     assert 'usually' in lines[announced] and ' s' in lines[announced]
     torch = first(lambda line: line.startswith('import time:')  # its first submodule
                   and line.rsplit('|', 1)[1].strip().split('.')[0] == 'torch')
-    ready = first(lambda line: line.startswith('depthclip-ros infer: model ready in '))
+    ready = first(lambda line: line.startswith('infer: model ready in '))
     counts = [line for line in lines if line.startswith('infer: image ')]
     assert announced < torch < ready < lines.index(counts[0])
     assert counts[0].startswith('infer: image 1/3 (') and counts[-1].startswith(

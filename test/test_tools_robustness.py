@@ -456,7 +456,7 @@ def test_infer_refuses_an_absent_device_before_loading(tmp_path, capsys, monkeyp
     args = infer_args(source, output=tmp_path / 'out') + ['--device', 'cuda']
     assert main(args) == 2
     announcement, refusal = capsys.readouterr().err.strip().splitlines()
-    assert announcement.startswith('depthclip-ros infer: loading CLIP RN50 (random weights)')
+    assert announcement.startswith('infer: loading CLIP RN50 (random weights)')
     assert_one_line_refusal(refusal, 'infer')
     assert 'CUDA is not available' in refusal
     assert not (tmp_path / 'out').exists()

@@ -214,8 +214,11 @@ def describe_model(model: ModelConfig) -> str:
 
 
 def announce(prog: str, text: str) -> None:
-    """A status line on stderr, at once (what a silent wait is spent on)."""
-    print(f'{prog}: {text}', file=sys.stderr, flush=True)
+    """A status line on stderr, at once (what a silent wait is spent on), led by the
+    tool's short name (``infer: loading ...``) like its progress lines: a line led by
+    ``depthclip-ros <tool>:`` is always a problem."""
+    label = prog.removeprefix('depthclip-ros ')
+    print(f'{label}: {text}', file=sys.stderr, flush=True)
 
 
 def build_engine(model: ModelConfig, head: HeadConfig, prog: str):

@@ -109,7 +109,7 @@ def test_the_command_writes_the_uncertainty_and_classifies_every_n_frames(
     assert 'bins: scene_hard, the scene classified every 2 frames; frames per chosen ' \
         'scene: ' in text
     assert 'depth uncertainty (median over the token grid' in text
-    assert UNCERTAINTY in text and 'depth, depth/uncertainty, 3D panel' in text
+    assert f'Image panel on /cam/depth/image, {UNCERTAINTY}, 3D panel on /cam/points' in text
     got = by_topic(mcap_messages(out))
     assert len(got[UNCERTAINTY]) == 3
     assert all(m.ros_msg.encoding == '32FC1' for m in got[UNCERTAINTY])

@@ -22,11 +22,19 @@ RCLPY_TOOLS = {'depthclip_ros.tools.bag', 'depthclip_ros.tools.demo',
                'depthclip_ros.tools.bench.node', 'depthclip_ros.tools.bench.cameras',
                'depthclip_ros.tools.bench.bag'}
 # What a parameter table, an option check or a launch file reads: no torch, no OpenCV.
+# The command-line tools too: `depthclip-ros <tool> --help` imports the tool's module, which
+# imports torch, OpenCV, rosbags and ROS only when it runs (test_tools_help checks a real
+# run of every --help).
 LIGHT = ['depthclip_ros.engine.config', 'depthclip_ros.objects.queries',
          'depthclip_ros.ros.parameters', 'depthclip_ros.ros.launch_arguments',
          'depthclip_ros.ros.streams', 'depthclip_ros.geometry',
          'depthclip_ros.engine.metrics', 'depthclip_ros.timing', 'depthclip_ros.allocator',
-         'depthclip_ros.ros.shutdown', 'depthclip_ros.ros.entry', 'depthclip_ros.ros.configs']
+         'depthclip_ros.ros.shutdown', 'depthclip_ros.ros.entry', 'depthclip_ros.ros.configs',
+         'depthclip_ros.io.dataset', 'depthclip_ros.io.visualize', 'depthclip_ros.io.outputs',
+         'depthclip_ros.tools.cli', 'depthclip_ros.tools.common',
+         'depthclip_ros.tools.progress', 'depthclip_ros.tools.infer',
+         'depthclip_ros.tools.locate', 'depthclip_ros.tools.evaluate',
+         'depthclip_ros.tools.bag', 'depthclip_ros.tools.demo', 'depthclip_ros.tools.soak']
 
 
 def module_name(path: Path) -> str:
@@ -37,15 +45,23 @@ def module_name(path: Path) -> str:
 MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob('*.py'))}
 
 
+def _type_checking_only(stmt: ast.stmt) -> bool:
+    """``if TYPE_CHECKING:`` (annotations only: never run)."""
+    return isinstance(stmt, ast.If) and isinstance(stmt.test, ast.Name) and \
+        stmt.test.id == 'TYPE_CHECKING' and not stmt.orelse
+
+
 def imports_of(path: Path, name: str, top_level: bool) -> set[str]:
     """Absolute names of what ``path`` imports: every import, or only those run when the
-    module is imported (``top_level``: not inside functions or classes)."""
+    module is imported (``top_level``: not inside functions or classes, nor under
+    ``if TYPE_CHECKING:``)."""
     tree = ast.parse(path.read_text(encoding='utf-8'))
     package = name if path.name == '__init__.py' else name.rpartition('.')[0]
     nodes = tree.body if top_level else list(ast.walk(tree))
     if top_level:  # also inside module-level if/try blocks
         nodes = [n for stmt in tree.body for n in ast.walk(stmt)
-                 if not isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
+                 if not isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+                 and not _type_checking_only(stmt)]
     found = set()
     for node in nodes:
         if isinstance(node, ast.Import):

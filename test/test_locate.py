@@ -50,6 +50,13 @@ def check_common(doc: dict, out: Path, stem: str = 'scene') -> None:
     assert (out / f'{stem}_locate.png').is_file()
     proposals = cv2.imread(str(out / f'{stem}_proposals.png'), cv2.IMREAD_UNCHANGED)
     assert proposals.dtype == np.uint16 and proposals.shape == (48, 64)
+    # beside the labels (black in a viewer: values 1, 2, ... of 65535), a picture of them
+    seen = cv2.imread(str(out / f'{stem}_proposals_preview.png'), cv2.IMREAD_UNCHANGED)
+    assert seen.dtype == np.uint8 and seen.shape == (48, 64, 3)
+    ids = [k for k in np.unique(proposals) if k]
+    colours = {tuple(seen[proposals == k].mean(axis=0).round()) for k in ids}
+    assert len(colours) == len(ids)  # every candidate its own colour
+    assert all(seen[proposals == k].max() > 100 for k in ids)  # visible, not black
     for index, query in enumerate(doc['queries']):
         assert query['index'] == index
         labels = [m['label'] for m in query['masks']]

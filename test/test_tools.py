@@ -123,11 +123,31 @@ def test_demo_without_weights_stops_with_instructions(tmp_path, capsys):
     assert 'does not exist' in err and 'Supply weights' in err
 
 
+def closing_lines(text: str) -> list[str]:
+    """The demo's list of what it wrote: the lines under 'outputs of this run in'."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith('outputs of this run in'))
+    rest = lines[start + 1:]
+    return rest[:next((i for i, line in enumerate(rest) if not line.startswith('  ')),
+                      len(rest))]
+
+
 def test_demo_on_the_generated_scene(tmp_path, capsys):
     args = ['demo', '--output', str(tmp_path), *FAST, '--input-size', '64', '96',
             '--frames', '3']
     assert main(args) == 0
-    text = capsys.readouterr().out
+    captured = capsys.readouterr()
+    text = captured.out
+    # every step said as it starts, the recording's frames counted
+    steps = [line for line in captured.err.splitlines() if line.startswith('demo: [')]
+    assert [line[:11] for line in steps] == ['demo: [1/3]', 'demo: [2/3]', 'demo: [3/3]']
+    assert 'bag: frame 3/3' in captured.err
+    # the closing list: what was written, all of it, the uncertainty included
+    listed = closing_lines(text)
+    named = {line.split()[0].rstrip('/') for line in listed}
+    assert named == {p.name for p in tmp_path.iterdir()} - {'corridor_depth.png'}
+    assert any('corridor_depth.png' in line for line in listed)
+    assert 'corridor_uncertainty.npy' in named
     assert 'RANDOM WEIGHTS' in text and str(tmp_path) in text
     truth = np.load(tmp_path / 'corridor_truth_depth.npy')
     assert truth.shape == (480, 640) and 1.0 < truth.min() and truth.max() <= 9.0
@@ -141,7 +161,11 @@ def test_demo_on_the_generated_scene(tmp_path, capsys):
     assert counts == {'/camera/color/image_raw': 3, '/camera/color/camera_info': 3,
                       '/camera/color/depth/image': 3, '/camera/color/depth/camera_info': 3,
                       '/camera/color/points': 3, '/camera/color/depth/colormap': 3}
-    assert main(args) == 0  # a second run replaces its own bags
+    capsys.readouterr()
+    assert main(args) == 2  # a second run would replace the first one's files and bags...
+    err = capsys.readouterr().err
+    assert 'pass --overwrite' in err and 'corridor_camera' in err and 'corridor.ply' in err
+    assert main([*args, '--overwrite']) == 0  # ...which --overwrite allows
 
 
 def test_corridor_recording_moves_forward():
@@ -158,6 +182,11 @@ def test_demo_takes_a_bag_with_one_argument_changed(tmp_path, capsys):
     assert 'done: 1 of 1 frames with depth' in text
     assert 'rviz2 -d' in text and '__ns:=/camera/color -r image:=image_raw' in text
     assert (tmp_path / 'realsense_d435_single_frame_ros2_depth' / 'metadata.yaml').is_file()
+    # only the bag was written, and only the bag is listed
+    assert [line.split()[0] for line in closing_lines(text)] == [
+        'realsense_d435_single_frame_ros2_depth/']
+    assert [p.name for p in tmp_path.iterdir()] == ['realsense_d435_single_frame_ros2_depth']
+    assert 'Image panel on /camera/color/depth/colormap (or /camera/color/depth/image)' in text
 
 
 def test_bench_bag_prints_both_timings_and_the_overhead(capsys):

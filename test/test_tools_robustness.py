@@ -104,7 +104,8 @@ def assert_outputs_of(folder: Path, name: str, source: Path) -> None:
         assert path.is_file(), path
     depth = np.load(folder / f'{name}_depth.npy')
     assert depth.shape == (height, width)
-    panel = cv2.imread(str(folder / f'{name}_preview.png'))[BANNER_ROWS:, :width]
+    panel = cv2.imread(str(folder / f'{name}_preview.png'))[BANNER_ROWS:BANNER_ROWS + height,
+                                                             :width]
     np.testing.assert_array_equal(panel, expected)
     cloud = read_ply(folder / f'{name}.ply')
     colours = np.stack([cloud['blue'], cloud['green'], cloud['red']], axis=-1)
@@ -169,7 +170,7 @@ def test_video_frames_and_an_image_named_like_a_frame(tmp_path, capsys, engine_l
     for index, level in enumerate((30, 220)):
         name = f'v.avi_{index:06d}'
         assert all(p.is_file() for p in outputs(out, name))
-        panel = cv2.imread(str(out / f'{name}_preview.png'))[BANNER_ROWS:, :64]
+        panel = cv2.imread(str(out / f'{name}_preview.png'))[BANNER_ROWS:BANNER_ROWS + 48, :64]
         assert abs(float(panel.mean()) - level) < 12  # this frame, not the other input
     assert not (out / 'v_000000_depth.npy').exists()
     assert f'{video} -> v.avi_NNNNNN_*' in text
@@ -351,7 +352,7 @@ def test_unreadable_files_in_a_real_run(tmp_path):
 
 def test_read_rgb_refuses_from_the_header_before_decoding(tmp_path, monkeypatch):
     path = write_image(tmp_path / 'big.png', image(60, 64, 64))
-    monkeypatch.setattr(dataset.cv2, 'imread', lambda *a: pytest.fail('decoded'))
+    monkeypatch.setattr(cv2, 'imread', lambda *a: pytest.fail('decoded'))
     with pytest.raises(ImageFormatError, match='max_input_pixels'):
         read_rgb(path, max_pixels=64 * 64 - 1)
 
@@ -383,7 +384,7 @@ def test_video_frames_are_bounded_by_the_declared_size(tmp_path, capsys, monkeyp
         def __getattr__(self, name):
             return getattr(self.capture, name)
 
-    monkeypatch.setattr(dataset.cv2, 'VideoCapture', Counting)
+    monkeypatch.setattr(cv2, 'VideoCapture', Counting)
     out = tmp_path / 'out'
     assert main(infer_args(video, output=out, extra=['--max-input-pixels', '3071'])) == 1
     captured = capsys.readouterr()
@@ -446,11 +447,19 @@ def test_infer_refuses_bad_options_before_loading(tmp_path, capsys, no_model, op
 
 
 @pytest.mark.skipif(__import__('torch').cuda.is_available(), reason='CUDA is here')
-def test_infer_refuses_an_absent_device_before_loading(tmp_path, capsys, no_model):
+def test_infer_refuses_an_absent_device_before_loading(tmp_path, capsys, monkeypatch):
+    """The device is known once torch is imported: after the line saying what loads, one
+    line saying why not, exit status 2, and no network built."""
+    from depthclip_ros.engine.depthclip import DepthCLIP
+    monkeypatch.setattr(DepthCLIP, 'load', lambda self: pytest.fail('the model was built'))
     source = write_image(tmp_path / 'a.png', image(71))
     args = infer_args(source, output=tmp_path / 'out') + ['--device', 'cuda']
     assert main(args) == 2
-    assert_one_line_refusal(capsys.readouterr().err, 'infer')
+    announcement, refusal = capsys.readouterr().err.strip().splitlines()
+    assert announcement.startswith('infer: loading CLIP RN50 (random weights)')
+    assert_one_line_refusal(refusal, 'infer')
+    assert 'CUDA is not available' in refusal
+    assert not (tmp_path / 'out').exists()
 
 
 def _bad_paths(tmp_path):
@@ -708,7 +717,7 @@ def test_rgbd_folder_checks_rgb_size_from_its_header(tmp_path, monkeypatch):
     root = make_dataset(tmp_path / 'ds', frames=1)
     write_image(root / 'rgb' / '0000.png', image(1, 480, 64))
     folder = RGBDFolder(root)
-    monkeypatch.setattr(dataset.cv2, 'imread', lambda *a: pytest.fail('decoded'))
+    monkeypatch.setattr(cv2, 'imread', lambda *a: pytest.fail('decoded'))
     with pytest.raises(DatasetError, match='64x480'):
         folder.frame(0)
 
@@ -717,14 +726,13 @@ def test_rgbd_folder_checks_depth_size_from_its_header(tmp_path, monkeypatch):
     root = make_dataset(tmp_path / 'ds', frames=1)
     assert cv2.imwrite(str(root / 'depth' / '0000.png'), np.ones((96, 64), np.uint16))
     folder = RGBDFolder(root)
-    monkeypatch.setattr(dataset.cv2, 'imread', lambda *a: pytest.fail('decoded'))
+    monkeypatch.setattr(cv2, 'imread', lambda *a: pytest.fail('decoded'))
     monkeypatch.setattr(dataset, 'read_rgb', lambda *a: np.zeros((48, 64, 3), np.uint8))
     with pytest.raises(DatasetError, match='64x96'):
         folder.frame(0)
 
 
 def test_writers_leave_no_partial_file(tmp_path, monkeypatch):
-    from depthclip_ros.io import visualize
     with pytest.raises(OSError):
         write_rgb_png(tmp_path / 'missing' / 'x.png', np.zeros((4, 4, 3), np.uint8))
     target = tmp_path / 'x.png'
@@ -734,7 +742,7 @@ def test_writers_leave_no_partial_file(tmp_path, monkeypatch):
         Path(path).write_bytes(b'\x89PNG half')
         raise cv2.error('disk gone')
 
-    monkeypatch.setattr(visualize.cv2, 'imwrite', half_written)
+    monkeypatch.setattr(cv2, 'imwrite', half_written)
     with pytest.raises(OSError, match='disk gone'):
         write_rgb_png(target, np.zeros((4, 4, 3), np.uint8))
     assert target.read_bytes() == b'previous'

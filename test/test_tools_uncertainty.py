@@ -20,6 +20,7 @@ from depthclip_ros.geometry import backproject, Intrinsics
 from depthclip_ros.io.dataset import read_rgb
 from depthclip_ros.io.visualize import (
     BAR_WIDTH,
+    CAPTION_LINE,
     colorize_uncertainty,
     read_ply,
     TITLE_WIDTH,
@@ -95,16 +96,18 @@ def test_infer_writes_the_uncertainty_beside_the_depth(tmp_path, capsys, tool_en
     np.testing.assert_allclose(depth, expected.depth, rtol=1e-5)
     assert (sigma >= 0).all() and np.ptp(sigma) > 0
 
-    # the preview: image | depth | depth bar | uncertainty | its bar, the banner on top
+    # the preview: image | depth | depth bar | uncertainty | its bar, the banner on top,
+    # two lines under it saying what the bars span
     preview = cv2.cvtColor(cv2.imread(str(out / 'a_preview.png')), cv2.COLOR_BGR2RGB)
     bar = BAR_WIDTH + TITLE_WIDTH
-    assert preview.shape == (BANNER_ROWS + H, 3 * W + 2 * bar, 3)
-    np.testing.assert_array_equal(preview[BANNER_ROWS:, :W], rgb)
-    panel = preview[BANNER_ROWS:, 2 * W + bar:3 * W + bar]
+    assert preview.shape == (BANNER_ROWS + H + 2 * CAPTION_LINE, 3 * W + 2 * bar, 3)
+    panels = preview[BANNER_ROWS:BANNER_ROWS + H]
+    np.testing.assert_array_equal(panels[:, :W], rgb)
+    panel = panels[:, 2 * W + bar:3 * W + bar]
     painted, low, high = colorize_uncertainty(sigma)
     assert low == 0.0 and high == pytest.approx(np.percentile(sigma, 98))
     np.testing.assert_array_equal(panel, painted)
-    legend = preview[BANNER_ROWS:, 3 * W + bar:3 * W + bar + 16]  # the colours, 0 at the top
+    legend = panels[:, 3 * W + bar:3 * W + bar + 16]  # the colours, 0 at the top
     ramp = np.linspace(0.0, high, H, dtype=np.float32)[:, None].repeat(16, axis=1)
     np.testing.assert_array_equal(legend, colorize_uncertainty(ramp, high)[0])
 

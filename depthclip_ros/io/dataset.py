@@ -7,6 +7,9 @@ of ``depth_unit_m`` or float32 ``.npy`` in metres, 0 = invalid.
 Every problem with a file or folder raises a ``ValueError`` (:class:`DatasetError` for
 folders and frames, ``ImageFormatError`` for images) whose message names the file and the
 reason in one line, so that the tools can report it and go on or stop cleanly.
+
+OpenCV is imported when a file is read, not with this module (the tools' ``--help`` and
+option checks import it without OpenCV).
 """
 
 from __future__ import annotations
@@ -18,12 +21,10 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-import cv2
 import numpy as np
 
 from depthclip_ros.engine.config import MAX_SIDE_PX
 from depthclip_ros.geometry import Intrinsics
-from depthclip_ros.io.encodings import check_pixels, encoded_image_size, ImageFormatError
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
 VIDEO_SUFFIXES = ('.mp4', '.avi', '.mov', '.mkv', '.webm')
@@ -34,10 +35,14 @@ class DatasetError(ValueError):
     """A dataset folder, input path or frame that cannot be used; the message says why."""
 
 
+ONE_LINE_CHARS = 600  # long enough for a refusal that lists a few files by full path
+
+
 def one_line(error: BaseException) -> str:
-    """An exception's message on one line (OpenCV's run over several)."""
+    """An exception's message on one line (OpenCV's run over several), at most
+    ``ONE_LINE_CHARS`` long."""
     text = ' '.join(str(error).split()) or type(error).__name__
-    return text if len(text) <= 300 else text[:297] + '...'
+    return text if len(text) <= ONE_LINE_CHARS else text[:ONE_LINE_CHARS - 3] + '...'
 
 
 def read_rgb(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
@@ -47,6 +52,9 @@ def read_rgb(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
     (``ImageFormatError``, a ``ValueError``). Any file that cannot be decoded, or whose
     pixels are not 8- or 16-bit unsigned with 1, 3 or 4 channels, raises
     ``ImageFormatError`` naming the file."""
+    import cv2
+
+    from depthclip_ros.io.encodings import check_pixels, encoded_image_size, ImageFormatError
     if max_pixels is not None:
         try:
             check_pixels(*encoded_image_size(str(path)), max_pixels)
@@ -85,6 +93,9 @@ def read_depth(path: str | Path, depth_unit_m: float,
     Non-finite and negative values count as invalid (0). With ``expected_size``
     ``(height, width)`` the size is checked from the file's header (PNG) or array header
     (``.npy``) before the pixels are read. Raises :class:`DatasetError`."""
+    import cv2
+
+    from depthclip_ros.io.encodings import encoded_image_size, ImageFormatError
     path = Path(path)
     try:
         if path.suffix.lower() == '.npy':
@@ -217,6 +228,7 @@ class RGBDFolder:
     def frame(self, index: int) -> Frame:
         """The ``index``-th pair; :class:`DatasetError` (or ``ImageFormatError``) when a
         file cannot be read or its size is not the intrinsics size."""
+        from depthclip_ros.io.encodings import encoded_image_size, ImageFormatError
         rgb_path, depth_path = self.pairs[index]
         size = self.intrinsics.size
         try:
@@ -275,6 +287,9 @@ def iter_images(path: Path, max_pixels: int | None = None, name: str | None = No
     ``name`` defaults to the file's stem; video frames are ``<name>_NNNNNN``. With
     ``max_pixels`` an image's header and a video's declared frame size are checked before
     any pixel is decoded (and every decoded frame again). Raises ``ValueError``."""
+    import cv2
+
+    from depthclip_ros.io.encodings import check_pixels, ImageFormatError
     path = Path(path)
     name = path.stem if name is None else name
     if not is_video(path):
@@ -315,3 +330,18 @@ def iter_images(path: Path, max_pixels: int | None = None, name: str | None = No
         capture.release()
     if index == 0:
         raise DatasetError(f'video {path} has no readable frame')
+
+
+def video_frame_count(path: Path) -> int | None:
+    """The frame count a video file declares (``None`` when it declares none or cannot be
+    opened): for progress only, the frames are counted again as they are decoded."""
+    import cv2
+    os.environ.setdefault('OPENCV_FFMPEG_LOGLEVEL', '-8')
+    capture = cv2.VideoCapture(str(path))
+    try:
+        count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if capture.isOpened() else 0
+    except (cv2.error, ValueError, OverflowError):
+        count = 0
+    finally:
+        capture.release()
+    return count if count > 0 else None

@@ -1,10 +1,11 @@
 """Pictures and files for people: colourised depth and uncertainty, previews, PLY, 16-bit
 PNG, JSON.
 
-numpy + OpenCV only. Every file is written to a hidden temporary name beside its target
-and renamed into place when complete, so an interrupted or failed write never leaves a
-truncated file under the target's name (nor destroys a previous complete one); failures
-raise ``OSError`` naming the file.
+numpy + OpenCV only, OpenCV imported when a picture is made (not with this module). Every
+file is written to a hidden temporary name beside its target and renamed into place when
+complete, so an interrupted or failed write never leaves a truncated file under the
+target's name (nor destroys a previous complete one); failures raise ``OSError`` naming
+the file. Which files a run may write at all is :mod:`depthclip_ros.io.outputs`' call.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from pathlib import Path
 import re
 from typing import Iterator
 
-import cv2
 import numpy as np
 
 
@@ -52,41 +52,11 @@ def save_json(path: str | Path, document) -> None:
         temporary.write_text(text, encoding='utf-8')
 
 
-def check_output_dir(path: str | Path) -> None:
-    """Raise ``ValueError`` unless ``path`` is, or can be created as, a writable folder
-    (checked without creating anything)."""
-    path = Path(path)
-    probe = path
-    while not os.path.lexists(probe):
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if not probe.is_dir():
-        what = 'is not a folder' if probe == path else f'cannot be created: {probe} is not ' \
-            f'a folder'
-        raise ValueError(f'output {path} {what}')
-    if not os.access(probe, os.W_OK | os.X_OK):
-        what = 'is not writable' if probe == path else f'cannot be created: {probe} is not ' \
-            f'writable'
-        raise ValueError(f'output {path} {what}')
-
-
-def check_output_file(path: str | Path) -> None:
-    """Raise ``ValueError`` unless ``path`` can be written as a file: not a folder, its
-    folder exists and is writable, and the file (if it exists) is writable."""
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f'output {path} is a folder, not a file')
-    folder = path.parent
-    if not folder.is_dir():
-        raise ValueError(f'output {path}: folder {folder} does not exist')
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise ValueError(f'output {path}: folder {folder} is not writable')
-    if os.path.lexists(path) and not os.access(path, os.W_OK):
-        raise ValueError(f'output {path} is not writable')
-
-
 GOLDEN_RATIO_CONJUGATE = 0.618033988749895
+# The span of a colour map when none is given: robust ends, so that a few extreme pixels
+# do not wash out the rest (values beyond take the end colours). Said under every preview.
+DEPTH_PERCENTILES = (2, 98)
+UNCERTAINTY_PERCENTILE = 98
 
 
 def query_rgb(index: int) -> tuple[float, float, float]:
@@ -102,12 +72,13 @@ def colorize_depth(depth: np.ndarray, min_depth_m: float | None = None,
     """``(H, W)`` metres -> ``(H, W, 3)`` uint8 RGB (turbo, near = red), invalid black.
 
     Returns the image and the ``(min, max)`` metres the colours span (the valid
-    2nd/98th percentiles unless given).
+    ``DEPTH_PERCENTILES``, 2nd and 98th, unless given).
     """
+    import cv2
     valid = np.isfinite(depth) & (depth > 0)
     if min_depth_m is None or max_depth_m is None:
         if valid.any():
-            low, high = np.percentile(depth[valid], (2, 98))
+            low, high = np.percentile(depth[valid], DEPTH_PERCENTILES)
         else:
             low, high = 0.0, 1.0
         min_depth_m = low if min_depth_m is None else min_depth_m
@@ -130,10 +101,12 @@ def colorize_uncertainty(sigma: np.ndarray, max_m: float | None = None
     (certain) to ``max_m``, by default the 98th percentile of the finite values (a robust
     maximum: a few extreme pixels do not wash out the rest; larger ones are clipped).
     """
+    import cv2
     sigma = np.asarray(sigma, dtype=np.float32)
     valid = np.isfinite(sigma)
     if max_m is None:
-        max_m = float(np.percentile(sigma[valid], 98)) if valid.any() else 0.0
+        max_m = float(np.percentile(sigma[valid], UNCERTAINTY_PERCENTILE)) if valid.any() \
+            else 0.0
         if not max_m > 0:  # all certain (or nothing valid): any positive scale shows it
             max_m = float(sigma[valid].max()) if valid.any() and sigma[valid].max() > 0 \
                 else 1.0
@@ -158,6 +131,7 @@ def _metres(value: float, span: float) -> str:
 def _title_column(height: int, title: str) -> np.ndarray:
     """``title`` written bottom to top in a white ``(height, TITLE_WIDTH)`` column, as a
     plot's y-axis label; left blank when it cannot be read at that height."""
+    import cv2
     font, scale = cv2.FONT_HERSHEY_SIMPLEX, 0.4
     (text_width, _), _ = cv2.getTextSize(title, font, scale, 1)
     scale = min(scale, scale * (height - 6) / max(text_width, 1))
@@ -175,6 +149,7 @@ def _colour_bar(height: int, min_depth_m: float, max_depth_m: float,
 
     ``paint``: values -> RGB with the same colours as the panel (default the depth's);
     ``title``: written upwards on the right (adds ``TITLE_WIDTH`` columns)."""
+    import cv2
     paint = paint or (lambda values: colorize_depth(values, min_depth_m, max_depth_m)[0])
     ramp = np.linspace(min_depth_m, max_depth_m, height, dtype=np.float32)[:, None]
     bar = paint(np.repeat(ramp, 16, axis=1))
@@ -193,9 +168,45 @@ def _colour_bar(height: int, min_depth_m: float, max_depth_m: float,
 
 
 def _fit(panel: np.ndarray, height: int, width: int) -> np.ndarray:
+    import cv2
     if panel.shape[:2] != (height, width):
         panel = cv2.resize(panel, (width, height), interpolation=cv2.INTER_NEAREST)
     return panel
+
+
+CAPTION_LINE = 16  # pixel rows per line of the caption under a preview
+
+
+def _ordinal(number: int) -> str:
+    suffix = 'th' if 10 <= number % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(
+        number % 10, 'th')
+    return f'{number}{suffix}'
+
+
+def preview_caption(uncertainty: bool) -> list[str]:
+    """What the colour bars of :func:`preview` span, one line each (written under it)."""
+    low, high = DEPTH_PERCENTILES
+    lines = [f'depth bar: {_ordinal(low)}-{_ordinal(high)} percentile (beyond: end colours)']
+    if uncertainty:
+        lines.append(f'uncertainty bar: 0-{_ordinal(UNCERTAINTY_PERCENTILE)} percentile '
+                     f'(beyond: end colour)')
+    return lines
+
+
+def text_strip(width: int, lines: list[str], height: int = CAPTION_LINE,
+               background=(255, 255, 255)) -> np.ndarray:
+    """``lines`` of black text on a ``(height * len(lines), width)`` strip, each shrunk to
+    fit the width (RGB uint8)."""
+    import cv2
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    strip = np.full((height * len(lines), width, 3), background, dtype=np.uint8)
+    for row, line in enumerate(lines):
+        scale = 0.4
+        (text_width, _), _ = cv2.getTextSize(line, font, scale, 1)
+        scale = min(scale, scale * (width - 8) / max(text_width, 1))
+        cv2.putText(strip, line, (4, row * height + height - 4), font, scale, (0, 0, 0), 1,
+                    cv2.LINE_AA)
+    return strip
 
 
 def preview(rgb: np.ndarray, depth: np.ndarray, banner: str | None = None,
@@ -203,7 +214,10 @@ def preview(rgb: np.ndarray, depth: np.ndarray, banner: str | None = None,
     """Side by side (RGB uint8): the image | the coloured depth | its colour bar in metres,
     and with ``sigma`` (``(H, W)`` depth uncertainty, m) | the coloured uncertainty | its
     own colour bar, 0 to a robust maximum (:func:`colorize_uncertainty`), titled
-    "uncertainty (m)". ``banner``: a strip of text on top."""
+    "uncertainty (m)". Under it, a caption saying what the bars span
+    (:func:`preview_caption`, ``CAPTION_LINE`` rows per line); ``banner``: a strip of text
+    on top."""
+    import cv2
     height, width = rgb.shape[:2]
     coloured, low, high = colorize_depth(depth)
     panels = [rgb, _fit(coloured, height, width)]
@@ -216,6 +230,8 @@ def preview(rgb: np.ndarray, depth: np.ndarray, banner: str | None = None,
                    _colour_bar(height, 0.0, top, title='uncertainty (m)',
                                paint=lambda values: colorize_uncertainty(values, top)[0])]
     out = np.concatenate(panels, axis=1)
+    out = np.concatenate([out, text_strip(out.shape[1], preview_caption(sigma is not None))],
+                         axis=0)
     if banner:
         strip = np.full((24, out.shape[1], 3), (255, 255, 0), dtype=np.uint8)
         cv2.putText(strip, banner, (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1,
@@ -224,7 +240,30 @@ def preview(rgb: np.ndarray, depth: np.ndarray, banner: str | None = None,
     return out
 
 
+def colorize_labels(labels: np.ndarray, rgb: np.ndarray | None = None) -> np.ndarray:
+    """A label image ``(H, W)`` (0 = none) as ``(H, W, 3)`` uint8 RGB a person can read:
+    every label its own colour (:func:`query_rgb` of the label), label 0 black, or with
+    ``rgb`` (the image, same size) its pixels greyed and darkened; each labelled region
+    half its colour, half the image."""
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f'labels must be (H, W), got shape {labels.shape}')
+    ids, inverse = np.unique(labels, return_inverse=True)
+    palette = np.array([[0, 0, 0] if label == 0 else
+                        [round(255 * c) for c in query_rgb(int(label))] for label in ids],
+                       dtype=np.float32)
+    colours = palette[inverse.reshape(labels.shape)]
+    if rgb is None:
+        return colours.astype(np.uint8)
+    if rgb.shape[:2] != labels.shape:
+        raise ValueError(f'image {rgb.shape[:2]} and labels {labels.shape} differ in size')
+    grey = rgb.astype(np.float32).mean(axis=2, keepdims=True).repeat(3, axis=2)
+    out = np.where((labels == 0)[..., None], 0.5 * grey, 0.5 * grey + 0.5 * colours)
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
 def _imwrite(path: str | Path, image: np.ndarray) -> None:
+    import cv2
     with atomic_path(path) as temporary:
         try:
             ok = cv2.imwrite(str(temporary), image)
@@ -235,6 +274,7 @@ def _imwrite(path: str | Path, image: np.ndarray) -> None:
 
 
 def write_rgb_png(path: str | Path, rgb: np.ndarray) -> None:
+    import cv2
     _imwrite(path, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
 
 

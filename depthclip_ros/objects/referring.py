@@ -38,12 +38,15 @@ import torch.nn.functional as F
 from depthclip_ros.engine.config import CLIP_LOGIT_SCALE
 from depthclip_ros.engine.depthclip import DepthCLIP
 from depthclip_ros.objects.phrases import noun_phrase as extract_noun_phrase
-from depthclip_ros.objects.queries import check_queries
+from depthclip_ros.objects.queries import (
+    check_mix,
+    check_protocol,
+    check_queries,
+    DEFAULT_ALPHA,
+    DEFAULT_BETA,
+)
 
-PROTOCOLS = ('paper', 'node')
 PAPER_INPUT_SIZE = (224, 224)  # the paper's CLIP input, global and local
-DEFAULT_ALPHA = 0.95  # RefCOCO / RefCOCO+; the paper uses 0.85 for long expressions
-DEFAULT_BETA = 0.5
 LOCAL_BATCH = 8  # crops encoded per forward pass: bounds activation memory
 
 
@@ -76,20 +79,6 @@ class Referral:
             return None
         top = sorted(self.scores, reverse=True)
         return top[0] - top[1]
-
-
-def check_mix(name: str, value: float) -> float:
-    """``alpha`` and ``beta`` are mixing weights in [0, 1]; raises ``ValueError``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) \
-            or not math.isfinite(value) or not 0.0 <= value <= 1.0:
-        raise ValueError(f'{name} must be a number in [0, 1], got {value!r}')
-    return float(value)
-
-
-def check_protocol(protocol: str) -> str:
-    if protocol not in PROTOCOLS:
-        raise ValueError(f'protocol must be one of {", ".join(PROTOCOLS)}, got {protocol!r}')
-    return protocol
 
 
 
@@ -293,6 +282,5 @@ def _check_image_and_masks(rgb: np.ndarray, masks: np.ndarray) -> tuple[np.ndarr
     return rgb, masks
 
 
-__all__ = ['ReferringCLIP', 'Referral', 'PROTOCOLS', 'DEFAULT_ALPHA', 'DEFAULT_BETA',
-           'attention_pool', 'positional_embedding', 'score_matrix',
-           'check_mix', 'check_protocol']
+__all__ = ['ReferringCLIP', 'Referral', 'attention_pool', 'positional_embedding',
+           'score_matrix']

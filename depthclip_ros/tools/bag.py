@@ -1,9 +1,9 @@
 """``depthclip-ros bag INPUT OUTPUT``: a recording through depth_node's own pipeline.
 
 INPUT is a rosbag2 folder, .mcap or .db3 file, or a ROS 1 .bag. OUTPUT is a new rosbag2
-folder (MCAP storage) with the input topics plus depth, depth/camera_info and points
-(and depth/colormap with --colormap, depth/uncertainty with --uncertainty) next to the
-image topic: /cam/color/image_raw gives /cam/color/depth/image,
+folder (MCAP storage) with the input topics plus depth/image, depth/camera_info and
+points (and depth/colormap with --colormap, depth/uncertainty with --uncertainty) next to
+the image topic: /cam/color/image_raw gives /cam/color/depth/image,
 /cam/color/depth/camera_info, /cam/color/points. Outputs carry the image's header and log
 time. Image topics may be sensor_msgs/Image or CompressedImage.
 
@@ -54,23 +54,26 @@ from pathlib import Path
 import re
 import statistics
 import sys
-import time
+from typing import TYPE_CHECKING
 
-from depthclip_ros.bags.process import BagReport, BagWriteError, process_bag
-from depthclip_ros.bags.recover import recover_partial, RecoveryReport
-from depthclip_ros.bags.safety import BagError, PARTIAL_NOTE, plan_output
 from depthclip_ros.engine.config import RANDOM_WEIGHTS_BANNER
-from depthclip_ros.objects.referring import ReferringCLIP
-from depthclip_ros.ros.pipeline import DepthPipeline, ObjectSettings, OutputSettings
+from depthclip_ros.objects.queries import DEFAULT_ALPHA, DEFAULT_BETA, MAX_QUERIES, MAX_QUERY_CHARS
+from depthclip_ros.tools import progress
 from depthclip_ros.tools.common import (
     add_model_arguments,
     configs_from_args,
     load_engine,
+    NODE_DEFAULTS,
+    node_range,
     option_problem,
     read_scene_config,
 )
 
-PLAIN_PROGRESS_S = 5.0
+if TYPE_CHECKING:  # annotations only: rosbags, rclpy and torch are imported when it runs
+    from depthclip_ros.bags.process import BagReport
+    from depthclip_ros.ros.pipeline import ObjectSettings, OutputSettings
+
+PROG = 'depthclip-ros bag'
 SHOWN_PER_PROBLEM = 3
 USAGE_ERROR = 2  # refused before anything was read or written
 
@@ -105,48 +108,64 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_output_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group('outputs (same meaning as the node parameters)')
-    node = OutputSettings()  # the node's defaults
+    node = NODE_DEFAULTS  # the node's defaults (OutputSettings checks them)
     group.add_argument('--output-size', type=int, nargs=2, metavar=('H', 'W'),
-                       default=node.output_size, help='0 0 = the image size')
-    group.add_argument('--cloud-stride', type=int, default=node.cloud_stride)
-    group.add_argument('--min-depth-m', type=float, default=node.min_depth_m)
-    group.add_argument('--max-depth-m', type=float, default=node.max_depth_m)
-    group.add_argument('--cloud-rgb', action='store_true')
-    group.add_argument('--max-uncertainty-m', type=float, default=node.max_uncertainty_m,
+                       default=tuple(node['output_size']),
+                       help='depth size; 0 0 = the image size (default); at most '
+                            '--max-input-pixels pixels')
+    group.add_argument('--cloud-stride', type=int, default=node['cloud_stride'],
+                       help=f'keep every n-th row and column in points, '
+                            f'{node_range("cloud_stride")} (default {node["cloud_stride"]})')
+    group.add_argument('--min-depth-m', type=float, default=node['min_depth_m'],
+                       help=f'depths below become NaN in points, {node_range("min_depth_m")} '
+                            f'(default {node["min_depth_m"]:g})')
+    group.add_argument('--max-depth-m', type=float, default=node['max_depth_m'],
+                       help=f'depths above become NaN in points, {node_range("max_depth_m")} '
+                            f'(default {node["max_depth_m"]:g})')
+    group.add_argument('--cloud-rgb', action='store_true',
+                       help='add a packed rgb field to points')
+    group.add_argument('--max-uncertainty-m', type=float, default=node['max_uncertainty_m'],
                        help='points whose depth uncertainty (m) exceeds this become NaN in '
-                            f'points; 0 = off (default {node.max_uncertainty_m:g})')
+                            f'points, {node_range("max_uncertainty_m")}; 0 = off (default '
+                            f'{node["max_uncertainty_m"]:g})')
     group.add_argument('--scene-every-n-frames', type=int, metavar='N',
-                       help='with scene-adaptive bins, classify the scene every N-th frame '
-                            '(default: scene_every_n_frames of --scene-config, else '
-                            f'{node.scene_every_n_frames}, as the node)')
+                       help='with scene-adaptive bins, classify the scene every N-th frame, '
+                            f'{node_range("scene_every_n_frames")} (default: '
+                            f'scene_every_n_frames of --scene-config, else '
+                            f'{node["scene_every_n_frames"]}, as the node)')
     group.add_argument('--intrinsics-source', choices=('K', 'P'),
-                       default=node.intrinsics_source)
-    group.add_argument('--fallback-hfov-deg', type=float,
-                       default=node.fallback_hfov_deg,
-                       help='horizontal FOV for images before any CameraInfo (0 = skip them)')
-    group.add_argument('--max-input-pixels', type=int, default=node.max_input_pixels,
+                       default=node['intrinsics_source'],
+                       help='K for raw images, P for rectified ones (default '
+                            f'{node["intrinsics_source"]})')
+    group.add_argument('--fallback-hfov-deg', type=float, default=node['fallback_hfov_deg'],
+                       help='horizontal FOV (degrees) for images before any CameraInfo, '
+                            f'{node_range("fallback_hfov_deg")}; 0 = skip them (default)')
+    group.add_argument('--max-input-pixels', type=int, default=node['max_input_pixels'],
                        help='largest image (width x height) processed; larger ones are '
-                            f'refused from their header (default {node.max_input_pixels})')
+                            f'refused from their header; {node_range("max_input_pixels")} '
+                            f'(default {node["max_input_pixels"]})')
 
 
 def add_object_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group('objects named in words (same meaning as the node '
                                       'parameters object_*)')
-    node = ObjectSettings()
     group.add_argument('--query', dest='queries', action='append', metavar='TEXT',
                        help='a referring expression ("the red chair next to the door"); '
-                            'repeat for more (at most 16); adds objects/markers, '
-                            'objects/points, objects/labels and objects/camera_info')
+                            f'repeat for more (at most {MAX_QUERIES}), each at most '
+                            f"{MAX_QUERY_CHARS} characters and within CLIP's 77-token "
+                            'context; adds objects/markers, objects/points, objects/labels '
+                            'and objects/camera_info')
     group.add_argument('--object-alpha', type=float,
-                       help=f'visual mix: alpha * global + (1 - alpha) * local feature '
-                            f'(default {node.alpha})')
+                       help=f'visual mix: alpha * global + (1 - alpha) * local feature, '
+                            f'{node_range("object_alpha")} (default {DEFAULT_ALPHA})')
     group.add_argument('--object-beta', type=float,
-                       help=f'text mix: beta * sentence + (1 - beta) * noun phrase '
-                            f'(default {node.beta})')
+                       help=f'text mix: beta * sentence + (1 - beta) * noun phrase, '
+                            f'{node_range("object_beta")} (default {DEFAULT_BETA})')
 
 
 def objects_from_args(args: argparse.Namespace) -> ObjectSettings:
     """The object settings (no query: none); ``ValueError`` naming the option."""
+    from depthclip_ros.ros.pipeline import ObjectSettings
     queries = tuple(args.queries or ())
     if not queries:
         given = [f'--{name.replace("_", "-")}' for name in ('object_alpha', 'object_beta')
@@ -170,6 +189,7 @@ def objects_from_args(args: argparse.Namespace) -> ObjectSettings:
 def settings_from_args(args: argparse.Namespace) -> OutputSettings:
     """The output settings; ``ValueError`` naming the parameter for a value the node
     refuses."""
+    from depthclip_ros.ros.pipeline import OutputSettings
     return OutputSettings(output_size=tuple(args.output_size), cloud_stride=args.cloud_stride,
                           min_depth_m=args.min_depth_m, max_depth_m=args.max_depth_m,
                           cloud_rgb=args.cloud_rgb, intrinsics_source=args.intrinsics_source,
@@ -184,48 +204,22 @@ def scene_every_n_frames(args: argparse.Namespace) -> int:
     node parameters section), else the node's default."""
     if args.scene_every_n_frames is not None:
         return args.scene_every_n_frames
-    default = OutputSettings().scene_every_n_frames
+    default = NODE_DEFAULTS['scene_every_n_frames']
     path = getattr(args, 'scene_config', None)
     if path is None:
         return default
     return read_scene_config(path).get('scene_every_n_frames', default)
 
 
-class Progress:
-    """A tqdm bar (frames/s, ETA) on a terminal; a plain line every few seconds otherwise."""
+class Progress(progress.Progress):
+    """The bag's frames (called with the :class:`BagReport` after each): a tqdm bar
+    (frames/s, ETA) on a terminal, a plain line every few seconds otherwise."""
 
     def __init__(self, stream=None):
-        self.stream = stream or sys.stderr
-        self.bar = None
-        self._last_line = 0.0
-        self._start = time.perf_counter()
-
-    def restart(self) -> None:
-        """Rates count from now (after the model was loaded)."""
-        self._start = time.perf_counter()
+        super().__init__('bag', 'frame', stream=stream)
 
     def __call__(self, report: BagReport) -> None:
-        if self.bar is None and self.stream.isatty():
-            from tqdm import tqdm
-            self.bar = tqdm(total=report.frames_total, unit='frame', file=self.stream,
-                            dynamic_ncols=True)
-        done = report.frames_seen
-        if self.bar is not None:
-            self.bar.update(done - self.bar.n)
-            return
-        now = time.perf_counter()
-        if done == 1 or now - self._last_line >= PLAIN_PROGRESS_S or \
-                done == report.frames_total:
-            self._last_line = now
-            rate = done / max(now - self._start, 1e-9)
-            left = report.frames_total - done
-            eta = f', ETA {left / rate:.0f} s' if rate > 0 and left > 0 else ''
-            print(f'bag: frame {done}/{report.frames_total} ({rate:.2f} frames/s{eta})',
-                  file=self.stream, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        self.update(report.frames_seen, report.frames_total)
 
 
 class ProblemLog:
@@ -326,16 +320,29 @@ def print_summary(report: BagReport, output: Path, random_weights: bool,
     print(f'output: {output.resolve()}  (rosbag2, MCAP storage; complete: metadata and '
           f'index written{replaced})')
     print(f'  topics: {", ".join(report.output_topics.values())}')
-    objects = (' and objects/markers, Image panel on objects/labels' if report.object_queries
-               else '')
-    uncertainty = ', depth/uncertainty' if 'depth/uncertainty' in report.output_topics else ''
-    print(f'  Foxglove: open {output.resolve()}/*.mcap; Image panel on depth/colormap or '
-          f'depth{uncertainty}, 3D panel on points{objects}')
+    print(f'  Foxglove: open {output.resolve()}/*.mcap; {foxglove_panels(report)}')
     print(f'  ROS 2 (Jazzy or newer): ros2 bag play {output} --loop  and  '
           f'{rviz_command(report)}')
     if random_weights:
         print(RANDOM_WEIGHTS_BANNER + (' The objects found are meaningless too.'
                                        if report.object_queries else ''))
+
+
+def foxglove_panels(report: BagReport) -> str:
+    """Which Foxglove panel shows which topic this run wrote (by their names in the bag)."""
+    written = report.output_topics
+    images = [written[t] for t in ('depth/colormap', 'depth/image', 'depth/uncertainty')
+              if t in written]
+    if 'depth/colormap' in written and len(images) > 1:
+        images[:2] = [f'{images[0]} (or {images[1]})']
+    text = f'Image panel on {", ".join(images) or "the image topic"}'
+    if 'points' in written:
+        text += f', 3D panel on {written["points"]}'
+        if 'objects/markers' in written:
+            text += f' and {written["objects/markers"]}'
+    if 'objects/labels' in written:
+        text += f', Image panel on {written["objects/labels"]}'
+    return text
 
 
 def refuse(reason: str) -> int:
@@ -344,6 +351,12 @@ def refuse(reason: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here, not with the module: `depthclip-ros bag --help` needs none of them.
+    from depthclip_ros.bags.process import BagWriteError, process_bag
+    from depthclip_ros.bags.safety import BagError, PARTIAL_NOTE, plan_output
+    from depthclip_ros.objects.referring import ReferringCLIP
+    from depthclip_ros.ros.pipeline import DepthPipeline
+
     # Every option first: nothing is read, loaded or written for a value the node refuses.
     try:
         settings = settings_from_args(args)
@@ -402,8 +415,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_recover(args: argparse.Namespace) -> int:
+    from depthclip_ros.bags.process import BagWriteError
+    from depthclip_ros.bags.recover import recover_partial
+    from depthclip_ros.bags.safety import BagError
     try:
-        report: RecoveryReport = recover_partial(args.input, args.output,
+        report = recover_partial(args.input, args.output,
                                                  overwrite=args.overwrite,
                                                  on_problem=ProblemLog())
     except BagWriteError as error:

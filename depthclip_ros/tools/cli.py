@@ -2,7 +2,11 @@
 bench-cameras, soak, demo).
 
 Only the tool named on the command line is imported: ``depthclip-ros --help`` lists the
-tools from this table alone, without torch, OpenCV or ROS."""
+tools from this table alone, and a tool's module imports torch, OpenCV, ROS and rosbags
+only when it runs, so ``depthclip-ros <tool> --help`` needs none of them either.
+
+A mistake on the command line is said in one line first, then where the usage is
+(argparse's own message would first print every option of the tool)."""
 
 from __future__ import annotations
 
@@ -25,14 +29,20 @@ NEEDS_ROS = ('depthclip-ros {name} needs the ROS 2 Python packages ({missing} is
              '"depthclip_ros[ros]" (the PyPI ROS 2 wheels, see README)')
 
 
+def missing_ros(error: ModuleNotFoundError) -> str | None:
+    """The ROS 2 package whose absence ``error`` reports, or ``None``."""
+    missing = (error.name or '').split('.')[0]
+    return missing if missing in ROS_MODULES else None
+
+
 def _tool(name: str):
     """The tool's module, or a stand-in that says how to get what it needs when it imports
     ROS 2 packages that are not installed (infer, locate, evaluate and bench need none)."""
     try:
         return importlib.import_module(MODULES[name])
     except ModuleNotFoundError as error:
-        missing = (error.name or '').split('.')[0]
-        if missing not in ROS_MODULES:
+        missing = missing_ros(error)
+        if missing is None:
             raise
         message = NEEDS_ROS.format(name=name, missing=missing)
 
@@ -68,9 +78,18 @@ MODULES.update({name: f'depthclip_ros.tools.bench.{name[6:]}'
 MODULES['bench'] = 'depthclip_ros.tools.bench.speed'
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a mistake is told in one line (``prog: error: ...``) followed by one
+    line on where the usage is, instead of the full usage of every option first."""
+
+    def error(self, message: str):
+        self.exit(2, f'{self.prog}: error: {message}\n'
+                     f'(usage: {self.prog} --help)\n')
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; only ``command``'s tool (if any) is imported to add its options."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog='depthclip-ros', description='Zero-shot metric depth from an RGB camera '
         '(DepthCLIP + focal-length scaling), without ROS running.')
     parser.add_argument('--verbose', '-v', action='store_true', help='log at INFO level')
@@ -94,11 +113,24 @@ def command_of(argv: list[str]) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = command_of(argv)
-    args = build_parser(command).parse_args(argv)
-    from depthclip_ros.tools.common import setup_logging
+    parser = build_parser(command)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # said by the tool's parser: its name and its --help
+        tools = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        tools.choices[args.command].error(f'unrecognized arguments: {" ".join(unknown)}')
+    from depthclip_ros.tools.common import setup_logging, ToolExit
     setup_logging(args.verbose)
     try:
         return _tool(args.command).run(args)
+    except ToolExit as stop:
+        print(stop.message, file=sys.stderr, flush=True)
+        return stop.status
+    except ModuleNotFoundError as error:  # a ROS package the tool imports when it runs
+        missing = missing_ros(error)
+        if missing is None:
+            raise
+        print(NEEDS_ROS.format(name=args.command, missing=missing), file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print('interrupted', file=sys.stderr)
         return 130

@@ -1,4 +1,10 @@
-"""Options shared by every command-line tool: the model and head settings."""
+"""What every command-line tool shares: the model and head options (with their limits),
+loading the engine with a word on what it is doing, and how a tool ends early.
+
+Importing this module imports neither torch nor OpenCV (``depthclip-ros <tool> --help``
+stays fast): the engine is imported by :func:`load_engine` and
+:func:`check_model_options`, after the tool has said what it is loading.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +13,16 @@ import logging
 import math
 from pathlib import Path
 import sys
+import time
 
 from depthclip_ros.engine.config import (
     BINS_MODES,
+    CANONICAL_FOCAL_RANGE_PX,
     HeadConfig,
+    MAX_BINS,
+    MAX_PROMPT_CHARS,
+    MAX_SCENES,
+    MAX_SENTENCES,
     MEMORY_FORMATS,
     ModelConfig,
     NYU_FOCAL_PX,
@@ -20,20 +32,52 @@ from depthclip_ros.engine.config import (
     PRECISIONS,
     RANDOM_WEIGHTS_BANNER,
     SCENE_PROMPT_TEMPLATE,
+    TEMPERATURE_RANGE,
 )
-from depthclip_ros.engine.depthclip import DepthCLIP
-from depthclip_ros.engine.runtime import resolve_runtime
-from depthclip_ros.engine.weights import WeightsError
-from depthclip_ros.ros.parameters import validate
+from depthclip_ros.ros.parameters import PARAMETERS, validate
+
+# What a tool says while the model loads (torch and open_clip start, the network is built
+# and its prompts encoded): measured 12 s on a quiet 2-core machine, up to a minute there
+# under load, a few seconds on a workstation.
+LOAD_TIME_HINT = 'usually 5-60 s'
+
+
+class ToolExit(Exception):
+    """Ends a tool early: ``message`` goes to stderr as one line and the command exits
+    with ``status`` (2: an option refused; 1: what the run needs could not be had).
+    ``depthclip-ros`` (:func:`depthclip_ros.tools.cli.main`) prints it."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.message, self.status = message, status
+
+
+def prog_of(args: argparse.Namespace) -> str:
+    """``depthclip-ros <command>``, the name a tool's messages start with."""
+    command = getattr(args, 'command', None)
+    return f'depthclip-ros {command}' if command else 'depthclip-ros'
+
+
+NODE_DEFAULTS = {param.name: param.default for param in PARAMETERS}
+
+
+def node_range(name: str) -> str:
+    """The range of the node parameter ``name`` for an option's help: ``1..64``."""
+    param = next(p for p in PARAMETERS if p.name == name)
+    low, high = param.int_range or param.float_range
+    return f'{low:g}..{high:g}'
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group('model (same meaning as the node parameters)')
-    group.add_argument('--model', default='RN50', help='open_clip ResNet model (default RN50)')
+    group.add_argument('--model', default='RN50',
+                       help='open_clip ResNet CLIP: RN50 (default), RN101, RN50x4, ...')
     group.add_argument('--pretrained', default='openai',
                        help='open_clip tag, local weights file (.pt/.bin/.safetensors or '
                             "OpenAI's TorchScript RN50.pt), or 'none' for random weights")
-    group.add_argument('--device', default='auto', help='auto | cpu | cuda | cuda:N')
+    group.add_argument('--device', default='auto',
+                       help='auto | cpu | cuda | cuda:N; a CUDA device that is not there is '
+                            'refused (exit status 2)')
     group.add_argument('--precision', default='auto', choices=PRECISIONS,
                        help='auto (fp16 on CUDA, fp32 on the CPU), fp16 (CUDA), bf16 (CUDA, '
                             'or a CPU with native bf16) or fp32')
@@ -46,16 +90,26 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                             'CUDA graph per batch size (refused on the CPU)')
     group.add_argument('--feature-mode', default='paper', choices=('paper', 'projected'))
     group.add_argument('--input-size', type=int, nargs=2, metavar=('H', 'W'),
-                       default=(416, 544), help='network input size (default 416 544)')
+                       default=(416, 544),
+                       help='network input size, multiples of 32, at least 32 (default 416 '
+                            '544)')
     group.add_argument('--flip-average', action='store_true',
                        help='average with the horizontally flipped prediction')
     group.add_argument('--canonical-focal-px', type=float, default=NYU_FOCAL_PX,
-                       help=f'focal the bins are calibrated for (default {NYU_FOCAL_PX})')
+                       help=f'focal the bins are calibrated for, '
+                            f'{CANONICAL_FOCAL_RANGE_PX[0]:g}..{CANONICAL_FOCAL_RANGE_PX[1]:g} '
+                            f'(default {NYU_FOCAL_PX})')
     group.add_argument('--depth-bins-m', type=float, nargs='+', default=PAPER_DEPTH_BINS_M,
-                       help='canonical bin depths, one per prompt')
+                       help='canonical bin depths (m), one per distance prompt, > 0 and '
+                            'strictly increasing')
     group.add_argument('--distance-prompts', nargs='+', default=PAPER_DISTANCE_PROMPTS,
-                       help='distance words, one per bin')
-    group.add_argument('--temperature', type=float, default=PAPER_TEMPERATURE)
+                       help=f'distance words, one per bin: 2 to {MAX_BINS} of them; each '
+                            f'sentence they make (at most {MAX_SENTENCES} in all) at most '
+                            f"{MAX_PROMPT_CHARS} characters and within CLIP's 77-token "
+                            f'context')
+    group.add_argument('--temperature', type=float, default=PAPER_TEMPERATURE,
+                       help=f'softmax temperature over the bins, {TEMPERATURE_RANGE[0]:g}..'
+                            f'{TEMPERATURE_RANGE[1]:g} (default {PAPER_TEMPERATURE:g})')
     scenes = parser.add_argument_group('scene-adaptive bins (same meaning as the node '
                                        'parameters bins_mode, scene_*)')
     scenes.add_argument('--bins-mode', choices=BINS_MODES,
@@ -64,11 +118,15 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help='read scene_names, scene_bins_m, scene_prompt_template and '
                              'bins_mode from a node parameters file (e.g. '
                              'config/scene_bins_example.yaml); options given here win')
-    scenes.add_argument('--scene-names', nargs='+', metavar='NAME')
+    scenes.add_argument('--scene-names', nargs='+', metavar='NAME',
+                        help=f'2 to {MAX_SCENES} distinct scene names')
     scenes.add_argument('--scene-bins-m', type=float, nargs='+', metavar='M',
-                        help='one set of bins per scene name, flattened')
+                        help='one set of bins per scene name, flattened: each as long as '
+                             '--distance-prompts, > 0 and strictly increasing')
     scenes.add_argument('--scene-prompt-template', metavar='TEXT',
-                        help=f'default {SCENE_PROMPT_TEMPLATE!r}')
+                        help=f'one {{}} for the scene name, each sentence at most '
+                             f'{MAX_PROMPT_CHARS} characters (default '
+                             f'{SCENE_PROMPT_TEMPLATE!r})')
 
 
 def configs_from_args(args: argparse.Namespace) -> tuple[ModelConfig, HeadConfig]:
@@ -125,9 +183,10 @@ def read_scene_config(path: Path) -> dict:
 
 
 def check_model_options(args: argparse.Namespace) -> None:
-    """The model options as the node checks them, and the device's availability;
-    ``ValueError`` with the reason. Loads nothing."""
+    """The model options as the node checks them, and the device's availability (this
+    imports torch); ``ValueError`` with the reason. Loads nothing."""
     model, _ = configs_from_args(args)
+    from depthclip_ros.engine.runtime import resolve_runtime
     resolve_runtime(model)
 
 
@@ -146,13 +205,67 @@ def option_problem(error: ValueError, args: argparse.Namespace) -> str:
     return reason
 
 
-def load_engine(args: argparse.Namespace) -> DepthCLIP:
-    """Build and load the engine; exit with one clear message when that fails."""
+def describe_model(model: ModelConfig) -> str:
+    """``CLIP RN50 (random weights) on cpu``: what is about to be loaded."""
+    weights = 'random weights' if model.random_weights else f'weights {model.pretrained}'
+    device = 'the CPU' if model.device == 'cpu' else \
+        'CUDA if available, else the CPU' if model.device == 'auto' else model.device
+    return f'CLIP {model.model} ({weights}) on {device}'
+
+
+def announce(prog: str, text: str) -> None:
+    """A status line on stderr, at once (what a silent wait is spent on), led by the
+    tool's short name (``infer: loading ...``) like its progress lines: a line led by
+    ``depthclip-ros <tool>:`` is always a problem."""
+    label = prog.removeprefix('depthclip-ros ')
+    print(f'{label}: {text}', file=sys.stderr, flush=True)
+
+
+def build_engine(model: ModelConfig, head: HeadConfig, prog: str):
+    """Say what is loading, check the device (``ToolExit`` 2 when it is refused), build
+    and load the engine, and say how long it took. ``WeightsError`` propagates."""
+    weights = '' if model.random_weights or Path(model.pretrained).is_file() else \
+        ' (its weights from the local cache; the first run downloads them)'
+    announce(prog, f'loading {describe_model(model)}: starting torch, building the network '
+                   f'and encoding its prompts, {LOAD_TIME_HINT}{weights}')
+    started = time.monotonic()
+    from depthclip_ros.engine.depthclip import DepthCLIP
+    from depthclip_ros.engine.runtime import resolve_runtime
+    try:
+        resolve_runtime(model)
+    except ValueError as error:
+        raise ToolExit(f'{prog}: {error}', 2) from None
+    try:
+        engine = DepthCLIP(model, head).load()
+    except ValueError as error:  # a prompt set the tokenizer refuses
+        raise ToolExit(f'{prog}: {error}', 2) from None
+    announce(prog, f'model ready in {time.monotonic() - started:.1f} s '
+                   f'({engine.describe_device()})')
+    return engine
+
+
+def is_weights_error(error: BaseException) -> bool:
+    """Whether ``error`` is the engine's ``WeightsError`` (imported only once an engine was
+    being built, so that the import cannot delay the line saying what loads)."""
+    from depthclip_ros.engine.weights import WeightsError
+    return isinstance(error, WeightsError)
+
+
+def load_engine(args: argparse.Namespace, prog: str | None = None):
+    """Build and load the engine of ``args`` (:func:`build_engine`), saying what it is
+    doing; ``ToolExit`` with one line when that fails: status 2 for an option (a device
+    that is not there, a precision it cannot run), 1 when the weights cannot be had."""
+    prog = prog or prog_of(args)
     try:
         model, head = configs_from_args(args)
-        engine = DepthCLIP(model, head).load()
-    except (ValueError, WeightsError) as error:
-        sys.exit(f'depthclip-ros: {error}')
+    except ValueError as error:
+        raise ToolExit(f'{prog}: {option_problem(error, args)}', 2) from None
+    try:
+        engine = build_engine(model, head, prog)
+    except RuntimeError as error:
+        if not is_weights_error(error):
+            raise
+        raise ToolExit(f'{prog}: {error}', 1) from None
     if engine.random_weights:
         warn_random_weights()
     return engine

@@ -8,7 +8,8 @@ up to ``--max-depth-m``.
 
 Every option, every dataset folder (``intrinsics.json``, ``rgb/``, ``depth/``, at least one
 pair) and the ``--json`` path are checked before the model is loaded; a problem there is
-one line and exit status 2. A frame that cannot be used (unreadable or corrupt file, size
+one line and exit status 2 (an existing ``--json`` file is replaced only with
+``--overwrite``). A frame that cannot be used (unreadable or corrupt file, size
 not the intrinsics size, no valid ground truth) is reported on one line and left out of
 the means; the run then ends with exit status 1 (0 when every frame was evaluated).
 
@@ -38,13 +39,11 @@ import json
 import os
 from pathlib import Path
 import sys
+from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
-import torch
 
 from depthclip_ros.engine.config import RANDOM_WEIGHTS_BANNER
-from depthclip_ros.engine.depthclip import DepthCLIP
 from depthclip_ros.engine.metrics import (
     depth_metrics,
     evaluated_pixels,
@@ -62,19 +61,35 @@ from depthclip_ros.engine.metrics import (
 )
 from depthclip_ros.geometry import Intrinsics, metric_scale
 from depthclip_ros.io.dataset import DatasetError, one_line, RGBDFolder
-from depthclip_ros.io.visualize import atomic_path, check_output_file
+from depthclip_ros.io.outputs import (
+    check_output_file,
+    check_outputs,
+    OVERWRITE_HELP,
+    replacing_note,
+)
+from depthclip_ros.io.visualize import atomic_path
 from depthclip_ros.tools.common import (
     add_model_arguments,
     check_max_depth,
-    check_model_options,
+    configs_from_args,
     load_engine,
 )
+from depthclip_ros.tools.progress import Progress
+
+if TYPE_CHECKING:  # annotations only: torch is imported when the model loads
+    from depthclip_ros.engine.depthclip import DepthCLIP
 
 PROG = 'depthclip-ros evaluate'
 MIN_GT_DEPTH_M = 1e-3  # ground truth at or below this is invalid
-FRAME_ERRORS = (ValueError, OSError, cv2.error, MemoryError, torch.cuda.OutOfMemoryError)
 RANDOM_SEED = 0  # of the uniform_random baseline, per dataset
 BASELINES = ('median_gt', 'median_bins', 'uniform_random')
+
+
+def frame_errors() -> tuple[type[BaseException], ...]:
+    """What may go wrong with one frame (OpenCV's and torch's own, imported by then)."""
+    import cv2
+    import torch
+    return (ValueError, OSError, cv2.error, MemoryError, torch.cuda.OutOfMemoryError)
 
 
 @dataclass
@@ -92,8 +107,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='dataset folder(s) in the ../shared/data layout, or a parent '
                              'folder whose sub-folders are datasets')
     parser.add_argument('--json', type=Path, help='also write the results as JSON')
+    parser.add_argument('--overwrite', action='store_true', help=OVERWRITE_HELP)
     parser.add_argument('--max-depth-m', type=float, default=80.0,
-                        help='cap for non-NYU folders (default 80 m; NYU uses 10 m)')
+                        help=f'cap for non-NYU folders, finite, > {MIN_GT_DEPTH_M:g} '
+                             f'(default 80 m; NYU uses 10 m)')
     add_model_arguments(parser)
 
 
@@ -222,22 +239,28 @@ class Baselines:
                                   f'seed {RANDOM_SEED}'}
 
 
-def evaluate_folder(engine: DepthCLIP, folder: RGBDFolder, max_depth_m: float = 80.0
+def evaluate_folder(engine: DepthCLIP, folder: RGBDFolder, max_depth_m: float = 80.0,
+                    progress: Progress | None = None
                     ) -> tuple[dict[str, float] | None, list[dict], list[dict],
                                Baselines | None]:
     """Mean metrics of ``folder`` (``None`` when no frame could be evaluated), the
     per-frame metrics, the frames skipped (``{'frame', 'reason'}``, each reported on
-    stderr) and the baselines on the same frames and pixels (``None`` with no frame)."""
+    stderr) and the baselines on the same frames and pixels (``None`` with no frame).
+    ``progress``: told of every frame done."""
     per_frame, skipped = [], []
     baselines = Baselines(engine, *prediction_range(folder, max_depth_m))
+    errors = frame_errors()
     for index, (rgb_path, _) in enumerate(folder.pairs):
         try:
             result = evaluate_frame(engine, folder, index, max_depth_m)
-        except FRAME_ERRORS as error:
+        except errors as error:
             reason = one_line(error)
             print(f'{PROG}: skipped {rgb_path}: {reason}', file=sys.stderr, flush=True)
             skipped.append({'frame': rgb_path.stem, 'reason': reason})
             continue
+        finally:
+            if progress is not None:
+                progress.step()
         per_frame.append({'frame': rgb_path.stem, **result.metrics})
         baselines.add(result)
     if not per_frame:
@@ -245,21 +268,30 @@ def evaluate_folder(engine: DepthCLIP, folder: RGBDFolder, max_depth_m: float = 
     return mean_metrics(per_frame), per_frame, skipped, baselines
 
 
-def prepare(args: argparse.Namespace) -> list[tuple[str, RGBDFolder]]:
-    """Everything checked before the model is loaded; ``ValueError`` with the reason."""
-    check_model_options(args)
+def prepare(args: argparse.Namespace) -> tuple[list[tuple[str, RGBDFolder]], list[Path]]:
+    """Everything checked before the model is loaded (the device with the model);
+    ``ValueError`` with the reason. Returns the datasets and the existing file replaced
+    (``--json`` with ``--overwrite``)."""
+    configs_from_args(args)
     check_max_depth(args.max_depth_m, MIN_GT_DEPTH_M)
+    replaced = []
     if args.json is not None:
         check_output_file(args.json)
-    return find_datasets(args.dataset)
+        replaced = check_outputs([args.json], args.overwrite)
+    return find_datasets(args.dataset), replaced
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        datasets = prepare(args)
+        datasets, replaced = prepare(args)
     except ValueError as error:
         print(f'{PROG}: {one_line(error)}', file=sys.stderr)
         return 2
+    note = replacing_note(replaced)
+    if note:
+        print(note)
+    frames = sum(len(folder) for _, folder in datasets)
+    print(f'{len(datasets)} dataset(s), {frames} frames to evaluate', flush=True)
     engine = load_engine(args)
     results = {'device': engine.describe_device(), 'model': engine.config.model,
                'pretrained': engine.config.pretrained, 'random_weights': engine.random_weights,
@@ -275,8 +307,9 @@ def run(args: argparse.Namespace) -> int:
         if folder.unpaired:
             print(f'note: {len(folder.unpaired)} rgb image(s) without a depth file are not '
                   f'evaluated (first: {folder.unpaired[0].name})')
-        mean, per_frame, skipped, baselines = evaluate_folder(engine, folder,
-                                                              args.max_depth_m)
+        with Progress(f'evaluate {name}', 'frame', len(folder)) as progress:
+            mean, per_frame, skipped, baselines = evaluate_folder(engine, folder,
+                                                                  args.max_depth_m, progress)
         evaluated += len(per_frame)
         failed += len(skipped)
         scores = baselines.means() if baselines else None

@@ -29,6 +29,11 @@ Files that cannot be read (not an image, corrupt, more than ``--max-input-pixels
 reported on one line each and skipped; the rest are processed. Exit status: 0 when every
 input was written, 1 when anything failed, 2 when an option, an input path or the output
 folder is refused up front (nothing is loaded or written then).
+
+No file that exists is replaced without ``--overwrite``: a run whose outputs (of any
+input, a video's frames included) would replace existing files is refused up front with
+exit status 2, listing them. Input files are never replaced, ``--overwrite`` or not
+(they make their inputs move to other names, as above).
 """
 
 from __future__ import annotations
@@ -41,19 +46,28 @@ import os
 from pathlib import Path
 import re
 import sys
+from typing import TYPE_CHECKING
 import unicodedata
 
-import cv2
 import numpy as np
-import torch
 
 from depthclip_ros.engine.config import MAX_SIDE_PX, mix_bins, RANDOM_WEIGHTS_BANNER, SceneEstimate
-from depthclip_ros.engine.depthclip import DepthCLIP
-from depthclip_ros.engine.frames import Prediction
 from depthclip_ros.geometry import backproject, Intrinsics, intrinsics_from_hfov
-from depthclip_ros.io.dataset import expand_inputs, is_video, iter_images, one_line
-from depthclip_ros.io.visualize import (
+from depthclip_ros.io.dataset import (
+    expand_inputs,
+    is_video,
+    iter_images,
+    one_line,
+    video_frame_count,
+)
+from depthclip_ros.io.outputs import (
     check_output_dir,
+    check_outputs,
+    OVERWRITE_HELP,
+    replacing_note,
+    Series,
+)
+from depthclip_ros.io.visualize import (
     preview,
     save_json,
     save_npy,
@@ -65,34 +79,51 @@ from depthclip_ros.ros.parameters import DEFAULT_MAX_INPUT_PIXELS, validate
 from depthclip_ros.tools.common import (
     add_model_arguments,
     check_max_depth,
-    check_model_options,
+    configs_from_args,
     load_engine,
+    node_range,
     option_problem,
 )
+from depthclip_ros.tools.progress import Progress
+
+if TYPE_CHECKING:  # annotations only: torch is imported when the model loads
+    from depthclip_ros.engine.depthclip import DepthCLIP
+    from depthclip_ros.engine.frames import Prediction
 
 PROG = 'depthclip-ros infer'
 # The files of every image; with --json also SUMMARY_SUFFIX.
 OUTPUT_SUFFIXES = ('_depth.npy', '_depth.png', '_uncertainty.npy', '_preview.png', '.ply')
 SUMMARY_SUFFIX = '_summary.json'
-# What may go wrong with one input; anything else is a bug and keeps its traceback.
-ITEM_ERRORS = (ValueError, OSError, cv2.error, MemoryError, torch.cuda.OutOfMemoryError)
+
+
+def item_errors() -> tuple[type[BaseException], ...]:
+    """What may go wrong with one input; anything else is a bug and keeps its traceback.
+    (OpenCV's and torch's own, imported by then.)"""
+    import cv2
+    import torch
+    return (ValueError, OSError, cv2.error, MemoryError, torch.cuda.OutOfMemoryError)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('inputs', nargs='+', type=Path, help='images, folders or videos')
     camera = parser.add_mutually_exclusive_group(required=True)
     camera.add_argument('--intrinsics', type=float, nargs=4, metavar=('FX', 'FY', 'CX', 'CY'),
-                        help='pinhole intrinsics (px) of the images as given')
+                        help='pinhole intrinsics (px) of the images as given; finite, fx and '
+                             'fy > 0')
     camera.add_argument('--hfov-deg', type=float,
-                        help='horizontal field of view when the intrinsics are unknown '
-                             '(square pixels, centred principal point)')
-    parser.add_argument('--output', '-o', type=Path, required=True, help='output folder')
+                        help='horizontal field of view (degrees, between 0 and 180) when the '
+                             'intrinsics are unknown (square pixels, centred principal point)')
+    parser.add_argument('--output', '-o', type=Path, required=True,
+                        help='output folder (created when missing)')
+    parser.add_argument('--overwrite', action='store_true', help=OVERWRITE_HELP)
     parser.add_argument('--max-depth-m', type=float, default=20.0,
-                        help='points beyond this are left out of the PLY (default 20)')
+                        help='points beyond this are left out of the PLY; finite, > 0 '
+                             '(default 20)')
     parser.add_argument('--max-input-pixels', type=int, default=DEFAULT_MAX_INPUT_PIXELS,
                         help='largest image or video frame (width x height) processed; '
-                             'larger files are refused from their header, before decoding '
-                             f'(default {DEFAULT_MAX_INPUT_PIXELS}, as the node parameter)')
+                             'larger files are refused from their header, before decoding; '
+                             f'{node_range("max_input_pixels")} (default '
+                             f'{DEFAULT_MAX_INPUT_PIXELS}, as the node parameter)')
     parser.add_argument('--json', action='store_true',
                         help=f'also write <name>{SUMMARY_SUFFIX} per image: size, '
                              f'intrinsics, depth range, median uncertainty, the bins used '
@@ -111,7 +142,9 @@ def suffixes_of(args: argparse.Namespace) -> tuple[str, ...]:
 
 
 def check_options(args: argparse.Namespace) -> None:
-    check_model_options(args)
+    """The options, by the rules that need no torch (the device is checked when the model
+    loads); ``ValueError`` naming the option."""
+    configs_from_args(args)
     if args.intrinsics is not None:
         fx, fy, cx, cy = args.intrinsics
         if not all(math.isfinite(v) for v in args.intrinsics) or fx <= 0 or fy <= 0:
@@ -395,59 +428,101 @@ def describe(name: str, rgb: np.ndarray, depth: np.ndarray,
     return text
 
 
+def frames_to_do(plan: Plan) -> int | None:
+    """Images and video frames of the run, as the videos declare them (``None`` when one
+    declares no count): the progress total."""
+    total = 0
+    for source in plan.sources:
+        count = video_frame_count(source.path) if source.video else 1
+        if count is None:
+            return None
+        total += count
+    return total
+
+
 def infer_all(engine: DepthCLIP, args: argparse.Namespace, plan: Plan) -> tuple[int, int]:
     """Process every planned input; returns ``(written, failed)``: images and video frames
-    written, and images, frames or whole inputs that failed (each reported)."""
+    written, and images, frames or whole inputs that failed (each reported). Progress
+    (count, rate, ETA) on stderr."""
     written = failed = 0
     head = engine.head
     # the engine's own classifier: its text features are encoded once for the run
     scenes = engine.scene_classifier if head.bins_mode != 'fixed' else None
     suffixes = suffixes_of(args)
-    for source in plan.sources:
-        try:
-            for name, rgb in iter_images(source.path, args.max_input_pixels, source.name):
-                scene = None
-                try:
-                    camera = intrinsics_for(args, *rgb.shape[:2])
-                    bins = None
-                    if scenes is not None:  # every image on its own: they are independent
-                        scene = scenes.classify(rgb, head.scene_names,
-                                                head.scene_prompt_template)
-                        bins = mix_bins(scene, head.scene_bin_sets, head.bins_mode)
-                    prediction = engine.infer(rgb, camera, uncertainty=True, bins_m=bins)
-                    depth = prediction.depth
-                    summary = (summary_of(source, name, rgb, camera, prediction, engine, bins,
-                                          scene, suffixes) if args.json else None)
-                    write_outputs(args.output, name, rgb, depth, camera,
-                                  engine.random_weights, args.max_depth_m, prediction.sigma,
-                                  summary)
-                except ITEM_ERRORS as error:
-                    failed += 1
-                    remove_outputs(args.output, name, suffixes)  # all its files or none
-                    report(f'{source.path} ({name})' if source.video else source.path, error)
-                    continue
-                print(describe(name, rgb, depth, prediction.sigma_median_m, scene), flush=True)
-                written += 1
-        except ITEM_ERRORS as error:
-            failed += 1
-            report(source.path, error)
+    errors = item_errors()
+    with Progress('infer', 'image', frames_to_do(plan)) as progress:
+        for source in plan.sources:
+            try:
+                for name, rgb in iter_images(source.path, args.max_input_pixels, source.name):
+                    scene = None
+                    try:
+                        camera = intrinsics_for(args, *rgb.shape[:2])
+                        bins = None
+                        if scenes is not None:  # every image on its own: independent
+                            scene = scenes.classify(rgb, head.scene_names,
+                                                    head.scene_prompt_template)
+                            bins = mix_bins(scene, head.scene_bin_sets, head.bins_mode)
+                        prediction = engine.infer(rgb, camera, uncertainty=True, bins_m=bins)
+                        depth = prediction.depth
+                        summary = (summary_of(source, name, rgb, camera, prediction, engine,
+                                              bins, scene, suffixes) if args.json else None)
+                        write_outputs(args.output, name, rgb, depth, camera,
+                                      engine.random_weights, args.max_depth_m,
+                                      prediction.sigma, summary)
+                    except errors as error:
+                        failed += 1
+                        remove_outputs(args.output, name, suffixes)  # all its files or none
+                        report(f'{source.path} ({name})' if source.video else source.path,
+                               error)
+                        progress.step()
+                        continue
+                    progress.write(describe(name, rgb, depth, prediction.sigma_median_m,
+                                            scene))
+                    written += 1
+                    progress.step()
+            except errors as error:
+                failed += 1
+                report(source.path, error)
+                if not source.video:
+                    progress.step()
     return written, failed
 
 
-def prepare(args: argparse.Namespace) -> Plan:
-    """Everything checked before the model is loaded; ``ValueError`` with the reason."""
+def planned_files(plan: Plan, output: Path, suffixes: tuple[str, ...]
+                  ) -> tuple[list[Path], list[Series]]:
+    """The files the run will write: every image's, and every video's frames' (a series
+    of names: the frame count is known once decoded)."""
+    files, series = [], []
+    for source in plan.sources:
+        if source.video:
+            series.append(Series(output, f'{source.name}_', suffixes))
+        else:
+            files += [output / f'{source.name}{suffix}' for suffix in suffixes]
+    return files, series
+
+
+def prepare(args: argparse.Namespace) -> tuple[Plan, list[Path]]:
+    """Everything checked before the model is loaded: the options, the inputs, the output
+    names and the files they would replace; ``ValueError`` with the reason. Returns the
+    plan and the existing files it replaces (only with ``--overwrite``)."""
     check_options(args)
     check_output_dir(args.output)
-    return plan_outputs(expand_inputs(args.inputs), args.output, suffixes_of(args))
+    suffixes = suffixes_of(args)
+    plan = plan_outputs(expand_inputs(args.inputs), args.output, suffixes)
+    files, series = planned_files(plan, args.output, suffixes)
+    return plan, check_outputs(files, args.overwrite, series)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        plan = prepare(args)
+        plan, replaced = prepare(args)
     except ValueError as error:
         print(f'{PROG}: {one_line(error)}', file=sys.stderr)
         return 2
     print_plan(plan)
+    note = replacing_note(replaced)
+    if note:
+        print(note)
     engine = load_engine(args)
     try:
         args.output.mkdir(parents=True, exist_ok=True)

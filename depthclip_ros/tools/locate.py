@@ -9,15 +9,23 @@ the labels of ``--masks`` (a single-channel 8- or 16-bit PNG at the image's size
 0 = background, every other value one candidate).
 
 Written into ``--output`` (created when missing; every file written whole or not at
-all; an input file is never overwritten, such a run is refused):
+all; an input file is never overwritten, such a run is refused; an existing file of
+these names is replaced only with ``--overwrite``, else the run is refused listing them):
 
-  <stem>_locate.png     preview: each query's chosen mask outlined, its text and distance
-  <stem>_proposals.png  the candidates used, a 16-bit label image (0 = none)
-  <stem>_<i>.ply        the inlier points of query i (none when it found no location)
-  <stem>_locate.json    (or --json FILE) every query's answer and every candidate's score
+  <stem>_locate.png             preview: each query's chosen mask outlined, its text and
+                                distance
+  <stem>_proposals.png          the candidates used, a 16-bit label image (0 = none): for
+                                programs (it looks black in a viewer)
+  <stem>_proposals_preview.png  the same candidates coloured over the greyed image, for
+                                people
+  <stem>_<i>.ply                the inlier points of query i (none when it found no
+                                location)
+  <stem>_locate.json            (or --json FILE) every query's answer and every
+                                candidate's score
 
 Exit status: 0 written; 1 writing failed (nothing of this run is left); 2 refused (an
-option, the image or the masks; one line naming the problem; nothing is written).
+option, the image, the masks or outputs that exist; one line naming the problem; nothing
+is written).
 With ``--pretrained none`` every score is meaningless: the preview, the JSON and the
 summary say so.
 """
@@ -25,43 +33,54 @@ summary say so.
 from __future__ import annotations
 
 import argparse
+from contextlib import contextmanager
 import json
 import math
 import os
 from pathlib import Path
 import sys
+from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
 
 from depthclip_ros.engine.config import RANDOM_WEIGHTS_BANNER
 from depthclip_ros.geometry import Intrinsics
 from depthclip_ros.io.dataset import one_line, read_rgb
-from depthclip_ros.io.visualize import (
-    atomic_path,
+from depthclip_ros.io.outputs import (
     check_output_dir,
     check_output_file,
+    check_outputs,
+    OVERWRITE_HELP,
+    replacing_note,
+)
+from depthclip_ros.io.visualize import (
+    atomic_path,
+    colorize_labels,
     query_rgb,
     write_ply,
     write_rgb_png,
 )
-from depthclip_ros.objects.finder import find_objects, Found
-from depthclip_ros.objects.locate import ObjectResult
 from depthclip_ros.objects.phrases import which_parser
 from depthclip_ros.objects.proposals import check_labels, MAX_MASKS
-from depthclip_ros.objects.queries import check_queries
-from depthclip_ros.objects.referring import (
+from depthclip_ros.objects.queries import (
     check_mix,
     check_protocol,
+    check_queries,
     DEFAULT_ALPHA,
     DEFAULT_BETA,
+    MAX_QUERIES,
+    MAX_QUERY_CHARS,
     PROTOCOLS,
-    ReferringCLIP,
 )
 from depthclip_ros.ros.parameters import DEFAULT_MAX_INPUT_PIXELS
-from depthclip_ros.tools.common import add_model_arguments, load_engine
+from depthclip_ros.tools.common import add_model_arguments, load_engine, node_range
 from depthclip_ros.tools.infer import check_options as check_image_options
 from depthclip_ros.tools.infer import intrinsics_for
+from depthclip_ros.tools.progress import Stages
+
+if TYPE_CHECKING:  # annotations only: torch is imported when the model loads
+    from depthclip_ros.objects.finder import Found
+    from depthclip_ros.objects.locate import ObjectResult
 
 PROG = 'depthclip-ros locate'
 PREVIEW_MIN_WIDTH = 480  # smaller images are enlarged (nearest) so that the text is legible
@@ -74,20 +93,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('image', type=Path, help='an image file')
     parser.add_argument('--query', '-q', dest='queries', action='append', required=True,
                         metavar='TEXT', help='a referring expression ("the red chair next '
-                        'to the door"); repeat for more objects (at most 16)')
+                        f'to the door"); repeat for more objects (at most {MAX_QUERIES}), '
+                        f"each at most {MAX_QUERY_CHARS} characters and within CLIP's "
+                        '77-token context')
     parser.add_argument('--noun-phrase', dest='noun_phrases', action='append',
                         metavar='TEXT', help="the query's target noun phrase instead of the "
-                        'extracted one; give it once per --query, in the same order')
+                        'extracted one; give it once per --query, in the same order (same '
+                        'limits as --query)')
     parser.add_argument('--masks', type=Path, metavar='LABELS.png',
                         help='candidate masks: a single-channel 8- or 16-bit label PNG at the '
                              "image's size, 0 = background (default: the built-in proposals)")
     parser.add_argument('--max-masks', type=int, default=MAX_MASKS,
-                        help=f'candidates kept, the largest first (default {MAX_MASKS})')
+                        help=f'candidates kept, the largest first, '
+                             f'{node_range("object_max_masks")} (default {MAX_MASKS})')
     parser.add_argument('--alpha', type=float, default=DEFAULT_ALPHA,
-                        help='visual mix: alpha * global + (1 - alpha) * local feature '
+                        help='visual mix: alpha * global + (1 - alpha) * local feature, 0..1 '
                              f'(default {DEFAULT_ALPHA}; 0.85 suits long expressions)')
     parser.add_argument('--beta', type=float, default=DEFAULT_BETA,
-                        help='text mix: beta * sentence + (1 - beta) * noun phrase '
+                        help='text mix: beta * sentence + (1 - beta) * noun phrase, 0..1 '
                              f'(default {DEFAULT_BETA})')
     parser.add_argument('--protocol', default='paper', metavar='|'.join(PROTOCOLS),
                         help="paper: the paper's 224x224 trunk pass for the global feature "
@@ -96,14 +119,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--intrinsics', type=float, nargs=4, metavar=('FX', 'FY', 'CX', 'CY'),
                         required=True, help='pinhole intrinsics (px) of the image as given')
     parser.set_defaults(hfov_deg=None)  # infer's checks: --intrinsics is the camera here
-    parser.add_argument('--output', '-o', type=Path, required=True, help='output folder')
+    parser.add_argument('--output', '-o', type=Path, required=True,
+                        help='output folder (created when missing)')
+    parser.add_argument('--overwrite', action='store_true', help=OVERWRITE_HELP)
     parser.add_argument('--json', type=Path, metavar='FILE',
                         help='the answers as JSON (default: OUTPUT/<stem>_locate.json)')
     parser.add_argument('--max-depth-m', type=float, default=20.0,
-                        help='depth beyond this is not part of an object (default 20)')
+                        help='depth beyond this is not part of an object; finite, > 0 '
+                             '(default 20)')
     parser.add_argument('--max-input-pixels', type=int, default=DEFAULT_MAX_INPUT_PIXELS,
                         help='largest image (width x height) processed; a larger file is '
-                             f'refused from its header (default {DEFAULT_MAX_INPUT_PIXELS})')
+                             f'refused from its header; {node_range("max_input_pixels")} '
+                             f'(default {DEFAULT_MAX_INPUT_PIXELS})')
     add_model_arguments(parser)
 
 
@@ -122,11 +149,13 @@ class Job:
         out = args.output
         self.preview = out / f'{stem}_locate.png'
         self.proposals = out / f'{stem}_proposals.png'
+        self.proposals_preview = out / f'{stem}_proposals_preview.png'
         self.plys = [out / f'{stem}_{index}.ply' for index in range(len(queries))]
         self.json = args.json if args.json is not None else out / f'{stem}_locate.json'
+        self.replaced: list[Path] = []  # existing files this run replaces (--overwrite)
 
     def outputs(self) -> list[Path]:
-        return [self.preview, self.proposals, *self.plys, self.json]
+        return [self.preview, self.proposals, self.proposals_preview, *self.plys, self.json]
 
 
 def check_options(args: argparse.Namespace) -> tuple[list[str], list[str] | None]:
@@ -171,6 +200,7 @@ def read_image(path: Path, max_pixels: int) -> np.ndarray:
 
 def read_masks(path: Path, shape: tuple[int, int]) -> np.ndarray:
     """The label image of ``--masks``: single channel, 8 or 16 bit, the image's size."""
+    import cv2
     if not path.exists():
         raise ValueError(f'masks {path} do not exist')
     try:
@@ -236,6 +266,7 @@ def prepare(args: argparse.Namespace) -> Job:
         if source is not None:
             raise ValueError(f'{path} would overwrite the input {source}; choose another '
                              f'--output{" or --json" if path == job.json else ""}')
+    job.replaced = check_outputs(job.outputs(), args.overwrite)
     return job
 
 
@@ -259,6 +290,7 @@ def distance(result: ObjectResult) -> str:
 
 def _text(image: np.ndarray, text: str, origin: tuple[int, int], colour,
           background=None, scale: float = 0.45) -> None:
+    import cv2
     font = cv2.FONT_HERSHEY_SIMPLEX
     (width, height), base = cv2.getTextSize(text, font, scale, 1)
     x, y = origin
@@ -273,6 +305,7 @@ def render_preview(rgb: np.ndarray, found: Found, random_weights: bool) -> np.nd
     """The image (enlarged when small) with each query's chosen mask outlined and labelled
     with its index, text and distance; below it one line per query; a banner on top with
     random weights. RGB uint8."""
+    import cv2
     height, width = rgb.shape[:2]
     scale = min(max(1, math.ceil(PREVIEW_MIN_WIDTH / width)), PREVIEW_MAX_SCALE)
     image = cv2.resize(rgb, (width * scale, height * scale),
@@ -317,6 +350,7 @@ def render_preview(rgb: np.ndarray, found: Found, random_weights: bool) -> np.nd
 
 def write_labels_png(path: Path, labels: np.ndarray) -> None:
     """A 16-bit label PNG (0 = none), written whole or not at all."""
+    import cv2
     if labels.size and (labels.min() < 0 or labels.max() > np.iinfo(np.uint16).max):
         raise ValueError(f'labels {labels.min()}..{labels.max()} do not fit a 16-bit PNG')
     with atomic_path(path) as temporary:
@@ -384,8 +418,11 @@ def write_outputs(job: Job, found: Found, random_weights: bool) -> list[Path | N
     try:
         write_rgb_png(job.preview, render_preview(job.rgb, found, random_weights))
         written.append(job.preview)
-        write_labels_png(job.proposals, candidates_only(found))
+        candidates = candidates_only(found)
+        write_labels_png(job.proposals, candidates)
         written.append(job.proposals)
+        write_rgb_png(job.proposals_preview, colorize_labels(candidates, job.rgb))
+        written.append(job.proposals_preview)
         for result, path in zip(found.results, job.plys):
             if result.location is None:
                 plys.append(None)
@@ -435,22 +472,47 @@ def run(args: argparse.Namespace) -> int:
         job = prepare(args)
     except ValueError as error:
         return refuse(one_line(error))
+    note = replacing_note(job.replaced)
+    if note:
+        print(note)
     engine = load_engine(args)
+    stages = Stages('locate', 3)
+    from depthclip_ros.objects.finder import find_objects
+    from depthclip_ros.objects.referring import ReferringCLIP
+    from depthclip_ros.timing import StageTimer
     referring = ReferringCLIP(engine, args.alpha, args.beta)
     try:  # queries longer than the text encoder's context: refused before anything runs
         for text in [*job.queries, *(job.noun_phrases or [])]:
             referring.check_text(text)
     except ValueError as error:
         return refuse(f'--query: {one_line(error)}')
+    stages.start(f'depth of the {job.rgb.shape[1]}x{job.rgb.shape[0]} image')
     prediction = engine.infer(job.rgb, job.camera, output_size=job.rgb.shape[:2])
     depth, tokens = prediction.depth, prediction.tokens
+
+    class Announced(StageTimer):  # find_objects' stages, said as they start
+        @contextmanager
+        def stage(self, name):
+            if name == 'proposals':
+                stages.start('candidate masks from '
+                             + ('--masks' if job.labels is not None else
+                                'colour and depth (built-in proposals)'))
+            elif name == 'referring':
+                stages.start(f'scoring every candidate against {len(job.queries)} '
+                             f'{"query" if len(job.queries) == 1 else "queries"} '
+                             f'({args.protocol} protocol) and locating the best in 3-D')
+            with super().stage(name):
+                yield
+
     try:
         found = find_objects(referring, job.rgb, depth, job.camera, job.queries, job.labels,
                              job.noun_phrases, protocol=args.protocol,
                              tokens=tokens if args.protocol == 'node' else None,
-                             max_masks=args.max_masks, max_depth_m=args.max_depth_m)
+                             max_masks=args.max_masks, max_depth_m=args.max_depth_m,
+                             timer=Announced())
     except ValueError as error:  # a label image or text the referring step refuses
         return refuse(one_line(error))
+    stages.finish()
     try:
         args.output.mkdir(parents=True, exist_ok=True)
         plys = write_outputs(job, found, engine.random_weights)
@@ -465,7 +527,8 @@ def run(args: argparse.Namespace) -> int:
           f'{"given" if job.noun_phrases else which_parser()}')
     for result, ply, path in zip(found.results, plys, job.plys):
         print('  ' + describe(result, ply, ply is None and path.exists()))
-    print(f'-> {job.preview}, {job.proposals.name}, {job.json}')
+    print(f'-> {job.preview}, {job.proposals.name} (labels, 16-bit), '
+          f'{job.proposals_preview.name} (the candidates coloured), {job.json}')
     if engine.random_weights:
         print(f'{RANDOM_WEIGHTS_BANNER} The chosen masks, scores and positions are '
               f'meaningless too.')

@@ -28,6 +28,7 @@ import subprocess
 import threading
 import time
 
+from depthclip_ros.tools.common import announce, LOAD_TIME_HINT
 from depthclip_ros.tools.node_process import (
     isolate_ros_traffic,
     node_statuses,
@@ -35,23 +36,28 @@ from depthclip_ros.tools.node_process import (
     start_node,
 )
 
+PROG = 'depthclip-ros soak'
 COUNT_KEYS = ('received', 'processed', 'dropped', 'rejected', 'failed',
               'skipped_no_subscribers')
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('--frames', type=int, default=3000)
+    parser.add_argument('--frames', type=int, default=3000,
+                        help='frames streamed (default 3000; more than --warmup-frames)')
     parser.add_argument('--image-size', type=int, nargs=2, default=(48, 64),
-                        metavar=('H', 'W'))
+                        metavar=('H', 'W'), help='camera image size (default 48 64)')
     parser.add_argument('--input-size', type=int, nargs=2, default=(64, 64),
                         metavar=('H', 'W'), help='network input (default 64 64)')
     parser.add_argument('--rate-hz', type=float, default=200.0, help='camera rate')
     parser.add_argument('--bad-every', type=int, default=50,
                         help='every n-th frame is malformed (0 = none)')
-    parser.add_argument('--warmup-frames', type=int, default=300)
-    parser.add_argument('--max-rss-growth-mb', type=float, default=20.0)
-    parser.add_argument('--timeout', type=float, default=600.0)
-    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--warmup-frames', type=int, default=300,
+                        help='frames before the first sample (default 300)')
+    parser.add_argument('--max-rss-growth-mb', type=float, default=20.0,
+                        help='largest RSS growth after the warm-up that passes (default 20)')
+    parser.add_argument('--timeout', type=float, default=600.0,
+                        help='seconds for the whole stream, the start included (default 600)')
+    parser.add_argument('--device', default='cpu', help="the node's device (default cpu)")
     parser.add_argument('--stop-signal', choices=('INT', 'TERM'), default='INT',
                         help='signal that ends the node at the end (default INT)')
 
@@ -66,6 +72,10 @@ def process_sample(pid: int) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from depthclip_ros.tools.progress import Progress
+    announce(PROG, f'starting depth_node ({args.device}, random weights) as its own process '
+                   f'and waiting for its first depth image (it loads its model: '
+                   f'{LOAD_TIME_HINT})')
     isolate_ros_traffic()
     from builtin_interfaces.msg import Time
     from diagnostic_msgs.msg import DiagnosticArray
@@ -135,6 +145,9 @@ def run(args: argparse.Namespace) -> int:
             info_pub.publish(info)
             image_pub.publish(good)
             time.sleep(0.5)
+        announce(PROG, f'depth_node answers; streaming {args.frames} frames at '
+                       f'{args.rate_hz:g} Hz')
+        progress = Progress('soak', 'frame', args.frames)
         period = 1.0 / args.rate_hz
         sent = 0
         next_time = time.monotonic()
@@ -154,7 +167,11 @@ def run(args: argparse.Namespace) -> int:
                 time.sleep(1.5)  # let diagnostics report the warm-up latency
                 samples['warm'] = {**process_sample(node.pid), 'latency_ms': latency()}
             next_time += period
+            progress.step()
             time.sleep(max(0.0, next_time - time.monotonic()))
+        progress.close()
+        announce(PROG, 'waiting until the node has accounted for every frame it received '
+                       '(up to 30 s)')
         # Settle: every received frame is accounted for once the node is idle.
         settle_until = time.monotonic() + 30
         while time.monotonic() < settle_until:
@@ -168,6 +185,8 @@ def run(args: argparse.Namespace) -> int:
         for _ in range(20):
             image_pub.publish(good)
             time.sleep(period)
+        announce(PROG, f'stopping depth_node with SIG{args.stop_signal} while frames still '
+                       f'arrive')
         before_signal = len(stderr_lines)
         started = time.monotonic()
         node.send_signal(getattr(signal, f'SIG{args.stop_signal}'))

@@ -15,14 +15,8 @@ import statistics
 import tempfile
 import time
 
-from sensor_msgs.msg import CameraInfo, Image
-
-from depthclip_ros.bags.process import process_bag, read_topic
-from depthclip_ros.ros.messages import intrinsics_from_camera_info, rgb_from_image
-from depthclip_ros.ros.pipeline import DepthPipeline
-from depthclip_ros.tools.bench.common import device_description
 from depthclip_ros.tools.common import add_model_arguments, load_engine
-from depthclip_ros.tools.demo import CORRIDOR_IMAGE_TOPIC, CORRIDOR_INFO_TOPIC, write_corridor_bag
+from depthclip_ros.tools.demo import CORRIDOR_IMAGE_TOPIC, CORRIDOR_INFO_TOPIC
 
 IMAGE_TOPIC, INFO_TOPIC = CORRIDOR_IMAGE_TOPIC, CORRIDOR_INFO_TOPIC
 INFERENCE_STAGES = ('preprocess', 'network', 'head', 'upsample')  # engine.predict
@@ -48,6 +42,15 @@ def time_bare(engine, images, camera) -> list[float]:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here, not with the module: `depthclip-ros bench-bag --help` needs none of them.
+    from sensor_msgs.msg import CameraInfo, Image
+
+    from depthclip_ros.bags.process import process_bag, read_topic
+    from depthclip_ros.ros.messages import intrinsics_from_camera_info, rgb_from_image
+    from depthclip_ros.ros.pipeline import DepthPipeline
+    from depthclip_ros.tools.bench.common import device_description
+    from depthclip_ros.tools.demo import write_corridor_bag
+
     engine = load_engine(args)
     height, width = args.image_size
     with tempfile.TemporaryDirectory() as tmp:

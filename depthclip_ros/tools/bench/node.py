@@ -24,16 +24,7 @@ import time
 
 import numpy as np
 
-from depthclip_ros.tools.bench.common import device_description
-from depthclip_ros.tools.bench.stages import time_engine
 from depthclip_ros.tools.common import add_model_arguments, load_engine
-from depthclip_ros.tools.node_process import (
-    isolate_ros_traffic,
-    node_statuses,
-    private_namespace,
-    start_node,
-    stop_node,
-)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,6 +40,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here, not with the module: `depthclip-ros bench-node --help` needs no torch.
+    from depthclip_ros.tools.bench.common import device_description
+    from depthclip_ros.tools.bench.stages import time_engine
+    from depthclip_ros.tools.node_process import (
+        isolate_ros_traffic,
+        node_statuses,
+        private_namespace,
+        start_node,
+        stop_node,
+    )
+
     isolate_ros_traffic()
     height, width = args.image_size
     engine = load_engine(args)

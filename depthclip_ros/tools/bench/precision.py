@@ -19,7 +19,6 @@ import statistics
 import numpy as np
 import torch
 
-from depthclip_ros.engine.config import PRECISIONS
 from depthclip_ros.engine.depthclip import DepthCLIP
 from depthclip_ros.engine.runtime import cpu_bf16_native, resolve_runtime
 from depthclip_ros.engine.weights import WeightsError
@@ -34,23 +33,10 @@ from depthclip_ros.tools.bench.common import (
     frame_bins,
     timed,
 )
+from depthclip_ros.tools.bench.options import LAYOUTS
 from depthclip_ros.tools.common import configs_from_args, warn_random_weights
 
-LAYOUTS = {'nhwc': 'channels_last', 'nchw': 'contiguous'}
-
-
 DTYPE_NAMES = {torch.float32: 'fp32', torch.bfloat16: 'bf16', torch.float16: 'fp16'}
-
-
-def precision_variant(text: str) -> tuple[str, str | None]:
-    """``fp32``, ``bf16-nchw``, ``fp32/nhwc``, ... -> ``(precision, layout or None)``
-    (argparse type: ``ArgumentTypeError`` for anything else)."""
-    precision, _, layout = text.strip().lower().replace('/', '-').partition('-')
-    if precision not in PRECISIONS or (layout and layout not in LAYOUTS):
-        raise argparse.ArgumentTypeError(
-            f'{text!r}: a precision ({", ".join(PRECISIONS)}), optionally with -nchw or '
-            f'-nhwc (the trunk layout)')
-    return precision, layout or None
 
 
 def layout_name(memory_format: torch.memory_format) -> str:

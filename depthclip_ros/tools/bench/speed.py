@@ -40,17 +40,9 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-
 from depthclip_ros.objects.proposals import MAX_MASKS
 from depthclip_ros.objects.queries import MAX_QUERIES
-from depthclip_ros.tools.bench.batch import print_batching, time_batching
-from depthclip_ros.tools.bench.common import device_description
-from depthclip_ros.tools.bench.objects import print_objects, time_objects
-from depthclip_ros.tools.bench.precision import precision_variant, run_compare_precision
-from depthclip_ros.tools.bench.scenes import print_scene, time_scene
-from depthclip_ros.tools.bench.stages import print_stages, time_engine
-from depthclip_ros.tools.bench.uncertainty import print_uncertainty, time_uncertainty
+from depthclip_ros.tools.bench.options import precision_variant
 from depthclip_ros.tools.common import add_model_arguments, load_engine
 
 
@@ -84,6 +76,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here, not with the module: `depthclip-ros bench --help` needs no torch.
+    import torch
+
+    from depthclip_ros.tools.bench.batch import print_batching, time_batching
+    from depthclip_ros.tools.bench.common import device_description
+    from depthclip_ros.tools.bench.objects import print_objects, time_objects
+    from depthclip_ros.tools.bench.precision import run_compare_precision
+    from depthclip_ros.tools.bench.scenes import print_scene, time_scene
+    from depthclip_ros.tools.bench.stages import print_stages, time_engine
+    from depthclip_ros.tools.bench.uncertainty import print_uncertainty, time_uncertainty
+
     if not 0 <= args.queries <= MAX_QUERIES:
         print(f'depthclip-ros bench: --queries must be in 0..{MAX_QUERIES}, got {args.queries}')
         return 2

@@ -368,3 +368,17 @@ def test_demo_refuses_a_bag_output_inside_its_input_before_the_model(tmp_path, c
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith('depthclip-ros demo: ') and 'the input recording' in line
     assert sorted(p.name for p in recording.iterdir()) == before
+
+
+# ---------------------------------------------------------------------------------------
+# bench and bench-cameras: their --json
+
+
+@pytest.mark.parametrize('tool', ['bench', 'bench-cameras'])
+def test_a_benchmark_refuses_to_replace_its_json_before_it_starts(tmp_path, capsys, tool):
+    report = tmp_path / 'figures.json'
+    report.write_text('{"kept": true}\n')
+    assert main([tool, '--json', str(report)]) == 2
+    assert report.read_text() == '{"kept": true}\n'
+    out, err = capsys.readouterr()
+    assert 'figures.json' in out + err and '--overwrite' in out + err

@@ -29,6 +29,7 @@ import time
 
 import numpy as np
 
+from depthclip_ros.io.outputs import check_outputs
 from depthclip_ros.ros.streams import MAX_CAMERAS
 from depthclip_ros.tools.common import (
     add_model_arguments,
@@ -65,7 +66,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         metavar=('H', 'W'), help='camera frame size, rgb8 (default 480 640)')
     parser.add_argument('--timeout', type=float, default=300.0,
                         help='give up the warm-up after (s, default 300)')
-    parser.add_argument('--json', type=Path, metavar='FILE', help='write the table as JSON')
+    parser.add_argument('--json', type=Path, metavar='FILE', help='write the table as JSON '
+                        '(an existing file is refused unless --overwrite)')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='replace an existing --json file')
     add_model_arguments(parser)
     parser.set_defaults(pretrained='none')
 
@@ -159,6 +163,11 @@ def node_counts(diagnostics: dict[str, dict[str, str]], camera: str) -> dict[str
 
 def run(args: argparse.Namespace) -> int:
     problem = _problem(args)
+    if not problem and args.json is not None:
+        try:  # before anything starts: never replace a file unasked
+            check_outputs([args.json], args.overwrite)
+        except ValueError as error:
+            problem = str(error)
     if problem:
         print(f'depthclip-ros bench-cameras: {problem}')
         return 2

@@ -39,7 +39,9 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+import sys
 
+from depthclip_ros.io.outputs import check_outputs
 from depthclip_ros.objects.proposals import MAX_MASKS
 from depthclip_ros.objects.queries import MAX_QUERIES
 from depthclip_ros.tools.bench.options import precision_variant
@@ -70,7 +72,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--dataset', nargs='+', type=Path, metavar='DIR',
                         help='with --compare-precision: dataset folders (rgb/, '
                              'intrinsics.json), or folders holding them, for the deviation')
-    parser.add_argument('--json', type=Path, help='also write the figures as JSON')
+    parser.add_argument('--json', type=Path, help='also write the figures as JSON (an '
+                        'existing file is refused unless --overwrite)')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='replace an existing --json file')
     add_model_arguments(parser)
     parser.set_defaults(pretrained='none')
 
@@ -96,6 +101,12 @@ def run(args: argparse.Namespace) -> int:
     if args.batch < 1:
         print(f'depthclip-ros bench: --batch must be >= 1, got {args.batch}')
         return 2
+    if args.json is not None:
+        try:  # before the model loads: never replace a file unasked
+            check_outputs([args.json], args.overwrite)
+        except ValueError as error:
+            print(f'depthclip-ros bench: {error}', file=sys.stderr)
+            return 2
     if args.compare_precision:
         return run_compare_precision(args)
     if args.images or args.dataset:

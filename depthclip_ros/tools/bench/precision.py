@@ -242,7 +242,7 @@ def run_compare_precision(args: argparse.Namespace) -> int:
         for label, reason in missing:
             print(f'{label}: not available: {reason}')
         print('depthclip-ros bench: no precision of --compare-precision can run here')
-        return 1
+        return 2
     engines = build_variants(args, plan)
     labels = list(engines)
     reference = engines[labels[0]]

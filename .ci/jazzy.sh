@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# CI's Jazzy leg: the package as a ROS 2 Jazzy user installs it (README, "For ROS 2
-# users"), proved on the ROS-facing tests. A venv (.venv-jazzy, gitignored) stands in for
+# CI's Jazzy leg: the package as a ROS 2 Jazzy user installs it (README, "Install for ROS 2
+# (Jazzy / Kilted)"), proved on the ROS-facing tests. A venv (.venv-jazzy, gitignored) stands in for
 # the distribution: Jazzy's rclpy 7 / Fast DDS 2 wheels and Ubuntu 24.04's numpy 1.26,
 # OpenCV 4.6, SciPy, scikit-image, Pillow (requirements-jazzy.txt, Python 3.12 where there
 # is one, as on Ubuntu 24.04); then `pip install -r requirements-ros.txt` (constrained by

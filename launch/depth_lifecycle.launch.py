@@ -6,7 +6,7 @@ activated by this launch file:
 The arguments of depth.launch.py but ``managed`` (``--show-args``; the table in
 depthclip_ros/ros/launch_arguments.py). Under Nav2, leave this file out: start
 ``depth.launch.py managed:=true`` and add ``depth_node`` to a lifecycle manager's
-``node_names`` (README, "Managed node").
+``node_names`` (docs/node.md, "Managed node").
 
 The transitions are asked for on launch's own event loop, which also runs its shutdown:
 Ctrl-C at any moment (before the node's services exist, while it configures) ends the

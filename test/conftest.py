@@ -1,6 +1,6 @@
 """Test-wide set-up.
 
-Network safety (PLATFORM.md): before anything can start rclpy, keep DDS discovery on
+Network safety (docs/platform.md): before anything can start rclpy, keep DDS discovery on
 this machine and pick a random domain so that parallel runs never hear each other.
 """
 

@@ -1,6 +1,6 @@
 """Helpers for tests that run real rclpy (conftest has set the network-safe environment).
 
-Two test runs on one host may draw the same random ROS domain (PLATFORM.md): every test
+Two test runs on one host may draw the same random ROS domain (docs/platform.md): every test
 puts its nodes in a namespace of its own (:func:`unique_namespace`) and stamps what it
 sends, so it only ever hears itself. Best-effort input may be lost, above all while
 discovery settles or the machine is loaded: tests resend until the condition they wait for

@@ -114,7 +114,7 @@ def test_the_docs_name_every_launch_argument():
 @pytest.fixture(scope='module')
 def installed(tmp_path_factory) -> dict:
     """The environment of a shell that has built this source tree with colcon and sourced
-    the install (README: "For ROS 2 users"), with this run's network-safe settings."""
+    the install (README: "Install for ROS 2"), with this run's network-safe settings."""
     real_launch_or_skip()
     ws = tmp_path_factory.mktemp('colcon_ws')
     build = subprocess.run(

@@ -1,4 +1,4 @@
-"""The engine against an independent re-statement of METHOD.md section 1.
+"""The engine against an independent re-statement of docs/method.md §1.
 
 Random weights throughout: these tests check the computation, not accuracy.
 """

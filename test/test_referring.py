@@ -1,4 +1,4 @@
-"""The referring engine against an independent re-statement of METHOD.md §3.
+"""The referring engine against an independent re-statement of docs/method.md §3.
 
 Random weights: these tests check the computation, never what the scores mean.
 """

@@ -1,4 +1,4 @@
-"""Scene probabilities (METHOD.md §5) against open_clip's own zero-shot classification,
+"""Scene probabilities (docs/method.md §5) against open_clip's own zero-shot classification,
 and the bin mixing.
 
 Random weights: these tests check the computation, never what the probabilities mean.

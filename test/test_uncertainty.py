@@ -1,4 +1,4 @@
-"""Per-pixel uncertainty (METHOD.md section 4) and per-call bins, against an independent
+"""Per-pixel uncertainty (docs/method.md §4) and per-call bins, against an independent
 computation from the softmax weights of the authors' re-stated pipeline.
 
 Random weights throughout: these tests check the computation, not accuracy (at the

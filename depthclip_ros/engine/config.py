@@ -34,7 +34,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CLIP_LOGIT_SCALE = 100.0
 BINS_MODES = ('fixed', 'scene_soft', 'scene_hard')
-SCENE_PROMPT_TEMPLATE = 'a photo of a {}.'  # CLIP's zero-shot template (METHOD.md §5)
+SCENE_PROMPT_TEMPLATE = 'a photo of a {}.'  # CLIP's zero-shot template (docs/method.md §5)
 MAX_SCENES = 32  # scene_names (each one text embedding, one bin set)
 
 FEATURE_MODES = ('paper', 'projected')
@@ -107,7 +107,7 @@ class HeadConfig:
     temperature: float = PAPER_TEMPERATURE
     canonical_focal_px: float = NYU_FOCAL_PX
     flip_average: bool = False
-    # Scene-adaptive bins (METHOD.md §5): with bins_mode scene_soft or scene_hard the bins
+    # Scene-adaptive bins (docs/method.md §5): with bins_mode scene_soft or scene_hard the bins
     # of each frame come from scene_bins_m (one set per scene, flattened), mixed or picked
     # by the frame's zero-shot scene probabilities; depth_bins_m is then unused.
     bins_mode: str = 'fixed'

@@ -1,4 +1,4 @@
-"""DepthCLIP: zero-shot metric depth from a frozen CLIP ResNet (METHOD.md).
+"""DepthCLIP: zero-shot metric depth from a frozen CLIP ResNet (docs/method.md).
 
 Imports torch and open_clip, nothing from ROS. Construction is cheap; :meth:`DepthCLIP.load`
 is the one call that reads weights and touches the device. Text features are computed once
@@ -352,11 +352,11 @@ class DepthCLIP:
         """:meth:`predict`, with what else the same pass gives (:class:`Prediction`).
 
         ``uncertainty``: also the per-pixel standard deviation of the metric bin
-        distribution (METHOD.md §4), upsampled like the depth. ``bins_m``: canonical bins
+        distribution (docs/method.md §4), upsampled like the depth. ``bins_m``: canonical bins
         for this call instead of the head's: ``K`` values, or ``(B, K)`` for one set per
         image; each set strictly increasing and > 0. Without ``bins_m`` and with the head's
         ``bins_mode`` not ``fixed``, each image's scene is classified first and its bins
-        mixed (METHOD.md §5; :attr:`Prediction.scene`); the node amortises that over
+        mixed (docs/method.md §5; :attr:`Prediction.scene`); the node amortises that over
         frames by passing the bins itself.
         """
         self._require_loaded()

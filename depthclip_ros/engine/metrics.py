@@ -1,6 +1,6 @@
 """Standard monocular-depth metrics and the NYU Depth v2 evaluation protocol.
 
-numpy only. Definitions (METHOD.md), over valid pixels with prediction ``p`` and ground
+numpy only. Definitions (docs/method.md), over valid pixels with prediction ``p`` and ground
 truth ``g`` in metres: ``delta<t`` is the fraction with ``max(p/g, g/p) < t``;
 ``abs_rel = mean(|p-g|/g)``; ``sq_rel = mean((p-g)^2/g)``; ``rmse = sqrt(mean((p-g)^2))``;
 ``rmse_log = sqrt(mean((ln p - ln g)^2))``; ``log10 = mean(|log10 p - log10 g|)``.

@@ -1,6 +1,6 @@
 """Scene-adaptive bins: which scene is this frame, and which depth bins go with it?
 
-METHOD.md §5, on the CLIP already loaded by the depth engine
+docs/method.md §5, on the CLIP already loaded by the depth engine
 (:class:`~depthclip_ros.engine.depthclip.DepthCLIP`, which imports this module): nothing
 is loaded twice. For scene names
 ``s`` and one template (default ``"a photo of a {}."``)::
@@ -17,7 +17,7 @@ of ``template.format(s)``. Logits and softmax are float32.
 
 :func:`mix_bins` turns the probabilities into bins: ``scene_soft`` is ``sum_s p_s *
 bins_s``, ``scene_hard`` the bins of the most probable scene. Scaling to the camera
-(METHOD.md §2) is the depth engine's business, as for any bins.
+(docs/method.md §2) is the depth engine's business, as for any bins.
 
 With random weights (``pretrained='none'``) every probability is meaningless; callers say
 so.

@@ -1,7 +1,7 @@
 """Language-referred objects: which candidate mask does a sentence describe?
 
 Zero-shot referring image segmentation with CLIP's global-local context features (Yu,
-Seo and Son, CVPR 2023), as stated in ``docs/METHOD.md`` §3, on the CLIP already loaded
+Seo and Son, CVPR 2023), as stated in docs/method.md §3, on the CLIP already loaded
 by the depth engine (:class:`~depthclip_ros.engine.depthclip.DepthCLIP`): nothing is loaded twice.
 
 For a mask ``m`` of an image ``I`` and a referring expression ``T``:

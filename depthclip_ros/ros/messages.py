@@ -1,7 +1,7 @@
 """numpy <-> sensor_msgs, one copy per message, never per point (no rclpy here).
 
 cv_bridge and sensor_msgs_py are the reference semantics but are not installable from
-PyPI; this module does the same conversions with numpy (PLATFORM.md):
+PyPI; this module does the same conversions with numpy (docs/platform.md):
 ``msg.data`` is filled from an ``array.array('B')`` built from the numpy buffer.
 """
 

@@ -1,8 +1,8 @@
 """Every parameter of depth_node, declared once with a description and range, and the
 one set of rules that checks their values (:func:`validate`).
 
-``config/depthclip.yaml`` lists exactly these (a test checks it), and the README's
-"Node" section documents them. The command-line tools take the same values as options and
+``config/depthclip.yaml`` lists exactly these (a test checks it), and docs/node.md
+"Parameters" documents them. The command-line tools take the same values as options and
 check them with the same :func:`validate` (through ``OutputSettings`` and the model
 configs), so a value the node refuses is refused everywhere, with the same reason.
 """

@@ -21,7 +21,7 @@ per-frame mean):
   pixels of all its evaluated frames). It reads the ground truth: an *oracle* scale.
 * ``median_bins``: a constant at the median of the depth bins times the metric scale the
   engine applies to the frame (``mean(fx, fy)`` of the camera at the network input over
-  ``canonical_focal_px``, METHOD.md section 2): what DepthCLIP predicts when its
+  ``canonical_focal_px``, docs/method.md §2): what DepthCLIP predicts when its
   similarities say nothing.
 * ``uniform_random``: per pixel, uniform depth in ``(0, 10]`` m (the paper's random guess;
   drawn as ``10 - U[0, 10)`` so never 0), from ``numpy.random.default_rng(0)`` per dataset,

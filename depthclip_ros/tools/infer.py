@@ -6,7 +6,7 @@ the images as given (all from one camera).
 
 Per image: ``<name>_depth.npy`` (float32 metres), ``<name>_depth.png`` (uint16 mm),
 ``<name>_uncertainty.npy`` (float32 metres: the standard deviation of the bin
-distribution, METHOD.md §4, same size as the depth), ``<name>_preview.png`` (image |
+distribution, docs/method.md §4, same size as the depth), ``<name>_preview.png`` (image |
 depth | uncertainty, each colour map with its own scale in metres), ``<name>.ply`` (the
 coloured cloud with a per-vertex ``uncertainty`` float), and with ``--json``
 ``<name>_summary.json`` (depth range, median uncertainty, the bins used and, with

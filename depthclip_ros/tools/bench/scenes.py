@@ -1,5 +1,5 @@
 """``bench``: what one zero-shot scene classification costs (scene-adaptive bins,
-METHOD.md §5) at the bench image size, per classification and per frame at the node's
+docs/method.md §5) at the bench image size, per classification and per frame at the node's
 default of one classification every ``scene_every_n_frames`` frames."""
 
 from __future__ import annotations

@@ -5,12 +5,12 @@ similarity, softmax, bins, metric scale), upsample (to the output size, and the 
 backproject (organised cloud). Median of ``--repeat`` runs after ``--warmup`` runs. Weights
 do not change the cost, so random weights are used unless ``--pretrained`` says otherwise.
 
-The cost of the depth uncertainty (METHOD.md §4): the frame timed with and without
+The cost of the depth uncertainty (docs/method.md §4): the frame timed with and without
 ``uncertainty=True`` in the same run, interleaved (the order alternating every round),
 medians, with the difference as a share of the frame; the head computes the bin
 distribution's standard deviation (and its median, for diagnostics) on every frame either
 way, so that part is timed on its own. And the cost of one zero-shot scene classification
-(scene-adaptive bins, METHOD.md §5) at the bench image size, per classification and per
+(scene-adaptive bins, docs/method.md §5) at the bench image size, per classification and per
 frame at the node's default of one classification every ``scene_every_n_frames`` frames.
 
 ``--queries N`` adds the object step of the node (built-in proposals, referring with the

@@ -1,4 +1,4 @@
-"""``bench``: what the depth uncertainty costs (METHOD.md §4).
+"""``bench``: what the depth uncertainty costs (docs/method.md §4).
 
 The frame timed with and without ``uncertainty=True`` in the same run, interleaved (the
 order alternating every round), medians, with the difference as a share of the frame; the
@@ -113,7 +113,7 @@ def print_uncertainty(figures: dict, batch: int) -> None:
     """The cost of ``uncertainty=True`` per frame, and as a share of the frame without it."""
     without = figures['without_ms']
     before, after = figures['stages_without'], figures['stages_with']
-    print(f'uncertainty (sigma, METHOD.md §4): the same frames with and without '
+    print(f'uncertainty (sigma, docs/method.md §4): the same frames with and without '
           f'uncertainty=True, interleaved, medians of {figures["rounds"]} rounds:')
     print(f'  frame without {without / batch:.2f} ms, with {figures["with_ms"] / batch:.2f} '
           f'ms; paired difference {figures["paired_ms"] / batch:+.2f} ms/frame '

@@ -3,12 +3,11 @@
 Every frame allocates and frees the same large buffers (the network's activations, tens
 of MB, the depth image and the cloud). With glibc's defaults a process gives much of that
 memory back to the kernel after each frame and takes it again on the next, one page fault
-per 4 kB page: measured in ``depth_node`` on the project's 2 cores, about 17,000 page
-faults and 49 ms of kernel time per 640x480 frame (RN50, 416x544). The worker thread makes
-it worse: a thread other than the main one gets its own glibc arena, whose heaps are
-unmapped as soon as they empty, whatever the trim threshold says. With the settings below
-the same node took about 150 page faults and 13 ms of kernel time per frame
-(``depthclip-ros bench-node`` prints both).
+per 4 kB page (tens of thousands per frame). The worker thread makes it worse: a thread
+other than the main one gets its own glibc arena, whose heaps are unmapped as soon as they
+empty, whatever the trim threshold says. ``depthclip-ros bench-node`` prints the node's
+page faults and kernel time per frame; docs/benchmarks.md has the figures with and
+without these settings.
 
 The settings are glibc's ``mallopt`` knobs (the same as the ``GLIBC_TUNABLES`` variables
 ``glibc.malloc.mmap_threshold``, ``trim_threshold`` and ``arena_max``): allocations up to

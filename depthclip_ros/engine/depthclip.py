@@ -274,7 +274,7 @@ class DepthCLIP:
         x = x.permute(0, 3, 1, 2)  # a channels-last view of the upload
         if tuple(x.shape[-2:]) != size:
             # Resized in NCHW: the same values as on the channels-last view, and faster on
-            # the CPU (480x640 -> 416x544: 4.6 against 7.2 ms, 2 cores).
+            # the CPU (docs/benchmarks.md).
             x = F.interpolate(x.contiguous().float(), size=size, mode='bilinear',
                               align_corners=False, antialias=True)
         else:

@@ -6,14 +6,14 @@ import torch
 
 from depthclip_ros.engine.config import CUDA_GRAPHS_NEED_CUDA, ModelConfig, parse_device
 
-# Channels-last (NHWC) trunk on the CPU in fp32 too: measured on the project's 2 cores
-# (RN50 at 416x544, same run) faster than NCHW; bf16 always runs channels-last. CUDA fp16
-# and fp32 keep the default (NCHW) layout: nothing on a GPU has been measured here.
+# Channels-last (NHWC) trunk on the CPU in fp32 too: faster than NCHW on the project's
+# CPUs (docs/benchmarks.md, "Precision and layout"); bf16 always runs channels-last. CUDA
+# fp16 and fp32 keep the default (NCHW) layout: nothing on a GPU has been measured here.
 CPU_FP32_CHANNELS_LAST = True
-# Frames per trunk call within a batch on the CPU: one. On the project's 2 cores a batch of
-# 4 through one trunk call ran 0.85x the throughput of frame by frame (bench --batch), so
-# infer_frames batches everything but the trunk there; on CUDA the whole batch goes through
-# at once (engine.trunk_batch None). bench --batch sets trunk_batch to compare both.
+# Frames per trunk call within a batch on the CPU: one. On the project's CPUs one trunk
+# call per batch had the lower throughput (docs/benchmarks.md, "Batching several frames"),
+# so infer_frames batches everything but the trunk there; on CUDA the whole batch goes
+# through at once (engine.trunk_batch None). bench --batch sets trunk_batch to compare.
 CPU_TRUNK_BATCH = 1
 
 
@@ -37,7 +37,7 @@ def cpu_bf16_native() -> bool:
     """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX-BF16), as oneDNN (the
     CPU convolution library) reports it; else from /proc/cpuinfo's flags. Native is not
     the same as fast: on a CPU with AVX512-BF16 but no AMX, bf16 may be slower than fp32
-    (measure with ``depthclip-bench``)."""
+    (measure with ``depthclip-ros bench --compare-precision``)."""
     if not torch.backends.mkldnn.is_available():
         return False
     try:

@@ -21,7 +21,7 @@ the metric depth map, with classical graph-based segmentation only:
 
 The choice of method (against colour-only Felzenszwalb, SLIC + region adjacency merging and
 an OpenCV-only marker watershed) was measured on rendered scenes with known objects and on
-the real RGB-D frames of the evaluation data; see the docstring of ``propose``.
+the real RGB-D frames of the evaluation data; docs/benchmarks.md has the comparison.
 
 Image indexing is ``(row, col)`` throughout. Only numpy is imported eagerly; OpenCV,
 scikit-image and SciPy when ``propose`` runs, so importing this module stays cheap.
@@ -40,9 +40,9 @@ MAX_MASKS = 32
 WORK_PIXELS_PER_SECOND = 250_000
 """Working-resolution pixels ``propose`` allows per second of ``time_budget_s``.
 
-Measured on a 2-core x86 machine: the whole of ``propose`` costs 1.4-2.0 microseconds of
-CPU time per working pixel (77k-300k working pixels, 640x480 input). This constant
-assumes 4 microseconds, a 2x margin for slower or busier machines.
+It assumes 4 microseconds of CPU time per working pixel: twice the cost measured on the
+project's machines (docs/benchmarks.md, "Choice of the proposal method"), a margin for
+slower or busier ones.
 """
 
 MIN_WORK_PIXELS = 4096
@@ -61,8 +61,8 @@ tiny image has few pixels per object and no averaging has calmed its noise."""
 
 FELZENSZWALB_SIGMA = 0.3
 """Gaussian pre-smoothing (working pixels). Area downsampling already averages noise;
-more smoothing blurs edges into thin boundary regions (measured: sigma 0.8 loses
-5-10 points of object IoU on the rendered scenes)."""
+more smoothing blurs edges into thin boundary regions (sigma 0.8 in the comparison of
+docs/benchmarks.md)."""
 
 DEPTH_WEIGHT = 2.0
 """Weight of ``log(depth)`` against colours in ``[0, 1]`` in the Felzenszwalb feature:
@@ -316,28 +316,13 @@ def propose(rgb: np.ndarray, depth: np.ndarray | None = None, max_masks: int = M
 
     ``time_budget_s`` bounds the work: the images are processed at a working resolution of
     at most ``time_budget_s * WORK_PIXELS_PER_SECOND`` pixels (``_working_shape``) and the
-    labels are upsampled to ``(H, W)`` with nearest-neighbour. On a 2-core machine the
-    default 0.5 s gives 408x306 working pixels for 640x480 and costs about 0.15-0.25 s of
-    CPU time. Method: Felzenszwalb segmentation of colour (+ log-depth when dense), then
-    cuts along depth discontinuities; see the module docstring.
+    labels are upsampled to ``(H, W)`` with nearest-neighbour (for 640x480 the default
+    0.5 s gives 408x306 working pixels). Method: Felzenszwalb segmentation of colour
+    (+ log-depth when dense), then cuts along depth discontinuities; see the module
+    docstring.
 
-    Why this method: each candidate at the same 125k working pixels, scored on the 21
-    objects of the 5 rendered scenes of ``test/test_proposals.py`` (best IoU per object)
-    and on the 18 real RGB-D frames of the evaluation data (NYU v2, SUN RGB-D, KITTI,
-    RealSense D435): recall of depth edges (>10 % jumps) within 2 px of a proposal
-    boundary on the 14 dense-depth frames, and CPU time per 640x480 frame on 2 cores.
-
-    =========================================  ============  ==========  =======
-    method                                     IoU mean      depth-edge  CPU ms
-                                               (min)         recall@2px  640x480
-    =========================================  ============  ==========  =======
-    Felzenszwalb, colour only                  0.75 (0.29)   0.66        176
-    Felzenszwalb, colour + depth cuts          0.985 (0.96)  0.81        173
-    **this**: colour + log-depth + depth cuts  0.985 (0.96)  0.89        166
-    the same with sigma 0.8 (skimage default)  0.92 (0.72)   0.88        225
-    SLIC 400 + adjacency merge + depth cuts    0.98 (0.80)   0.74        676
-    OpenCV-only marker watershed + depth cuts  0.95 (0.34)   0.80        34
-    =========================================  ============  ==========  =======
+    Why this method: docs/benchmarks.md ("Choice of the proposal method") compares it with
+    the alternatives on rendered scenes and real RGB-D frames.
 
     Raises ``ProposalError`` (a ``ValueError``) for a wrong shape or dtype of ``rgb`` or
     ``depth``, ``max_masks < 1``, a non-positive or non-finite ``time_budget_s``, or

@@ -58,12 +58,12 @@ from typing import TYPE_CHECKING
 
 from depthclip_ros.engine.config import RANDOM_WEIGHTS_BANNER
 from depthclip_ros.objects.queries import DEFAULT_ALPHA, DEFAULT_BETA, MAX_QUERIES, MAX_QUERY_CHARS
+from depthclip_ros.ros.parameters import DEFAULTS
 from depthclip_ros.tools import progress
 from depthclip_ros.tools.common import (
     add_model_arguments,
     configs_from_args,
     load_engine,
-    NODE_DEFAULTS,
     node_range,
     option_problem,
     read_scene_config,
@@ -108,7 +108,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_output_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group('outputs (same meaning as the node parameters)')
-    node = NODE_DEFAULTS  # the node's defaults (OutputSettings checks them)
+    node = DEFAULTS  # the node's defaults (OutputSettings checks them)
     group.add_argument('--output-size', type=int, nargs=2, metavar=('H', 'W'),
                        default=tuple(node['output_size']),
                        help='depth size; 0 0 = the image size (default); at most '
@@ -204,7 +204,7 @@ def scene_every_n_frames(args: argparse.Namespace) -> int:
     node parameters section), else the node's default."""
     if args.scene_every_n_frames is not None:
         return args.scene_every_n_frames
-    default = NODE_DEFAULTS['scene_every_n_frames']
+    default = DEFAULTS['scene_every_n_frames']
     path = getattr(args, 'scene_config', None)
     if path is None:
         return default

@@ -18,6 +18,7 @@ import time
 from depthclip_ros.engine.config import (
     BINS_MODES,
     CANONICAL_FOCAL_RANGE_PX,
+    FEATURE_MODES,
     HeadConfig,
     MAX_BINS,
     MAX_PROMPT_CHARS,
@@ -25,16 +26,19 @@ from depthclip_ros.engine.config import (
     MAX_SENTENCES,
     MEMORY_FORMATS,
     ModelConfig,
-    NYU_FOCAL_PX,
-    PAPER_DEPTH_BINS_M,
-    PAPER_DISTANCE_PROMPTS,
-    PAPER_TEMPERATURE,
     PRECISIONS,
     RANDOM_WEIGHTS_BANNER,
     SCENE_PROMPT_TEMPLATE,
     TEMPERATURE_RANGE,
 )
-from depthclip_ros.ros.parameters import PARAMETERS, validate
+from depthclip_ros.ros.configs import head_from_parameters, model_from_parameters
+from depthclip_ros.ros.parameters import (
+    DEFAULTS,
+    HEAD_PARAMETERS,
+    MODEL_PARAMETERS,
+    PARAMETERS,
+    validate,
+)
 
 # What a tool says while the model loads (torch and open_clip start, the network is built
 # and its prompts encoded): measured 12 s on a quiet 2-core machine, up to a minute there
@@ -58,7 +62,6 @@ def prog_of(args: argparse.Namespace) -> str:
     return f'depthclip-ros {command}' if command else 'depthclip-ros'
 
 
-NODE_DEFAULTS = {param.name: param.default for param in PARAMETERS}
 
 
 def node_range(name: str) -> str:
@@ -70,46 +73,52 @@ def node_range(name: str) -> str:
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group('model (same meaning as the node parameters)')
-    group.add_argument('--model', default='RN50',
-                       help='open_clip ResNet CLIP: RN50 (default), RN101, RN50x4, ...')
-    group.add_argument('--pretrained', default='openai',
+    group.add_argument('--model', default=DEFAULTS['model'],
+                       help=f'open_clip ResNet CLIP: RN50, RN101, RN50x4, ... (default '
+                            f"{DEFAULTS['model']})")
+    group.add_argument('--pretrained', default=DEFAULTS['pretrained'],
                        help='open_clip tag, local weights file (.pt/.bin/.safetensors or '
                             "OpenAI's TorchScript RN50.pt), or 'none' for random weights")
-    group.add_argument('--device', default='auto',
+    group.add_argument('--device', default=DEFAULTS['device'],
                        help='auto | cpu | cuda | cuda:N; a CUDA device that is not there is '
                             'refused (exit status 2)')
-    group.add_argument('--precision', default='auto', choices=PRECISIONS,
+    group.add_argument('--precision', default=DEFAULTS['precision'], choices=PRECISIONS,
                        help='auto (fp16 on CUDA, fp32 on the CPU), fp16 (CUDA), bf16 (CUDA, '
                             'or a CPU with native bf16) or fp32')
-    group.add_argument('--memory-format', default='auto', choices=MEMORY_FORMATS,
+    group.add_argument('--memory-format', default=DEFAULTS['memory_format'],
+                       choices=MEMORY_FORMATS,
                        help="the image trunk's layout: auto (channels-last on the CPU and "
                             'in bf16, NCHW for fp16/fp32 on CUDA), channels_last or '
                             'contiguous')
     group.add_argument('--cuda-graphs', action='store_true',
                        help='CUDA only, experimental: replay the image trunk as a captured '
                             'CUDA graph per batch size (refused on the CPU)')
-    group.add_argument('--feature-mode', default='paper', choices=('paper', 'projected'))
+    group.add_argument('--feature-mode', default=DEFAULTS['feature_mode'],
+                       choices=FEATURE_MODES)
     group.add_argument('--input-size', type=int, nargs=2, metavar=('H', 'W'),
-                       default=(416, 544),
-                       help='network input size, multiples of 32, at least 32 (default 416 '
-                            '544)')
+                       default=tuple(DEFAULTS['input_size']),
+                       help='network input size, multiples of 32, at least 32 (default '
+                            f"{' '.join(map(str, DEFAULTS['input_size']))})")
     group.add_argument('--flip-average', action='store_true',
                        help='average with the horizontally flipped prediction')
-    group.add_argument('--canonical-focal-px', type=float, default=NYU_FOCAL_PX,
+    group.add_argument('--canonical-focal-px', type=float,
+                       default=DEFAULTS['canonical_focal_px'],
                        help=f'focal the bins are calibrated for, '
                             f'{CANONICAL_FOCAL_RANGE_PX[0]:g}..{CANONICAL_FOCAL_RANGE_PX[1]:g} '
-                            f'(default {NYU_FOCAL_PX})')
-    group.add_argument('--depth-bins-m', type=float, nargs='+', default=PAPER_DEPTH_BINS_M,
+                            f"(default {DEFAULTS['canonical_focal_px']})")
+    group.add_argument('--depth-bins-m', type=float, nargs='+',
+                       default=tuple(DEFAULTS['depth_bins_m']),
                        help='canonical bin depths (m), one per distance prompt, > 0 and '
                             'strictly increasing')
-    group.add_argument('--distance-prompts', nargs='+', default=PAPER_DISTANCE_PROMPTS,
+    group.add_argument('--distance-prompts', nargs='+',
+                       default=tuple(DEFAULTS['distance_prompts']),
                        help=f'distance words, one per bin: 2 to {MAX_BINS} of them; each '
                             f'sentence they make (at most {MAX_SENTENCES} in all) at most '
                             f"{MAX_PROMPT_CHARS} characters and within CLIP's 77-token "
                             f'context')
-    group.add_argument('--temperature', type=float, default=PAPER_TEMPERATURE,
+    group.add_argument('--temperature', type=float, default=DEFAULTS['temperature'],
                        help=f'softmax temperature over the bins, {TEMPERATURE_RANGE[0]:g}..'
-                            f'{TEMPERATURE_RANGE[1]:g} (default {PAPER_TEMPERATURE:g})')
+                            f"{TEMPERATURE_RANGE[1]:g} (default {DEFAULTS['temperature']:g})")
     scenes = parser.add_argument_group('scene-adaptive bins (same meaning as the node '
                                        'parameters bins_mode, scene_*)')
     scenes.add_argument('--bins-mode', choices=BINS_MODES,
@@ -130,17 +139,16 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def configs_from_args(args: argparse.Namespace) -> tuple[ModelConfig, HeadConfig]:
-    model = ModelConfig(model=args.model, pretrained=args.pretrained, device=args.device,
-                        precision=args.precision, feature_mode=args.feature_mode,
-                        input_size=tuple(args.input_size),
-                        cuda_graphs=getattr(args, 'cuda_graphs', False),
-                        memory_format=getattr(args, 'memory_format', 'auto'))
-    head = HeadConfig(distance_prompts=tuple(args.distance_prompts),
-                      depth_bins_m=tuple(args.depth_bins_m), temperature=args.temperature,
-                      canonical_focal_px=args.canonical_focal_px,
-                      flip_average=args.flip_average, **scene_settings(args))
+    """The engine's configurations from the options: the node's parameter table and its one
+    mapping (:mod:`depthclip_ros.ros.configs`), options named as the parameters; a
+    parameter a tool has no option for (or an option not given, None) keeps the table's
+    default; the scene options come from :func:`scene_settings`."""
+    names = (*MODEL_PARAMETERS, *HEAD_PARAMETERS)
+    values = {name: getattr(args, name) for name in names
+              if getattr(args, name, None) is not None}
+    model = model_from_parameters(values)
+    head = head_from_parameters({**values, **scene_settings(args)})
     return model, head
-
 
 SCENE_OPTIONS = ('bins_mode', 'scene_names', 'scene_bins_m', 'scene_prompt_template')
 

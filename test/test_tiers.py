@@ -36,8 +36,9 @@ def test_marks_follow_the_table():
         ['ros', 'smoke']
     assert tier_marks('test_soak.py', 'test_anything') == ['ros', 'slow']
     assert tier_marks('test_geometry.py', 'test_anything') == ['unit']
-    slow_unit = next(iter(TIERS['test_allocator.py'][1]))
-    assert tier_marks('test_allocator.py', slow_unit) == ['slow']  # unit means fast
+    assert 'test_bins_scale_linearly' in TIERS['test_model.py'][1]
+    assert tier_marks('test_model.py', 'test_bins_scale_linearly') == ['slow']  # unit: fast
+    assert tier_marks('test_model.py', 'test_invalid_model_config_is_rejected') == ['unit']
     assert tier_marks('test_not_in_the_table.py', 'test_x') == ['slow']
 
 

@@ -36,8 +36,9 @@ def test_marks_follow_the_table():
         ['ros', 'smoke']
     assert tier_marks('test_soak.py', 'test_anything') == ['ros', 'slow']
     assert tier_marks('test_geometry.py', 'test_anything') == ['unit']
-    assert 'test_bins_scale_linearly' in TIERS['test_model.py'][1]
-    assert tier_marks('test_model.py', 'test_bins_scale_linearly') == ['slow']  # unit: fast
+    assert 'test_paper_mode_equals_the_authors_computation' in TIERS['test_model.py'][1]
+    assert tier_marks('test_model.py', 'test_paper_mode_equals_the_authors_computation') == \
+        ['slow']  # unit means fast
     assert tier_marks('test_model.py', 'test_invalid_model_config_is_rejected') == ['unit']
     assert tier_marks('test_not_in_the_table.py', 'test_x') == ['slow']
 

@@ -12,13 +12,16 @@ process, fast), ``ros`` (rclpy over DDS in this process, or node processes), ``s
 ~5 s alone); ``smoke`` marks the few tests ``colcon test`` runs in CI (.ci/run). Quick tier:
 ``./scripts/test.sh -m "not slow"``; fast and ROS-free: ``-m unit``.
 
-Memory: engines are large (a random RN50 holds ~0.7 GB) and nodes, harnesses and engines
-built in a test often sit in reference cycles that Python's collector reaches only now and
-then. After a test that left the process noticeably larger, and after each test module, the
-cycles are collected and glibc hands the freed memory back, so that the run holds what the
-live tests need, not everything every earlier test built (see :func:`release_memory`).
+Memory (the whole run's peak was ~10 GB): a random RN50 holds ~0.45 GB, and nodes, harnesses
+and engines built in a test often sit in reference cycles that Python's collector reaches
+only now and then. After a test that left the process noticeably larger, and after each
+test module, the cycles are collected and glibc hands the freed memory back
+(:func:`release_memory`), so that the run holds what the live tests need, not everything
+every earlier test built. ``engine``, ``small_engine`` and the nodes of 'ros' files share
+one random model per configuration (:func:`random_models_shared`).
 """
 
+from contextlib import contextmanager
 import ctypes
 import gc
 import os
@@ -54,32 +57,46 @@ REPO = Path(__file__).resolve().parents[1]
 # test file is missing here or a name here is no longer a test.
 TIERS = {
     'test_allocator.py': ('unit', set()),
-    'test_bag.py': ('unit', set()),
-    'test_bag_objects.py': ('unit', set()),
-    'test_bag_safety.py': ('unit', set()),
-    'test_bag_uncertainty.py': ('unit', set()),
-    'test_batching.py': ('unit', set()),
+    'test_bag.py': ('unit', {'test_interrupting_leaves_a_readable_bag_with_whole_frames'}),
+    'test_bag_objects.py': ('unit', {'test_object_topics_carry_the_frames_stamps'}),
+    'test_bag_safety.py': ('unit', {  # bag tool processes
+        'test_a_full_disk_keeps_the_earlier_output_and_a_recoverable_partial',
+        'test_a_write_error_mid_run_leaves_the_old_output_and_a_partial',
+        'test_sigkill_leaves_the_input_intact_and_a_recoverable_partial'}),
+    'test_bag_uncertainty.py': ('unit', {
+        'test_the_command_writes_the_uncertainty_and_classifies_every_n_frames'}),
+    'test_batching.py': ('unit', {'test_a_batch_of_mixed_frames_equals_each_frame_alone'}),
     'test_bench_cameras.py': ('ros', {'test_two_cameras_answered_table_and_json'}),
     'test_bench_node.py': ('ros', True),
-    'test_bench_speed.py': ('unit', {'test_compare_precision_reads_dataset_folders'}),
+    'test_bench_speed.py': ('unit', {
+        'test_batch_compares_one_by_one_with_one_batched_call',
+        'test_compare_precision_reads_dataset_folders',
+        'test_compare_precision_reports_fp16_and_fp32_against_itself_is_zero'}),
     'test_camera_models.py': ('unit', set()),
     'test_conventions.py': ('ros', set()),
-    'test_evaluate_baselines.py': ('unit', set()),
+    'test_evaluate_baselines.py': ('unit', {'test_evaluate_nyu_baselines_on_real_frames'}),
     'test_fuzz.py': ('unit', set()),
     'test_geometry.py': ('unit', set()),
-    'test_install.py': ('unit', set()),
+    'test_install.py': ('unit', {'test_the_plain_python_tools_run_without_any_ros_package'}),
     'test_launch.py': ('ros', set()),
     'test_layers.py': ('unit', set()),
     'test_lifecycle.py': ('ros', set()),
-    'test_locate.py': ('unit', set()),
+    'test_locate.py': ('unit', {  # real frames, RN50 at full size
+        'test_builtin_proposals',
+        'test_label_png_node_protocol_and_noun_phrases',
+        'test_max_masks_keeps_the_largest_labels'}),
     'test_messages.py': ('unit', set()),
     'test_metrics.py': ('unit', set()),
-    'test_model.py': ('unit', {'test_paper_mode_equals_the_authors_computation'}),
+    'test_model.py': ('unit', {  # RN50 at its full input size
+        'test_flip_average_is_the_mean_of_both_predictions',
+        'test_metric_scale_is_exact_for_nyu_and_doubles_with_focal',
+        'test_paper_mode_equals_the_authors_computation'}),
     'test_node.py': ('ros', set()),
     'test_node_cameras.py': ('ros', set()),
-    'test_node_hardening.py': ('ros', {  # node processes
+    'test_node_hardening.py': ('ros', {  # node processes, 60 hypothesis examples
         'test_a_signal_while_starting_exits_zero_quickly_without_traceback',
-        'test_a_signal_while_the_worker_encodes_prompts_does_not_wait_for_it'}),
+        'test_a_signal_while_the_worker_encodes_prompts_does_not_wait_for_it',
+        'test_every_accepted_value_is_usable'}),
     'test_node_objects.py': ('ros', set()),
     'test_node_process.py': ('ros', True),
     'test_node_uncertainty.py': ('ros', set()),
@@ -89,39 +106,50 @@ TIERS = {
     'test_phrases.py': ('unit', set()),
     'test_pipeline.py': ('unit', set()),
     'test_proposals.py': ('unit', set()),
-    'test_referring.py': ('unit', {'test_text_features_are_remembered_by_the_engine'}),
+    'test_referring.py': ('unit', {
+        'test_node_protocol_reuses_the_depth_pass_with_a_resized_positional_embedding',
+        'test_paper_protocol_scores_equal_the_restatement',
+        'test_text_features_are_remembered_by_the_engine'}),
     'test_ros_domain.py': ('ros', set()),
-    'test_scene_bins.py': ('unit', {'test_the_engine_alone_classifies_each_images_scene',
-                                    'test_the_scene_is_classified_every_n_frames'}),
-    'test_scenes.py': ('unit', {'test_text_encoder_runs_once_per_names_and_template',
-                                'test_the_comparison_notices_wrong_preprocessing'}),
+    'test_scene_bins.py': ('unit', {
+        'test_the_engine_alone_classifies_each_images_scene',
+        'test_the_scene_is_classified_every_n_frames'}),
+    'test_scenes.py': ('unit', {  # RN50 at full size against open_clip
+        'test_another_template_is_open_clips_too',
+        'test_probabilities_are_open_clips_zero_shot',
+        'test_runs_without_autograd_and_accepts_views',
+        'test_text_encoder_runs_once_per_names_and_template',
+        'test_the_comparison_notices_wrong_preprocessing',
+        'test_the_frame_matters'}),
     'test_soak.py': ('ros', True),
     'test_speed_paths.py': ('unit', {
         'test_bf16_depth_on_a_real_frame_at_the_default_size',
+        'test_channels_last_fp32_equals_nchw_fp32',
         'test_referring_and_scenes_run_on_the_bf16_engine'}),
     'test_tiers.py': ('unit', set()),
     'test_tools.py': ('unit', {  # whole tools on real data or RN50 at full size
-        'test_evaluate_runs_the_nyu_protocol_on_real_frames',
-        'test_bench_prints_every_stage_and_the_device',
-        'test_bench_times_the_object_step_per_query', 'test_demo_on_the_generated_scene',
         'test_bench_bag_prints_both_timings_and_the_overhead',
+        'test_bench_prints_every_stage_and_the_device',
+        'test_bench_times_the_object_step_per_query',
         'test_demo_falls_back_to_labelled_random_weights',
-        'test_uncached_weights_without_network_fail_in_seconds_saying_so_once',
-        'test_random_weights_are_announced_once_at_load'}),
+        'test_demo_on_the_generated_scene',
+        'test_evaluate_runs_the_nyu_protocol_on_real_frames',
+        'test_infer_takes_a_video_frame_by_frame',
+        'test_random_weights_are_announced_once_at_load',
+        'test_uncached_weights_without_network_fail_in_seconds_saying_so_once'}),
     'test_tools_robustness.py': ('unit', {
-        'test_unreadable_files_in_a_real_run',
-        'test_refusals_as_a_process_end_in_one_line_and_status_2'}),
-    'test_tools_uncertainty.py': ('unit', {
-        'test_infer_classifies_every_image_and_uses_its_bins'}),
+        'test_refusals_as_a_process_end_in_one_line_and_status_2',
+        'test_unreadable_files_in_a_real_run'}),
+    'test_tools_uncertainty.py': ('unit', {'test_infer_classifies_every_image_and_uses_its_bins'}),
     'test_torch_threads.py': ('unit', set()),
     'test_uncertainty.py': ('unit', {
-        'test_with_flip_averaging_sigma_is_that_of_the_mixed_distributions',
-        'test_sigma_is_the_standard_deviation_of_the_metric_bin_distribution',
         'test_one_bin_set_per_image_of_a_batch',
-        'test_per_call_bins_equal_a_head_with_those_bins'}),
+        'test_per_call_bins_equal_a_head_with_those_bins',
+        'test_sigma_is_the_standard_deviation_of_the_metric_bin_distribution',
+        'test_with_flip_averaging_sigma_is_that_of_the_mixed_distributions'}),
     'test_weights.py': ('unit', {
-        'test_every_format_loads_the_same_weights',
-        'test_a_cached_tag_is_read_from_the_cache_without_the_network'}),
+        'test_a_cached_tag_is_read_from_the_cache_without_the_network',
+        'test_every_format_loads_the_same_weights'}),
 }
 # What `colcon test` runs in CI (.ci/run, -m smoke): the package as installed, one node over
 # DDS, the launch file's arguments given to a real node.
@@ -246,6 +274,36 @@ def shared_data(*parts: str) -> Path:
 
 
 # ------------------------------------------------------------------------- fixtures
+_RANDOM_MODELS = {}  # model configuration but its input size -> loaded random-weights model
+
+
+@contextmanager
+def random_models_shared():
+    """Within this, every engine of random weights built in this process gets the loaded
+    model kept for its configuration (built the first time) instead of building and
+    initialising a ~0.45 GB RN50 of its own (3 to 8 s). Random weights come from one seed,
+    so the model is the very one it would have built; each engine still loads it its own
+    way (device, precision, layout, prompts). The input size changes no weight. Weights
+    loading itself is tested without this (test_weights.py, test_model.py)."""
+    from dataclasses import fields
+
+    from depthclip_ros.engine import depthclip
+    real = depthclip.build_clip
+
+    def build(config):
+        if not config.random_weights:
+            return real(config)
+        key = repr([(f.name, getattr(config, f.name)) for f in fields(config)
+                    if f.name != 'input_size'])
+        if key not in _RANDOM_MODELS:
+            _RANDOM_MODELS[key] = real(config)
+        return _RANDOM_MODELS[key]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(depthclip, 'build_clip', build)
+        yield
+
+
 @pytest.fixture(scope='session')
 def engine():
     """One random-weights RN50 on the CPU for the whole run (random weights: tests
@@ -256,63 +314,33 @@ def engine():
     from depthclip_ros.engine.depthclip import DepthCLIP
 
     torch.manual_seed(0)
-    return DepthCLIP(ModelConfig(pretrained='none', device='cpu')).load()
+    with random_models_shared():
+        return DepthCLIP(ModelConfig(pretrained='none', device='cpu')).load()
 
 
 @pytest.fixture(scope='session')
-def small_engine(engine):
-    """Random weights and a small network input: for pipeline and bag mechanics.
-
-    The same random RN50 as ``engine`` (random weights are built from one seed, so a model
-    of its own would hold equal weights): it shares ``engine``'s loaded model instead of
-    holding a second copy (~0.45 GB) for the whole run."""
-    from depthclip_ros.engine import depthclip
+def small_engine():
+    """Random weights and a small network input: for pipeline and bag mechanics. Its
+    model is ``engine``'s (the same seeded random weights; :func:`random_models_shared`),
+    not a second copy held for the whole run."""
     from depthclip_ros.engine.config import ModelConfig
+    from depthclip_ros.engine.depthclip import DepthCLIP
 
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(depthclip, 'build_clip', lambda config: engine.clip)
-        small = depthclip.DepthCLIP(ModelConfig(pretrained='none', device='cpu',
-                                                input_size=(64, 96))).load()
-    assert small.clip is engine.clip
-    return small
+    with random_models_shared():
+        return DepthCLIP(ModelConfig(pretrained='none', device='cpu',
+                                     input_size=(64, 96))).load()
 
 
 @pytest.fixture(autouse=True)
-def one_random_model_for_in_process_nodes(request):
-    """In 'ros' test files, every engine of random weights (a node's own, built from its
-    parameters) gets the loaded model of ``engine`` (or one kept per configuration) instead
-    of building and initialising a ~0.45 GB RN50 of its own, 3 to 8 s per node. Random
-    weights come from one seed, so the model is the very one the node would have built;
-    the node still loads it its own way (device, precision, layout, prompts). Weights
-    loading itself is tested in the unit files, where this does not apply."""
+def nodes_share_the_random_model(request):
+    """In 'ros' test files the nodes built in this process (each builds an engine from
+    its parameters) share the random model of their configuration
+    (:func:`random_models_shared`)."""
     if TIERS.get(request.path.name, ('', ()))[0] != 'ros':
         yield
         return
-    from dataclasses import fields
-
-    from depthclip_ros.engine import depthclip
-    shared = request.getfixturevalue('engine')
-    real = depthclip.build_clip
-
-    def key(config):
-        return repr([(f.name, getattr(config, f.name)) for f in fields(config)
-                     if f.name != 'input_size'])  # the input size changes no weight
-
-    _RANDOM_MODELS.setdefault(key(shared.config), shared.clip)
-
-    def build(config):
-        if not config.random_weights:
-            return real(config)
-        if key(config) not in _RANDOM_MODELS:
-            _RANDOM_MODELS[key(config)] = real(config)
-        return _RANDOM_MODELS[key(config)]
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(depthclip, 'build_clip', build)
+    with random_models_shared():
         yield
-
-
-_RANDOM_MODELS = {}  # configuration without input size -> loaded random-weights model
 
 
 @pytest.fixture

@@ -12,7 +12,9 @@ bash scripts/setup.sh
 export HF_HUB_OFFLINE=1  # tests never download weights
 ruff check .
 if [ $# -eq 0 ]; then
-  echo 'test: the whole suite (about 850 tests); for the quick tier: ./scripts/test.sh -m "not slow"'
+  echo 'test: the whole suite, about 870 tests: 10 to 15 minutes on 2 free cores (longer on a'
+  echo '  busy machine), under 4 GB of memory. Quick tier, about 5 minutes:'
+  echo '  ./scripts/test.sh -m "not slow"'
 fi
 status=0
 python -m pytest -q "$@" || status=$?

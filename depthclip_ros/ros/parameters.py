@@ -136,8 +136,9 @@ PARAMETERS: tuple[Param, ...] = (
           "the frame's label image after its depth is published", float_range=(0.0, 2.0)),
     Param('cameras', [], 'camera namespaces served by this node, one batched forward for '
           'all (e.g. [front, left]): topics <camera>/image, <camera>/camera_info, outputs '
-          'under <camera>/; empty = one camera on the relative topics (read-only: fixed at '
-          'start)', read_only=True, items=str),
+          "under <camera>/; relative ROS namespaces, none inside another camera's topics; "
+          'empty = one camera on the relative topics (read-only: fixed at start)',
+          read_only=True, items=str),
     Param('subscriber_qos', 'sensor_data', 'sensor_data (best effort) or reliable',
           read_only=True, choices=('sensor_data', 'reliable')),
     Param('publisher_qos', 'reliable', 'reliable or best_effort', read_only=True,

@@ -1,9 +1,10 @@
 """One depth_node, three cameras, one model, over real rclpy / Fast DDS (CPU, random
 weights, small input): each camera's outputs equal the single-camera result for the same
 frame, frames of several cameras share one forward, a bad camera leaves the others alone,
-a fast camera cannot starve a slow one, and camera names follow ROS's rules without
-overlapping."""
+a fast camera cannot starve a slow one, no camera waits on another's optional step, and
+camera names follow ROS's rules without overlapping."""
 
+import copy
 import re
 import threading
 
@@ -14,10 +15,14 @@ import pytest
 import rclpy
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from std_msgs.msg import Header
+from visualization_msgs.msg import MarkerArray
 
 from depthclip_ros.geometry import Intrinsics
+from depthclip_ros.ros.diagnostics import objects_status
 from depthclip_ros.ros.messages import cloud_array, depth_from_image
 from depthclip_ros.ros.node import DepthNode
+from depthclip_ros.ros.object_messages import labels_image
 from depthclip_ros.ros.parameters import validate
 from depthclip_ros.ros.streams import CAMERA_TOPICS, check_camera_names
 from depthclip_ros.tools import node_process
@@ -422,3 +427,158 @@ def test_no_cameras_is_the_single_camera_node(ros):
     finally:
         node.destroy_node()
 
+
+# ---------------------------------------------------------------- no camera waits on another
+# One node, two cameras, the object step on: a camera whose label images never come keeps
+# only its own frame waiting; an object step in progress on one camera never holds back the
+# depth of another camera's frame from the same batch. Deterministic by construction: what
+# would block is made to block for longer than the test (a wait of an hour, a gate the test
+# opens), so the old behaviour shows as the other camera getting nothing, never as a slower
+# time; no assertion on wall-clock time.
+TWO = {name: CAMERAS[name] for name in ('front', 'left')}
+
+
+def object_rig(ros, proposals):
+    """Two cameras with a query, each with a subscriber of its markers (so the object
+    step runs) and a publisher of its label images."""
+    rig = Cameras(ros, cameras=TWO, overrides=[
+        Parameter('object_queries', value=['the box']),
+        Parameter('object_proposals', value=proposals),
+        Parameter('object_max_masks', value=2)])
+    rig.markers = {name: [] for name in TWO}
+    rig.masks_pubs = {}
+    for name in TWO:
+        rig.peer.create_subscription(MarkerArray, f'{name}/objects/markers',
+                                     rig.markers[name].append, RELIABLE)
+        rig.masks_pubs[name] = rig.peer.create_publisher(Image, f'{name}/objects/masks',
+                                                         RELIABLE)
+    rig.streams = dict(zip(TWO, rig.node.streams))
+    return rig
+
+
+def connected(rig):
+    return rig.connected() and wait_for(lambda: all(
+        s.pub_markers.get_subscription_count() > 0 for s in rig.node.streams) and all(
+        p.get_subscription_count() > 0 for p in rig.masks_pubs.values()), 30)
+
+
+def markers_of(rig, name, sec):
+    return [m for m in rig.markers[name]
+            if m.markers and m.markers[-1].header.stamp.sec == sec]
+
+
+def send_masks(rig, name, sec):
+    camera = TWO[name]
+    labels = np.zeros((camera.height, camera.width), np.uint16)
+    labels[: camera.height // 2] = 1
+    labels[camera.height // 2:, : camera.width // 2] = 2
+    header = Header(frame_id=name.replace('/', '_'))
+    header.stamp.sec = sec
+    rig.masks_pubs[name].publish(labels_image(labels, header))
+
+
+def depth_out(rig, name, sec):
+    return bool(rig.outputs(name, sec)['depth/image'])
+
+
+def test_a_camera_whose_label_images_never_come_delays_no_camera(ros):
+    """front's label images never come and its wait outlasts the test; left's frames, with
+    their label images, get depth and objects meanwhile, and so do front's later frames
+    (depth): only front's own object step waits. A label image arriving completes the
+    frame waiting for it."""
+    rig = object_rig(ros, 'topic')
+    spinner = Spinner(ros, rig.node, rig.peer)
+    front, left = rig.streams['front'], rig.streams['left']
+    try:
+        assert connected(rig)
+        # front's wait for its label images: an hour (the parameter allows at most 2 s;
+        # set past its range here so that any wait of the worker on it would outlast the
+        # test instead of making it slower)
+        slow = copy.copy(front.pipeline.objects)
+        object.__setattr__(slow, 'masks_wait_s', 3600.0)
+        front.pipeline.objects = slow
+        assert repeat_until(lambda: rig.send('front', 1),
+                            lambda: depth_out(rig, 'front', 1), OUTPUT_S)
+        for sec in (2, 3, 4):  # the other camera: depth and objects, frame after frame
+            assert repeat_until(lambda s=sec: (send_masks(rig, 'left', s),
+                                               rig.send('left', s)),
+                                lambda s=sec: depth_out(rig, 'left', s)
+                                and markers_of(rig, 'left', s), OUTPUT_S), \
+                (left.counts, left.last_problem)
+            assert front.counts['objects_skipped'] == 0 and not markers_of(rig, 'front', 1)
+        # front's own depth goes on too, while its first frame still waits
+        assert repeat_until(lambda: rig.send('front', 5),
+                            lambda: depth_out(rig, 'front', 5), OUTPUT_S)
+        assert front.counts['processed'] >= 2 and not markers_of(rig, 'front', 1)
+        waiting = {kv.key: kv.value for kv in objects_status(rig.node, front).values}
+        assert waiting['frames waiting for their label image'] == '2'  # frames 1 and 5
+        # the label image of the first frame arrives: that frame's objects come out
+        assert repeat_until(lambda: send_masks(rig, 'front', 1),
+                            lambda: markers_of(rig, 'front', 1), OUTPUT_S)
+        assert front.counts['objects_found'] == 1
+        assert left.counts['objects_found'] >= 3 and left.counts['objects_skipped'] == 0
+        assert left.counts['failed'] == front.counts['failed'] == 0
+    finally:
+        spinner.stop()
+        rig.close()
+
+
+def test_a_frame_past_its_own_deadline_is_skipped_and_said_so(ros):
+    """With the parameter's own wait: front's frame without a label image is skipped and
+    warned once its deadline passes, left's objects keep coming."""
+    rig = object_rig(ros, 'topic')
+    rig.node.set_parameters([Parameter('object_masks_wait_s', value=0.3)])
+    spinner = Spinner(ros, rig.node, rig.peer)
+    front, left = rig.streams['front'], rig.streams['left']
+    try:
+        assert connected(rig)
+        assert repeat_until(lambda: rig.send('front', 1),
+                            lambda: front.counts['objects_skipped'] >= 1, OUTPUT_S)
+        assert 'front/objects/masks' in front.last_problem
+        assert wait_for(lambda: not front.objects_waiting, 10)
+        assert repeat_until(lambda: (send_masks(rig, 'left', 2), rig.send('left', 2)),
+                            lambda: markers_of(rig, 'left', 2), OUTPUT_S)
+        assert left.counts['objects_skipped'] == 0 and left.last_problem is None
+    finally:
+        spinner.stop()
+        rig.close()
+
+
+def test_an_object_step_never_holds_back_another_cameras_depth(ros, monkeypatch):
+    """Both cameras' frames in one batch, front's object step (built-in proposals) held
+    at a gate: left's depth of that batch is out while front's object step still runs."""
+    rig = object_rig(ros, 'builtin')
+    front = rig.streams['front']
+    gate, entered = threading.Event(), threading.Event()
+    real_find = front.pipeline.find
+
+    def gated_find(frame, *args, **kwargs):
+        if frame.header.stamp.sec == 2:
+            entered.set()
+            assert gate.wait(60), 'the test never opened the gate'
+        return real_find(frame, *args, **kwargs)
+
+    monkeypatch.setattr(front.pipeline, 'find', gated_find)
+    release, sizes = hold_inference(monkeypatch, rig.node.engine)
+    spinner = Spinner(ros, rig.node, rig.peer)
+    try:
+        assert connected(rig)
+        # the worker holds front's first frame...
+        assert repeat_until(lambda: rig.send('front', 1), lambda: sizes, 30)
+        # ...while both cameras' next frames wait: one batch, front first
+        assert repeat_until(lambda: [rig.send(name, 2) for name in TWO],
+                            lambda: all(s.slot is not None for s in rig.node.streams), 30)
+        release.set()
+        assert wait_for(entered.is_set, OUTPUT_S)  # front's object step of frame 2 runs
+        assert wait_for(lambda: depth_out(rig, 'left', 2), 30), \
+            "left's depth waited for front's object step"
+        assert not markers_of(rig, 'front', 2)
+        assert 2 in sizes, sizes  # the two frames were one batch
+        gate.set()
+        assert wait_for(lambda: markers_of(rig, 'front', 2) and markers_of(rig, 'left', 2),
+                        OUTPUT_S)
+    finally:
+        gate.set()
+        release.set()
+        spinner.stop()
+        rig.close()

@@ -17,7 +17,9 @@ Topics (relative, remappable):
   copy of ``depth/camera_info``) and, where vision_msgs is installed,
   ``objects/detections`` (Detection3DArray); candidates from the built-in proposals or
   from label images on ``objects/masks`` (matched by stamp). The object step runs after
-  the frame's depth is published, so it never delays depth.
+  the depth of every camera's frame is published, and a frame waiting for its label image
+  waits on its own (:mod:`depthclip_ros.ros.worker`): it never delays depth, its own
+  camera's or another's.
 
 With ``cameras`` (e.g. ``[front, left]``) one node serves several cameras: camera ``c``'s
 topics are the above under ``c/``, and the waiting frames of all cameras run as one batched

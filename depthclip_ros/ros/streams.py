@@ -130,6 +130,9 @@ class CameraStream:
         self.subscriptions: list = []
         self.slot = None  # (message, receive time) of the newest waiting frame
         self.masks: OrderedDict[int, object] = OrderedDict()  # stamp (ns) -> label image
+        # stamp (ns) -> (Frame, deadline): frames whose depth is out, waiting for their
+        # object step (a label image on objects/masks), oldest first
+        self.objects_waiting: OrderedDict[int, tuple] = OrderedDict()
         self.objects_found: list = []  # the latest frame's ObjectResults
         self.counts = dict.fromkeys(COUNTS, 0)
         self.latency_ms: deque = deque(maxlen=STATS_WINDOW)

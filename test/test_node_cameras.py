@@ -1,20 +1,31 @@
 """One depth_node, three cameras, one model, over real rclpy / Fast DDS (CPU, random
 weights, small input): each camera's outputs equal the single-camera result for the same
 frame, frames of several cameras share one forward, a bad camera leaves the others alone,
-and a fast camera cannot starve a slow one."""
+a fast camera cannot starve a slow one, no camera waits on another's optional step, and
+camera names follow ROS's rules without overlapping."""
 
+import copy
+import re
 import threading
 
+from hypothesis import given, HealthCheck, settings
+from hypothesis import strategies as st
 import numpy as np
 import pytest
 import rclpy
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from std_msgs.msg import Header
+from visualization_msgs.msg import MarkerArray
 
 from depthclip_ros.geometry import Intrinsics
+from depthclip_ros.ros.diagnostics import objects_status
 from depthclip_ros.ros.messages import cloud_array, depth_from_image
 from depthclip_ros.ros.node import DepthNode
-from depthclip_ros.ros.streams import check_camera_names
+from depthclip_ros.ros.object_messages import labels_image
+from depthclip_ros.ros.parameters import validate
+from depthclip_ros.ros.streams import CAMERA_TOPICS, check_camera_names
+from depthclip_ros.tools import node_process
 
 from rosutil import camera_info, repeat_until, rgb8_image, Spinner, unique_namespace, wait_for
 from test_node import RELIABLE, SMALL
@@ -252,13 +263,155 @@ def test_topics_are_under_each_camera(rig):
     assert not any(n == f'{rig.namespace}/points' for n in names)
 
 
+@pytest.mark.parametrize('transport', ['raw', 'compressed'])
+def test_every_camera_topic_is_one_the_names_are_checked_against(ros, transport):
+    """The overlap rule knows every topic the node has under a camera
+    (``streams.CAMERA_TOPICS``): the node has no other, and has those it should."""
+    namespace = unique_namespace('topics')
+    node = DepthNode(context=ros, namespace=namespace, parameter_overrides=[
+        *SMALL, Parameter('cameras', value=['front', 'arm/wrist']),
+        Parameter('image_transport', value=transport),
+        Parameter('publish_colormap', value=True)])
+    try:
+        def under_cameras():
+            found = set()
+            for names in (node.get_publisher_names_and_types_by_node,
+                          node.get_subscriber_names_and_types_by_node):
+                for topic, _ in names('depth_node', namespace):
+                    for camera in ('front', 'arm/wrist'):
+                        if topic.startswith(f'{namespace}/{camera}/'):
+                            found.add((camera, topic[len(f'{namespace}/{camera}/'):]))
+            return found
+        expected = {'depth/image', 'depth/colormap', 'points', 'camera_info', 'objects/masks',
+                    'image' if transport == 'raw' else 'image/compressed'}
+        assert wait_for(lambda: {(c, t) for c in ('front', 'arm/wrist') for t in expected}
+                        <= under_cameras(), 10), under_cameras()
+        assert {topic for _, topic in under_cameras()} <= set(CAMERA_TOPICS)
+    finally:
+        node.destroy_node()
+
+
 @pytest.mark.parametrize('names, problem', [
-    (['front', 'front'], 'distinct'), (['/front'], 'relative'), (['front/'], 'relative'),
-    (['9cam'], 'relative'), (['a b'], 'relative'), ([f'c{i}' for i in range(17)], 'at most'),
+    (['front', 'front'], 'distinct'),
+    ([''], 'empty name'),
+    (['/front'], 'relative namespace (no leading'),
+    (['front/'], "end with a '/'"),
+    (['a//b'], "repeated '/'"),
+    (['9cam'], 'starts with a number'),
+    (['arm/2nd'], 'starts with a number'),
+    (['a b'], 'characters other than'),
+    (['kamera_é'], 'characters other than'),
+    (['カメラ'], 'characters other than'),
+    (['came\u0301ra'], 'characters other than'),  # a combining accent
+    (['front-left'], 'characters other than'),
+    (['~'], 'characters other than'),
+    (['~/cam'], 'characters other than'),
+    (['cam/~'], 'characters other than'),
+    (['{node}'], 'characters other than'),
+    (['c' * 300], 'ROS refuses'),
+    (['c' * 240], 'ROS refuses'),  # a valid namespace, but its topics are too long
+    (['x', 'x/depth'], 'x/depth/image would be a topic of both'),
+    (['x/depth', 'x'], 'x/depth/image would be a topic of both'),
+    (['x', 'x/points'], 'topic x/points would hold topic x/points/'),
+    (['x', 'x/image'], 'topic x/image would hold'),
+    (['x', 'x/camera_info'], 'overlap'),
+    (['x', 'x/objects'], 'overlap'),
+    (['front', 'left', 'left/objects/masks'], 'overlap'),
+    ([f'c{i}' for i in range(17)], 'at most 16'),
 ])
 def test_camera_names_are_checked(names, problem):
-    with pytest.raises(ValueError, match=problem):
-        check_camera_names(names)
+    """ROS's own name rules (rclpy's), and no camera in another's topics: one line each,
+    naming the camera, from the parameter rules as from the check itself."""
+    for check in (check_camera_names, lambda value: validate({'cameras': value})):
+        with pytest.raises(ValueError, match=re.escape(problem)) as error:
+            check(names)
+        assert '\n' not in str(error.value) and str(error.value).startswith('cameras')
+
+
+@pytest.mark.parametrize('names', [
+    ['front'], ['front', 'left', 'arm/wrist'], ['arm', 'arm/wrist'], ['_x', 'A1', 'a__b'],
+    ['x', 'x_depth'], ['x', 'x/depth_cam'], ['c' * 200], [f'c{i}' for i in range(16)]])
+def test_camera_names_ros_accepts_are_accepted(names):
+    assert check_camera_names(names) == tuple(names)
+    validate({'cameras': names})
+
+
+@pytest.fixture
+def probe(ros):
+    """``probe(namespace)``: a node in ``namespace``, to resolve topic names there."""
+    nodes = {}
+
+    def node(namespace):
+        if namespace not in nodes:
+            nodes[namespace] = rclpy.create_node('probe', namespace=namespace, context=ros)
+        return nodes[namespace]
+
+    yield node
+    for made in nodes.values():
+        made.destroy_node()
+
+
+NAME_CHARS = st.sampled_from(list('ab_Z09/é~{} .-'))
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.one_of(st.text(NAME_CHARS, max_size=14),
+                      st.builds(lambda n, c: c * n, st.integers(170, 260),
+                                st.sampled_from(['x', 'é', 'ab/']))),
+       namespace=st.sampled_from(['/', '/robot', '/' + 'n' * 50]))
+def test_a_camera_name_is_accepted_exactly_when_ros_accepts_its_topics(probe, name,
+                                                                      namespace):
+    """Against rclpy itself: a name is accepted iff it is a plain relative namespace (no
+    leading /, no ~ or {} substitution) and ROS resolves every topic the node would have
+    under it, in the node's namespace."""
+    def resolves(topic):
+        try:
+            return probe(namespace).resolve_topic_name(topic) == \
+                f'{namespace.rstrip("/")}/{topic}'
+        except Exception:  # noqa: BLE001 - rclpy's RCLError: the name is refused
+            return False
+
+    plain = bool(name) and not name.startswith('/') and not set('~{}') & set(name)
+    ros_accepts = all(resolves(f'{name}/{topic}') for topic in CAMERA_TOPICS)
+    try:
+        check_camera_names([name], namespace)
+        accepted = True
+    except ValueError as error:
+        assert '\n' not in str(error)
+        accepted = False
+    assert accepted == (plain and ros_accepts), (name, namespace)
+
+
+def test_a_node_refuses_a_bad_camera_name_at_start_in_one_line(ros):
+    for names, problem in ((['kamera_é'], 'characters other than'),
+                           (['x', 'x/depth'], 'overlap')):
+        with pytest.raises(ValueError, match=re.escape(problem)) as error:
+            DepthNode(context=ros, namespace=unique_namespace('names'),
+                      parameter_overrides=[*SMALL, Parameter('cameras', value=names)])
+        assert '\n' not in str(error.value)
+    # the node's own namespace counts: a name fine alone is too long under it
+    long_name = 'c' * 190
+    check_camera_names([long_name])
+    with pytest.raises(ValueError, match='ROS refuses'):
+        DepthNode(context=ros, namespace='/' + 'n' * 60,
+                  parameter_overrides=[*SMALL, Parameter('cameras', value=[long_name])])
+
+
+@pytest.mark.parametrize('names, problem', [(['kamera_é'], 'characters other than'),
+                                            (['c' * 300], 'ROS refuses'),
+                                            (['x', 'x/depth'], 'overlap')])
+def test_the_node_process_refuses_a_bad_camera_name_in_one_line(names, problem):
+    process = node_process.start_node({'pretrained': 'none', 'device': 'cpu',
+                                       'cameras': names}, unique_namespace('names'))
+    try:
+        _, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 1, err
+    assert 'Traceback' not in err and 'Exception' not in err, err
+    [line] = [line for line in err.splitlines() if 'cannot start' in line]
+    assert 'cameras' in line and problem in line, err
 
 
 def test_no_cameras_is_the_single_camera_node(ros):
@@ -275,3 +428,157 @@ def test_no_cameras_is_the_single_camera_node(ros):
         node.destroy_node()
 
 
+# ---------------------------------------------------------------- no camera waits on another
+# One node, two cameras, the object step on: a camera whose label images never come keeps
+# only its own frame waiting; an object step in progress on one camera never holds back the
+# depth of another camera's frame from the same batch. Deterministic by construction: what
+# would block is made to block for longer than the test (a wait of an hour, a gate the test
+# opens), so the old behaviour shows as the other camera getting nothing, never as a slower
+# time; no assertion on wall-clock time.
+TWO = {name: CAMERAS[name] for name in ('front', 'left')}
+
+
+def object_rig(ros, proposals):
+    """Two cameras with a query, each with a subscriber of its markers (so the object
+    step runs) and a publisher of its label images."""
+    rig = Cameras(ros, cameras=TWO, overrides=[
+        Parameter('object_queries', value=['the box']),
+        Parameter('object_proposals', value=proposals),
+        Parameter('object_max_masks', value=2)])
+    rig.markers = {name: [] for name in TWO}
+    rig.masks_pubs = {}
+    for name in TWO:
+        rig.peer.create_subscription(MarkerArray, f'{name}/objects/markers',
+                                     rig.markers[name].append, RELIABLE)
+        rig.masks_pubs[name] = rig.peer.create_publisher(Image, f'{name}/objects/masks',
+                                                         RELIABLE)
+    rig.streams = dict(zip(TWO, rig.node.streams))
+    return rig
+
+
+def connected(rig):
+    return rig.connected() and wait_for(lambda: all(
+        s.pub_markers.get_subscription_count() > 0 for s in rig.node.streams) and all(
+        p.get_subscription_count() > 0 for p in rig.masks_pubs.values()), 30)
+
+
+def markers_of(rig, name, sec):
+    return [m for m in rig.markers[name]
+            if m.markers and m.markers[-1].header.stamp.sec == sec]
+
+
+def send_masks(rig, name, sec):
+    camera = TWO[name]
+    labels = np.zeros((camera.height, camera.width), np.uint16)
+    labels[: camera.height // 2] = 1
+    labels[camera.height // 2:, : camera.width // 2] = 2
+    header = Header(frame_id=name.replace('/', '_'))
+    header.stamp.sec = sec
+    rig.masks_pubs[name].publish(labels_image(labels, header))
+
+
+def depth_out(rig, name, sec):
+    return bool(rig.outputs(name, sec)['depth/image'])
+
+
+def test_a_camera_whose_label_images_never_come_delays_no_camera(ros):
+    """front's label images never come and its wait outlasts the test; left's frames, with
+    their label images, get depth and objects meanwhile, and so do front's later frames
+    (depth): only front's own object step waits. A label image arriving completes the
+    frame waiting for it."""
+    rig = object_rig(ros, 'topic')
+    spinner = Spinner(ros, rig.node, rig.peer)
+    front, left = rig.streams['front'], rig.streams['left']
+    try:
+        assert connected(rig)
+        # front's wait for its label images: an hour (the parameter allows at most 2 s;
+        # set past its range here so that any wait of the worker on it would outlast the
+        # test instead of making it slower)
+        slow = copy.copy(front.pipeline.objects)
+        object.__setattr__(slow, 'masks_wait_s', 3600.0)
+        front.pipeline.objects = slow
+        assert repeat_until(lambda: rig.send('front', 1),
+                            lambda: depth_out(rig, 'front', 1), OUTPUT_S)
+        for sec in (2, 3, 4):  # the other camera: depth and objects, frame after frame
+            assert repeat_until(lambda s=sec: (send_masks(rig, 'left', s),
+                                               rig.send('left', s)),
+                                lambda s=sec: depth_out(rig, 'left', s)
+                                and markers_of(rig, 'left', s), OUTPUT_S), \
+                (left.counts, left.last_problem)
+            assert front.counts['objects_skipped'] == 0 and not markers_of(rig, 'front', 1)
+        # front's own depth goes on too, while its first frame still waits
+        assert repeat_until(lambda: rig.send('front', 5),
+                            lambda: depth_out(rig, 'front', 5), OUTPUT_S)
+        assert front.counts['processed'] >= 2 and not markers_of(rig, 'front', 1)
+        waiting = {kv.key: kv.value for kv in objects_status(rig.node, front).values}
+        assert waiting['frames waiting for their label image'] == '2'  # frames 1 and 5
+        # the label image of the first frame arrives: that frame's objects come out
+        assert repeat_until(lambda: send_masks(rig, 'front', 1),
+                            lambda: markers_of(rig, 'front', 1), OUTPUT_S)
+        assert front.counts['objects_found'] == 1
+        assert left.counts['objects_found'] >= 3 and left.counts['objects_skipped'] == 0
+        assert left.counts['failed'] == front.counts['failed'] == 0
+    finally:
+        spinner.stop()
+        rig.close()
+
+
+def test_a_frame_past_its_own_deadline_is_skipped_and_said_so(ros):
+    """With the parameter's own wait: front's frame without a label image is skipped and
+    warned once its deadline passes, left's objects keep coming."""
+    rig = object_rig(ros, 'topic')
+    rig.node.set_parameters([Parameter('object_masks_wait_s', value=0.3)])
+    spinner = Spinner(ros, rig.node, rig.peer)
+    front, left = rig.streams['front'], rig.streams['left']
+    try:
+        assert connected(rig)
+        assert repeat_until(lambda: rig.send('front', 1),
+                            lambda: front.counts['objects_skipped'] >= 1, OUTPUT_S)
+        assert 'front/objects/masks' in front.last_problem
+        assert wait_for(lambda: not front.objects_waiting, 10)
+        assert repeat_until(lambda: (send_masks(rig, 'left', 2), rig.send('left', 2)),
+                            lambda: markers_of(rig, 'left', 2), OUTPUT_S)
+        assert left.counts['objects_skipped'] == 0 and left.last_problem is None
+    finally:
+        spinner.stop()
+        rig.close()
+
+
+def test_an_object_step_never_holds_back_another_cameras_depth(ros, monkeypatch):
+    """Both cameras' frames in one batch, front's object step (built-in proposals) held
+    at a gate: left's depth of that batch is out while front's object step still runs."""
+    rig = object_rig(ros, 'builtin')
+    front = rig.streams['front']
+    gate, entered = threading.Event(), threading.Event()
+    real_find = front.pipeline.find
+
+    def gated_find(frame, *args, **kwargs):
+        if frame.header.stamp.sec == 2:
+            entered.set()
+            assert gate.wait(60), 'the test never opened the gate'
+        return real_find(frame, *args, **kwargs)
+
+    monkeypatch.setattr(front.pipeline, 'find', gated_find)
+    release, sizes = hold_inference(monkeypatch, rig.node.engine)
+    spinner = Spinner(ros, rig.node, rig.peer)
+    try:
+        assert connected(rig)
+        # the worker holds front's first frame...
+        assert repeat_until(lambda: rig.send('front', 1), lambda: sizes, 30)
+        # ...while both cameras' next frames wait: one batch, front first
+        assert repeat_until(lambda: [rig.send(name, 2) for name in TWO],
+                            lambda: all(s.slot is not None for s in rig.node.streams), 30)
+        release.set()
+        assert wait_for(entered.is_set, OUTPUT_S)  # front's object step of frame 2 runs
+        assert wait_for(lambda: depth_out(rig, 'left', 2), 30), \
+            "left's depth waited for front's object step"
+        assert not markers_of(rig, 'front', 2)
+        assert 2 in sizes, sizes  # the two frames were one batch
+        gate.set()
+        assert wait_for(lambda: markers_of(rig, 'front', 2) and markers_of(rig, 'left', 2),
+                        OUTPUT_S)
+    finally:
+        gate.set()
+        release.set()
+        spinner.stop()
+        rig.close()

@@ -1,6 +1,8 @@
 """Parameter values to the node's configurations (ros/configs.py, node.node_configs): the one
 mapping the node uses at configure time and for every parameter change, without DDS."""
 
+import re
+
 import pytest
 
 from depthclip_ros.engine.config import HeadConfig, ModelConfig
@@ -56,3 +58,74 @@ def test_the_prompt_check_sees_every_head_it_could_run():
         raise ValueError('prompt too long (tokens)')
     with pytest.raises(ValueError, match='tokens'):
         head_or_mismatch(dict(DEFAULTS, distance_prompts=['a', 'b']), refuse)
+
+
+# ---------------------------------------------------------------- every value rule, always
+# States where the counts disagree (pending) or the scene settings are kept unused (fixed).
+PENDING = {
+    'prompts against bins': dict(distance_prompts=['near', 'far']),
+    'a scene mode without names': dict(bins_mode='scene_soft'),
+    'a scene mode with one name': dict(bins_mode='scene_hard', scene_names=['kitchen']),
+    'scene bins of another count': dict(bins_mode='scene_soft', scene_names=['a', 'b'],
+                                        scene_bins_m=[1.0, 2.0, 3.0]),
+}
+STATES = {**PENDING, 'fixed mode': dict(bins_mode='fixed')}
+INCREASING = [1.0, 1.5, 2.0, 2.25, 2.5, 2.75, 3.0]
+# (a change, a word of the reason): each wrong whatever the counts
+WRONG = [
+    (dict(scene_bins_m=[3.0, 2.0, 1.0]), 'strictly increasing'),
+    (dict(scene_bins_m=INCREASING + INCREASING[::-1]), 'strictly increasing'),
+    (dict(scene_bins_m=INCREASING + [0.5]), 'strictly increasing'),
+    (dict(scene_bins_m=[1.0, float('nan')]), 'finite'),
+    (dict(scene_bins_m=[1.0, -2.0]), '> 0'),
+    (dict(scene_names=['kitchen', 'kitchen']), 'unique'),
+    (dict(scene_names=['kitchen', ' ']), 'non-empty'),
+    (dict(scene_names=['x' * 400]), 'characters'),
+    (dict(scene_prompt_template='a {} {}'), 'one plain field'),
+    (dict(scene_prompt_template='no field'), 'one plain field'),
+    (dict(depth_bins_m=[2.0, 1.0]), 'strictly increasing'),
+    (dict(depth_bins_m=[0.0, 1.0]), '> 0'),
+    (dict(distance_prompts=['only one']), 'at least 2'),
+    (dict(distance_prompts=['near', '']), 'non-empty'),
+    (dict(prompt_template='{} only'), 'two plain fields'),
+    (dict(prompt_objects=[]), 'prompt objects'),
+    (dict(temperature=0.0), 'temperature'),
+]
+
+
+@pytest.mark.parametrize('state', STATES)
+@pytest.mark.parametrize('change, reason', WRONG)
+def test_a_wrong_value_is_refused_whatever_the_counts(state, change, reason):
+    """Only the counts of prompts, bins and scene bins may disagree for a while; every rule
+    of a value holds on every set, pending or not, used or not (fixed mode)."""
+    values = dict(DEFAULTS, **STATES[state])
+    configs = node_configs(values, allow_mismatch=True)  # the state itself is accepted
+    assert (configs.mismatch is not None) == (state in PENDING)
+    with pytest.raises(ValueError, match=re.escape(reason)):
+        node_configs(dict(values, **change), allow_mismatch=True)
+
+
+@pytest.mark.parametrize('state', PENDING)
+def test_right_values_are_accepted_while_pending(state):
+    """The same parameters with right values wait (the refusals above are no accident of
+    the state)."""
+    values = dict(DEFAULTS, **PENDING[state])
+    for change in (dict(scene_bins_m=INCREASING * 2), dict(scene_bins_m=[1.0, 2.0] * 3),
+                   dict(scene_names=['kitchen', 'street', 'forest']),
+                   dict(scene_prompt_template='a picture of a {}'),
+                   dict(depth_bins_m=[0.5, 1.0, 2.0])):
+        node_configs(dict(values, **change), allow_mismatch=True)  # raises if refused
+
+
+def test_the_prompt_check_sees_the_scene_prompts_whatever_the_counts():
+    """The tokeniser's check (a loaded engine's) sees the scene prompts also while pending
+    and in fixed mode."""
+    def refuse_scenes(head):
+        if head.bins_mode != 'fixed' and any('kitchen' in s for s in head.scene_prompts()):
+            raise ValueError('scene prompt too long (tokens)')
+    for state in STATES.values():
+        values = dict(DEFAULTS, **state)
+        values['scene_names'] = ['kitchen'] + list(values['scene_names'])[1:]
+        with pytest.raises(ValueError, match='tokens'):
+            node_configs(values, refuse_scenes, allow_mismatch=True)
+        node_configs(dict(values, scene_names=['street']), refuse_scenes, allow_mismatch=True)

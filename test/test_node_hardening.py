@@ -144,6 +144,31 @@ def test_a_bad_value_during_a_mismatch_is_still_refused(harness):
     assert harness.node.engine.head.distance_prompts == PAPER_DISTANCE_PROMPTS
 
 
+def test_scene_values_are_checked_while_pending(harness):
+    """The README's rule, over the parameter service: while a scene mode waits for its
+    lists, each list set is still checked on its own (bins of each scene strictly
+    increasing, names unique, template with its field), and a right one waits."""
+    node = harness.node
+    assert set_param(node, 'bins_mode', 'scene_soft').successful
+    assert node._head_mismatch and 'scene_names' in node._head_mismatch
+    for name, value, reason in (
+            ('scene_bins_m', [3.0, 2.5, 2.0, 1.5, 1.0, 0.5, 0.25] * 2, 'strictly increasing'),
+            ('scene_bins_m', [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 1.0], 'strictly increasing'),
+            ('scene_names', ['kitchen', 'kitchen'], 'unique'),
+            ('scene_prompt_template', 'a photo', 'one plain field')):
+        before = dict(node._params)
+        result = set_param(node, name, value)
+        assert not result.successful and reason in result.reason, (name, result.reason)
+        assert node._params == before
+    bins = [0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
+    assert set_param(node, 'scene_bins_m', bins).successful  # still pending: no names
+    assert node._head_mismatch
+    assert set_param(node, 'scene_names', ['kitchen', 'street']).successful
+    assert wait_for(lambda: node.engine.head.bins_mode == 'scene_soft', 10)
+    assert node._head_mismatch is None
+    assert outputs_continue(harness)
+
+
 @pytest.fixture(scope='module')
 def lone_node():
     """A node without traffic, for calling its parameter callback directly."""

@@ -48,13 +48,17 @@ def head_or_mismatch(values: dict, check: Callable[[HeadConfig], None] | None = 
                      ) -> tuple[HeadConfig | None, str | None]:
     """``(head, None)``, or ``(None, reason)`` while the counts of prompts, bins and scene
     bins disagree but each value is valid; raises ``ValueError`` for anything else (counts
-    may disagree for a while, values may never be wrong). ``check``: a further test of the
-    prompts (the loaded engine's tokeniser), given each head built."""
+    may disagree for a while, values may never be wrong: every rule of one value, and of
+    values whose agreement is no count, holds on every set). ``check``: a further test of
+    the prompts (the loaded engine's tokeniser), given each head built; it sees the scene
+    prompts too, also in ``bins_mode`` fixed."""
     check = check or (lambda head: None)
     mismatch = count_mismatch(values)
     if mismatch is None:
         head = head_from_parameters(values)
         check(head)
+        if head.bins_mode == 'fixed':  # the scene settings, kept unused, are checked too
+            _check_scene_prompts(values, check)
         return head, None
     # each on its own, with stand-ins for what it must agree with
     alone = {**DEFAULTS, **values, 'bins_mode': 'fixed'}
@@ -63,5 +67,22 @@ def head_or_mismatch(values: dict, check: Callable[[HeadConfig], None] | None = 
         {**alone, 'depth_bins_m': [float(i + 1) for i in range(len(prompts))]}))
     head_from_parameters({**alone, 'distance_prompts': [f'bin {i}' for i in range(len(bins))]})
     check_scene_template(alone['scene_prompt_template'])
+    _check_scene_prompts(values, check)
     return None, (f'{mismatch}: still running on the last consistent configuration; the '
                   f'new one applies as soon as the counts agree')
+
+
+def _check_scene_prompts(values: dict, check: Callable[[HeadConfig], None]) -> None:
+    """``check`` (the tokeniser) sees the scene prompts of ``values`` whatever the counts and
+    ``bins_mode``: through a head in a scene mode with their scene names (and stand-ins up to
+    the 2 a scene mode needs) and their scene template."""
+    p = {**DEFAULTS, **values}
+    names = list(p['scene_names'])
+    if not names:
+        return
+    stand_ins = (f'scene {i}' for i in range(len(names) + 2))
+    names += [name for name in stand_ins if name not in names][:max(0, 2 - len(names))]
+    check(HeadConfig(bins_mode='scene_soft', distance_prompts=('near', 'far'),
+                     depth_bins_m=(1.0, 2.0), scene_names=tuple(names),
+                     scene_bins_m=(1.0, 2.0) * len(names),
+                     scene_prompt_template=p['scene_prompt_template']))

@@ -129,6 +129,8 @@ def objects_status(node, stream: CameraStream) -> DiagnosticStatus | None:
               'proposals': stream.pipeline.objects.proposals,
               'frames with objects': str(stream.counts['objects_found']),
               'frames without objects': str(stream.counts['objects_skipped'])}
+    if stream.pipeline.objects.proposals == 'topic':
+        values['frames waiting for their label image'] = str(len(stream.objects_waiting))
     for result in stream.objects_found:
         prefix = f'query {result.index} "{result.query}"'
         values[f'{prefix} score'] = f'{result.score:.2f}'

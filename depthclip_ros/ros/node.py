@@ -17,7 +17,9 @@ Topics (relative, remappable):
   copy of ``depth/camera_info``) and, where vision_msgs is installed,
   ``objects/detections`` (Detection3DArray); candidates from the built-in proposals or
   from label images on ``objects/masks`` (matched by stamp). The object step runs after
-  the frame's depth is published, so it never delays depth.
+  the depth of every camera's frame is published, and a frame waiting for its label image
+  waits on its own (:mod:`depthclip_ros.ros.worker`): it never delays depth, its own
+  camera's or another's.
 
 With ``cameras`` (e.g. ``[front, left]``) one node serves several cameras: camera ``c``'s
 topics are the above under ``c/``, and the waiting frames of all cameras run as one batched
@@ -62,7 +64,7 @@ from depthclip_ros.ros.parameters import (
     validate,
 )
 from depthclip_ros.ros.pipeline import DepthPipeline, ObjectSettings, OutputSettings
-from depthclip_ros.ros.streams import CameraStream, OUTPUT_PUBLISHERS
+from depthclip_ros.ros.streams import CameraStream, check_camera_names, OUTPUT_PUBLISHERS
 from depthclip_ros.ros.worker import FrameWorker
 from depthclip_ros.timing import Throttle
 
@@ -91,12 +93,9 @@ def node_configs(values: dict, check_head: Callable[[HeadConfig], None] | None =
     model = model_from_parameters(values)
     output = OutputSettings.from_parameters(values)
     objects = ObjectSettings.from_parameters(values)
-    if allow_mismatch:
-        head, mismatch = head_or_mismatch(values, check_head)
-    else:
-        head, mismatch = head_from_parameters(values), None
-        if check_head is not None:
-            check_head(head)
+    if not allow_mismatch:
+        head_from_parameters(values)  # the counts agree (raises naming them)
+    head, mismatch = head_or_mismatch(values, check_head)
     return NodeConfigs(model, head, mismatch, output, objects)
 
 
@@ -122,6 +121,8 @@ class DepthNodeCore(FrameWorker):
         declare_parameters(self)
         p = self._params = {name: self.get_parameter(name).value for name in PARAMETER_NAMES}
         validate(p)
+        # with the node's namespace: every camera topic within ROS's length limit
+        check_camera_names(p['cameras'], self.get_namespace())
         self.streams = [CameraStream(name) for name in p['cameras']] or [CameraStream()]
         self.engine: DepthCLIP | None = None
         self._next_head: HeadConfig | None = None  # accepted, applied by the worker

@@ -15,8 +15,10 @@ import math
 from depthclip_ros.engine.config import (
     BINS_MODES,
     CANONICAL_FOCAL_RANGE_PX,
+    check_scene_template,
     DEFAULT_INPUT_SIZE,
     MAX_BINS,
+    MAX_PROMPT_CHARS,
     MAX_SCENES,
     MAX_SIDE_PX,
     MEMORY_FORMATS,
@@ -134,8 +136,9 @@ PARAMETERS: tuple[Param, ...] = (
           "the frame's label image after its depth is published", float_range=(0.0, 2.0)),
     Param('cameras', [], 'camera namespaces served by this node, one batched forward for '
           'all (e.g. [front, left]): topics <camera>/image, <camera>/camera_info, outputs '
-          'under <camera>/; empty = one camera on the relative topics (read-only: fixed at '
-          'start)', read_only=True, items=str),
+          "under <camera>/; relative ROS namespaces, none inside another camera's topics; "
+          'empty = one camera on the relative topics (read-only: fixed at start)',
+          read_only=True, items=str),
     Param('subscriber_qos', 'sensor_data', 'sensor_data (best effort) or reliable',
           read_only=True, choices=('sensor_data', 'reliable')),
     Param('publisher_qos', 'reliable', 'reliable or best_effort', read_only=True,
@@ -218,6 +221,11 @@ def validate(values: dict) -> None:
     ``values`` may hold any subset of the parameters (the tools check only those they
     use); cross-parameter rules apply when all their parameters are present. Ranges are
     checked here too, not only by the descriptors, because the tools have no descriptors.
+
+    Every rule here holds whatever the other values are: the node applies them to every
+    value it is given, also while the counts of prompts, bins and scene bins disagree
+    (:func:`~depthclip_ros.ros.configs.head_or_mismatch`), and in ``bins_mode`` fixed,
+    which keeps the scene settings unused.
     """
     for name, value in values.items():
         param = _BY_NAME.get(name)
@@ -233,6 +241,12 @@ def validate(values: dict) -> None:
             check_queries(values['object_queries'])
         except (TypeError, ValueError) as error:
             raise ValueError(f'object_queries: {error}') from None
+    if 'scene_names' in values and 'scene_prompt_template' in values:
+        for scene in values['scene_names']:
+            sentence = values['scene_prompt_template'].format(scene)
+            if len(sentence) > MAX_PROMPT_CHARS:
+                raise ValueError(f'scene_names: the scene prompt {sentence[:40]!r}... has '
+                                 f'{len(sentence)} characters, more than {MAX_PROMPT_CHARS}')
     if 'output_size' in values:
         height, width = values['output_size']
         limit = values.get('max_input_pixels', DEFAULT_MAX_INPUT_PIXELS)
@@ -264,14 +278,12 @@ def _check_one(param: Param, value) -> None:
     if param.int_range and not param.int_range[0] <= value <= param.int_range[1]:
         raise ValueError(f'{name} must be in [{param.int_range[0]}, {param.int_range[1]}], '
                          f'got {value}')
-    if name == 'scene_names' and (len(value) > MAX_SCENES or
-                                  any(not item.strip() for item in value)):
-        raise ValueError(f'scene_names must be at most {MAX_SCENES} non-empty names, '
-                         f'got {list(value)!r}')
-    if name == 'scene_bins_m' and (len(value) > MAX_SCENES * MAX_BINS or
-                                   any(not math.isfinite(b) or b <= 0 for b in value)):
-        raise ValueError(f'scene_bins_m must be finite bins > 0, at most '
-                         f'{MAX_SCENES * MAX_BINS} values, got {list(value)!r}')
+    if name == 'scene_names':
+        _check_scene_names(value)
+    if name == 'scene_bins_m':
+        _check_scene_bins(value)
+    if name == 'scene_prompt_template':
+        check_scene_template(value)
     if name == 'cameras':
         from depthclip_ros.ros.streams import check_camera_names
         check_camera_names(value)
@@ -283,3 +295,35 @@ def _check_one(param: Param, value) -> None:
                                         0 < size[1] <= MAX_SIDE_PX)):
             raise ValueError(f'output_size must be [0, 0] or [height, width] in 1..'
                              f'{MAX_SIDE_PX}, got {size}')
+
+
+def _check_scene_names(names) -> None:
+    """At most ``MAX_SCENES`` distinct non-empty names (at least 2 only once used: that is
+    a count, which may disagree for a while)."""
+    if len(names) > MAX_SCENES or any(not item.strip() for item in names):
+        raise ValueError(f'scene_names must be at most {MAX_SCENES} non-empty names, '
+                         f'got {list(names)!r}')
+    seen = set()
+    for item in names:
+        if item.strip() in seen:
+            raise ValueError(f'scene_names must be unique, {item.strip()!r} is given twice')
+        seen.add(item.strip())
+
+
+def _check_scene_bins(flat) -> None:
+    """Finite bins > 0 that split into scenes' sets each strictly increasing.
+
+    How many bins a set holds is a count (one per distance prompt) that may be changing in
+    the same ``ros2 param load``; whatever it becomes, a bin not above the one before it
+    must start a set, so some set length of at least 2 must divide both the number of
+    values and the position of every such bin."""
+    if len(flat) > MAX_SCENES * MAX_BINS or any(not math.isfinite(b) or b <= 0 for b in flat):
+        raise ValueError(f'scene_bins_m must be finite bins > 0, at most '
+                         f'{MAX_SCENES * MAX_BINS} values, got {list(flat)!r}')
+    falls = [i for i in range(1, len(flat)) if flat[i] <= flat[i - 1]]
+    if falls and math.gcd(len(flat), *falls) < 2:
+        at = falls[0]
+        raise ValueError(f'scene_bins_m: the bins of each scene must be strictly increasing, '
+                         f'and {list(flat)!r} splits into no equal sets of 2 or more that '
+                         f'are (bin {at}, {flat[at]:g}, is not above bin {at - 1}, '
+                         f'{flat[at - 1]:g})')

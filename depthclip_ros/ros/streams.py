@@ -2,7 +2,8 @@
 statistics. The node holds one per camera (the ``cameras`` parameter; a single unnamed
 one by default) and batches their waiting frames into one forward pass.
 
-No rclpy here: the node creates the publishers and subscriptions and stores them.
+No rclpy here (but for ROS's name rules, imported where the camera names are checked): the
+node creates the publishers and subscriptions and stores them.
 """
 
 from __future__ import annotations
@@ -20,22 +21,101 @@ COUNTS = ('received', 'processed', 'dropped', 'rejected', 'skipped_no_subscriber
           'objects_found', 'objects_skipped')
 
 
-def check_camera_names(names) -> tuple[str, ...]:
-    """The ``cameras`` parameter: distinct relative namespaces (``front``, ``arm/wrist``);
-    raises ``ValueError``."""
+# Every topic the node has under a camera's namespace, relative to it: what the camera
+# names are checked against (no camera inside another's topics). test_node_cameras checks
+# that the node creates no other.
+INPUT_TOPICS = ('image', 'image/compressed', 'camera_info', 'objects/masks')
+OUTPUT_TOPICS = ('depth/image', 'depth/camera_info', 'depth/uncertainty', 'depth/colormap',
+                 'points', 'objects/markers', 'objects/points', 'objects/labels',
+                 'objects/camera_info', 'objects/detections')
+CAMERA_TOPICS = INPUT_TOPICS + OUTPUT_TOPICS
+
+
+def check_camera_names(names, namespace: str = '/') -> tuple[str, ...]:
+    """The ``cameras`` parameter: at most ``MAX_CAMERAS`` distinct relative namespaces
+    (``front``, ``arm/wrist``) that ROS accepts (its own name rules, rclpy's validation,
+    every topic of the camera under the node's ``namespace`` within ROS's length limit),
+    none inside another's topics (``x`` and ``x/depth``: ``x/depth/image`` would be both
+    cameras' topic). Raises ``ValueError``, one line naming the camera and the rule."""
     names = tuple(names)
     if len(names) > MAX_CAMERAS:
         raise ValueError(f'cameras: at most {MAX_CAMERAS}, got {len(names)}')
     for name in names:
-        parts = name.split('/')
-        if not name or name.startswith('/') or name.endswith('/') or not all(
-                part and (part[0].isalpha() or part[0] == '_')
-                and all(c.isalnum() or c == '_' for c in part) for part in parts):
-            raise ValueError(f'cameras: {name!r} is not a relative namespace (letters, digits '
-                             f'and _, parts separated by /, not starting with a digit)')
-    if len(set(names)) != len(names):
-        raise ValueError(f'cameras must be distinct, got {list(names)}')
+        _check_camera_name(name, namespace)
+    seen = set()
+    for name in names:
+        if name in seen:
+            raise ValueError(f'cameras must be distinct: {_shown(name)} is given twice')
+        seen.add(name)
+    for index, name in enumerate(names):
+        for other in names[index + 1:]:
+            shared = _shared_topic(name, other)
+            if shared:
+                raise ValueError(
+                    f'cameras: {_shown(name)} and {_shown(other)} overlap: {shared}; choose '
+                    f"names where neither lies in the other's topics (e.g. "
+                    f"{max(name, other, key=len).replace('/', '_')!r})")
     return names
+
+
+def _shared_topic(one: str, two: str) -> str | None:
+    """How the topics of cameras ``one`` and ``two`` meet (one topic of both, or one a
+    namespace holding the other's), or ``None``."""
+    for first in (f'{one}/{topic}' for topic in CAMERA_TOPICS):
+        for second in (f'{two}/{topic}' for topic in CAMERA_TOPICS):
+            if first == second:
+                return f'{first} would be a topic of both'
+            for outer, inner in ((first, second), (second, first)):
+                if inner.startswith(f'{outer}/'):
+                    return f'topic {outer} would hold topic {inner}'
+    return None
+
+
+def _check_camera_name(name: str, namespace: str) -> None:
+    """One camera name by ROS's own rules, rclpy's validation (imported here only: the rule
+    is ROS's, and importing this module needs no ROS install)."""
+    from rclpy.validate_full_topic_name import validate_full_topic_name
+    from rclpy.validate_namespace import validate_namespace
+    if not name:
+        raise ValueError("cameras: an empty name is not a namespace (for one camera on the "
+                         "node's own topics leave cameras empty)")
+    if name.startswith('/'):
+        raise ValueError(f'cameras: {_shown(name)} must be a relative namespace (no leading '
+                         f"'/'): a camera's topics stay under the node's namespace")
+    refused = _refused(validate_namespace, f'/{name}')
+    if refused and not refused[1]:
+        raise ValueError(f'cameras: {_shown(name)} is not a relative ROS namespace '
+                         f'({refused[0]}; ROS names are ASCII letters, digits and _, parts '
+                         f'separated by single /, none starting with a digit)')
+    base = namespace.rstrip('/')
+    for topic in CAMERA_TOPICS:
+        full = f'{base}/{name}/{topic}'
+        refused = _refused(validate_full_topic_name, full)
+        if refused:
+            shown = repr(full) if len(full) <= 60 else f'{full[:40]!r}...'
+            raise ValueError(f'cameras: {_shown(name)} makes the topic {shown} '
+                             f'({len(full)} characters), which ROS refuses: {refused[0]}')
+
+
+def _refused(validate, name: str) -> tuple[str, bool] | None:
+    """``None`` if rclpy's ``validate`` accepts ``name``, else its reason in one line and
+    whether it is the length alone (a name of plain letters as long is refused too)."""
+    from rclpy.exceptions import NameValidationException
+    try:
+        validate(name)
+    except NameValidationException as error:
+        # rclpy's message: "Invalid <kind>: <reason>:", the name, a caret under the fault
+        reason = str(error).splitlines()[0].split(': ', 1)[-1].rstrip(':')
+        try:
+            validate('/' + 'a' * (len(name) - 1))
+        except NameValidationException:
+            return reason, True
+        return reason, False
+    return None
+
+
+def _shown(name: str) -> str:
+    return repr(name) if len(name) <= 60 else f'{name[:40]!r}... ({len(name)} characters)'
 
 
 class CameraStream:
@@ -50,6 +130,9 @@ class CameraStream:
         self.subscriptions: list = []
         self.slot = None  # (message, receive time) of the newest waiting frame
         self.masks: OrderedDict[int, object] = OrderedDict()  # stamp (ns) -> label image
+        # stamp (ns) -> (Frame, deadline): frames whose depth is out, waiting for their
+        # object step (a label image on objects/masks), oldest first
+        self.objects_waiting: OrderedDict[int, tuple] = OrderedDict()
         self.objects_found: list = []  # the latest frame's ObjectResults
         self.counts = dict.fromkeys(COUNTS, 0)
         self.latency_ms: deque = deque(maxlen=STATS_WINDOW)

@@ -5,7 +5,14 @@ only store each camera's newest frame (an older one still waiting is dropped and
 and its label images, so the executor never stalls and latency cannot grow without bound.
 The worker takes every camera's waiting frame, prepares each in its camera's pipeline,
 runs them as one batched forward (:func:`~depthclip_ros.ros.batch.run_batch`) and
-publishes each camera's outputs; outputs nobody subscribes to are not computed.
+publishes each camera's depth outputs; outputs nobody subscribes to are not computed.
+
+Then, per camera, the optional object step: each camera's frame waiting for it is kept
+(``CameraStream.objects_waiting``), and completed once it can be: at once with the
+built-in proposals, when its label image arrives with ``object_proposals: topic``, or
+skipped (warned) when its own ``object_masks_wait_s`` has passed. The worker never waits
+for one camera: while a frame waits for its label image, every camera's depth (its own
+too) goes on, so no camera can starve another, nor delay another by a wait.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from depthclip_ros.timing import StageTimer
 
 WORKER_JOIN_S = 1.0  # at shutdown, wait this long for the frame in progress
 MASKS_KEPT = 8  # label images on objects/masks remembered, newest stamps first
+OBJECT_FRAMES_KEPT = 4  # per camera: frames whose object step waits (for a label image)
 
 
 class FrameWorker:
@@ -40,19 +48,21 @@ class FrameWorker:
             for stream in self.streams:
                 stream.slot = None
                 stream.masks.clear()
+                stream.objects_waiting.clear()
                 stream.last_output = time.monotonic()
         self._worker = threading.Thread(target=self._work, name='depthclip_inference',
                                         daemon=True)
         self._worker.start()
 
     def _stop_worker(self) -> None:
-        """Stop the worker and drop the waiting frames: a batch in progress may finish
-        within ``WORKER_JOIN_S``; one that takes longer (or a long prompt encoding) is
-        abandoned, never waited for."""
+        """Stop the worker and drop the waiting frames (and those waiting for their object
+        step): a batch in progress may finish within ``WORKER_JOIN_S``; one that takes
+        longer (or a long prompt encoding) is abandoned, never waited for."""
         with self._lock:
             self._running = False
             for stream in self.streams:
                 stream.slot = None
+                stream.objects_waiting.clear()
             self._lock.notify_all()
         if self._worker is not None and self._worker.is_alive():
             self._worker.join(timeout=WORKER_JOIN_S)
@@ -84,15 +94,21 @@ class FrameWorker:
 
     # ------------------------------------------------------------------ the thread
     def _work(self) -> None:
-        """Batches of frames and head changes, one at a time; nothing that happens in here
-        can end the loop but :meth:`_stop_worker`. Torch runs here with all its threads
-        (:data:`~depthclip_ros.ros.torch_threads.INFERENCE_THREADS`)."""
+        """Batches of frames, head changes and object steps, one at a time; nothing that
+        happens in here can end the loop but :meth:`_stop_worker`. Torch runs here with all
+        its threads (:data:`~depthclip_ros.ros.torch_threads.INFERENCE_THREADS`).
+
+        Each round: the head accepted meanwhile, every camera's waiting frame as one batch
+        (depth published for all of them), then every camera's due object step (one frame
+        each). Between rounds it sleeps until a frame, a head, a label image or the
+        earliest object deadline."""
         set_torch_threads(INFERENCE_THREADS)
         while True:
             with self._lock:
                 while (self._running and self._next_head is None
-                       and all(s.slot is None for s in self.streams)):
-                    self._lock.wait()
+                       and all(s.slot is None for s in self.streams)
+                       and not self._objects_due(time.monotonic())):
+                    self._lock.wait(self._until_next_deadline())
                 if not self._running:
                     return
                 batch = [(s, *s.slot) for s in self.streams if s.slot is not None]
@@ -107,6 +123,10 @@ class FrameWorker:
             except Exception as error:  # noqa: BLE001 - one bad batch must not kill the node
                 for stream, _, _ in batch:
                     self._failed(stream, error)
+            try:
+                self._object_steps()
+            except Exception as error:  # noqa: BLE001 - nor a failing object output
+                self._log('error', f'object step failed: {type(error).__name__}: {error}')
 
     def _apply_head(self, head: HeadConfig) -> None:
         try:
@@ -194,26 +214,108 @@ class FrameWorker:
         stream.scene, stream.bins_m = out.scene, out.bins_m
         stream.last_output = time.monotonic()
         stream.latency_ms.append((stream.last_output - received) * 1e3)
-        if out.frame is not None:
-            self._find_objects(stream, out.frame, self._wanted(stream), timer)
         stream.record(timer.samples)
+        if out.frame is not None:
+            self._park(stream, out.frame)
 
-    def _find_objects(self, stream: CameraStream, frame, want: Wanted,
-                      timer: StageTimer) -> None:
+    # ------------------------------------------------------------------ object steps
+    def _park(self, stream: CameraStream, frame) -> None:
+        """Keep a frame whose depth is out for its object step (:meth:`_object_steps`),
+        with its own deadline for the label image (``object_masks_wait_s``, from now)."""
+        deadline = time.monotonic() + stream.pipeline.objects.masks_wait_s
+        stamp = _stamp_ns(frame.header)
+        dropped = 0
+        with self._lock:
+            stream.objects_waiting.pop(stamp, None)  # the same frame again: the newer one
+            stream.objects_waiting[stamp] = (frame, deadline)
+            while len(stream.objects_waiting) > OBJECT_FRAMES_KEPT:
+                stream.objects_waiting.popitem(last=False)
+                dropped += 1
+        if dropped:
+            stream.counts['objects_skipped'] += dropped
+            self._problem(stream, 'warning',
+                          f'no label image on {stream.pipeline.topics["objects/masks"]} for '
+                          f'{OBJECT_FRAMES_KEPT} frames in a row; objects skipped for the '
+                          f'oldest')
+
+    def _ready(self, stream: CameraStream, stamp: int) -> bool:
+        """Whether the object step of ``stream``'s frame ``stamp`` can run now."""
+        return stream.pipeline.objects.proposals != 'topic' or stamp in stream.masks
+
+    def _objects_due(self, now: float) -> bool:
+        """Some camera has an object step to run or to skip (call with the lock held)."""
+        return any(self._ready(stream, stamp) or deadline <= now
+                   for stream in self.streams if stream.pipeline is not None
+                   for stamp, (_, deadline) in stream.objects_waiting.items())
+
+    def _until_next_deadline(self) -> float | None:
+        """Seconds to the earliest object deadline, ``None`` without one (lock held)."""
+        deadlines = [deadline for stream in self.streams if stream.pipeline is not None
+                     for _, deadline in stream.objects_waiting.values()]
+        return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+
+    def _object_steps(self) -> None:
+        """Every camera's due object work: the newest frame that can run (older waiting
+        frames of that camera are then skipped: newest wins, as for depth), and every frame
+        whose label image did not come in time (skipped, warned). Each camera's own; a
+        problem here skips that frame's objects, never anything else."""
+        now = time.monotonic()
+        runs, late, superseded = [], [], []
+        with self._lock:
+            for stream in self.streams:
+                waiting = stream.objects_waiting
+                if stream.pipeline is None or not waiting:
+                    continue
+                stamps = list(waiting)
+                ready = [i for i, stamp in enumerate(stamps) if self._ready(stream, stamp)]
+                newest = ready[-1] if ready else -1
+                for i, stamp in enumerate(stamps):
+                    frame, deadline = waiting[stamp]
+                    if i == newest:
+                        runs.append((stream, frame, stream.masks.pop(stamp, None)))
+                    elif i < newest:
+                        superseded.append(stream)
+                    elif deadline <= now:
+                        late.append((stream, stamp,
+                                     max(stream.masks) if stream.masks else None))
+                    else:
+                        continue
+                    del waiting[stamp]
+        for stream, stamp, newest in late:
+            stream.counts['objects_skipped'] += 1
+            wait_s = stream.pipeline.objects.masks_wait_s
+            self._problem(stream, 'warning',
+                          f'no label image on {stream.pipeline.topics["objects/masks"]} '
+                          f'stamped {stamp * 1e-9:.3f} s within {wait_s:g} s (newest: '
+                          f'{"none yet" if newest is None else f"{newest * 1e-9:.3f} s"}); '
+                          f'objects skipped for this frame')
+        for stream in superseded:
+            stream.counts['objects_skipped'] += 1
+            self._problem(stream, 'warning', 'objects skipped for a frame: a newer frame was '
+                                             'ready for its object step first')
+        for stream, frame, labels in runs:
+            self._find_objects(stream, frame, labels)
+
+    def _find_objects(self, stream: CameraStream, frame, labels) -> None:
         """The object step of a frame whose depth is already out: candidates (built in, or
-        the label image of the same stamp, waited for up to ``object_masks_wait_s``), then
-        the object outputs. A problem here skips the frame's objects, never its depth."""
+        ``labels``, the label image of the same stamp), then the object outputs."""
         objects = stream.pipeline.objects
-        labels = None
-        if objects.proposals == 'topic':
-            labels = self._masks_for(stream, frame.header, objects.masks_wait_s)
-            if labels is None:
-                return
+        want = self._wanted(stream)
+        if not objects.queries or not want.objects():
+            return  # queries cleared, or nobody listens any more
+        if objects.proposals != 'topic':
+            labels = None
+        timer = StageTimer()
         try:
             out = stream.pipeline.find(frame, want, labels, timer)
         except (FrameRejected, ValueError) as error:
             stream.counts['objects_skipped'] += 1
             self._problem(stream, 'error', f'objects: {error}')
+            return
+        except Exception as error:  # noqa: BLE001 - this camera's objects of this frame only
+            stream.counts['objects_skipped'] += 1
+            self._problem(stream, 'error', f'objects failed for this frame: '
+                                           f'{type(error).__name__}: {error}')
             return
         with timer.stage('publish objects'):
             for publisher, message in ((stream.pub_markers, out.markers),
@@ -225,27 +327,7 @@ class FrameWorker:
                     publisher.publish(message)
         stream.objects_found = out.objects
         stream.counts['objects_found'] += 1
-
-    def _masks_for(self, stream: CameraStream, header, wait_s: float):
-        """The label image stamped like ``header``, waiting up to ``wait_s`` for it (it
-        usually comes from a segmenter fed the same image); ``None`` (warned) if none."""
-        stamp = _stamp_ns(header)
-        deadline = time.monotonic() + wait_s
-        with self._lock:
-            while self._running:
-                if stamp in stream.masks:
-                    return stream.masks.pop(stamp)
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._lock.wait(remaining)
-            newest = (f'{max(stream.masks) * 1e-9:.3f} s' if stream.masks else 'none yet')
-        stream.counts['objects_skipped'] += 1
-        self._problem(stream, 'warning',
-                      f'no label image on {stream.pipeline.topics["objects/masks"]} stamped '
-                      f'{stamp * 1e-9:.3f} s within {wait_s:g} s (newest: {newest}); '
-                      f'objects skipped for this frame')
-        return None
+        stream.record(timer.samples)
 
 
 def _subscribed(publisher) -> bool:

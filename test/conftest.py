@@ -65,6 +65,7 @@ TIERS = {
         'test_sigkill_leaves_the_input_intact_and_a_recoverable_partial'}),
     'test_bag_uncertainty.py': ('unit', {
         'test_the_command_writes_the_uncertainty_and_classifies_every_n_frames'}),
+    'test_bag_exit.py': ('unit', True),  # whole bag runs, one per kind of damage
     'test_batching.py': ('unit', {'test_a_batch_of_mixed_frames_equals_each_frame_alone'}),
     'test_bench_cameras.py': ('ros', {'test_two_cameras_answered_table_and_json'}),
     'test_bench_node.py': ('ros', True),
@@ -78,8 +79,16 @@ TIERS = {
     'test_fuzz.py': ('unit', set()),
     'test_geometry.py': ('unit', set()),
     'test_install.py': ('unit', {'test_the_plain_python_tools_run_without_any_ros_package'}),
-    'test_launch.py': ('ros', set()),
+    'test_launch.py': ('ros', {  # each runs ros2 launch against a colcon-built install
+        'test_show_args_lists_exactly_the_table',
+        'test_depth_launch_remaps_namespace_params_file_arguments_and_sim_time',
+        'test_depth_launch_managed_waits_for_a_lifecycle_manager',
+        'test_depth_lifecycle_launch_brings_the_node_up_with_every_argument',
+        'test_ctrl_c_during_the_lifecycle_bring_up_ends_cleanly',
+        'test_cameras_launch_serves_each_camera',
+        'test_a_bad_argument_ends_the_launch_naming_it'}),
     'test_layers.py': ('unit', set()),
+    'test_jazzy_pins.py': ('unit', set()),
     'test_lifecycle.py': ('ros', set()),
     'test_locate.py': ('unit', {  # real frames, RN50 at full size
         'test_builtin_proposals',
@@ -93,6 +102,7 @@ TIERS = {
         'test_paper_mode_equals_the_authors_computation'}),
     'test_node.py': ('ros', set()),
     'test_node_cameras.py': ('ros', set()),
+    'test_node_configs.py': ('unit', set()),
     'test_node_hardening.py': ('ros', {  # node processes, 60 hypothesis examples
         'test_a_signal_while_starting_exits_zero_quickly_without_traceback',
         'test_a_signal_while_the_worker_encodes_prompts_does_not_wait_for_it',
@@ -137,9 +147,13 @@ TIERS = {
         'test_infer_takes_a_video_frame_by_frame',
         'test_random_weights_are_announced_once_at_load',
         'test_uncached_weights_without_network_fail_in_seconds_saying_so_once'}),
+    'test_tools_help.py': ('unit', {'test_the_measurement_sees_a_heavy_import'}),
+    'test_tools_outputs.py': ('unit', set()),
+    'test_tools_progress.py': ('unit', set()),
     'test_tools_robustness.py': ('unit', {
         'test_refusals_as_a_process_end_in_one_line_and_status_2',
         'test_unreadable_files_in_a_real_run'}),
+    'test_tools_texts.py': ('unit', set()),
     'test_tools_uncertainty.py': ('unit', {'test_infer_classifies_every_image_and_uses_its_bins'}),
     'test_torch_threads.py': ('unit', set()),
     'test_uncertainty.py': ('unit', {
@@ -156,7 +170,7 @@ TIERS = {
 SMOKE = {
     'test_install.py': {'test_installed_tools_find_the_shipped_files_outside_the_checkout'},
     'test_node.py': {'test_outputs_match_the_input_and_each_other'},
-    'test_launch.py': {'test_the_node_accepts_exactly_what_the_launch_file_passes'},
+    'test_launch.py': {'test_every_file_declares_the_shared_arguments_and_uses_each'},
     'test_ros_domain.py': {'test_an_exported_domain_never_reaches_the_tests'},
 }
 

@@ -176,7 +176,7 @@ def main(args=None, managed: bool = False) -> None:
 
     Everything that needs closing (worker thread, node, DDS participant) is closed by
     ``run``; the interpreter's own teardown of torch and friends would add about a second
-    (measured 1.0-1.2 s) to a shutdown that must finish within 2 s, so it is skipped.
+    (docs/benchmarks.md) to a shutdown that must finish within 2 s, so it is skipped.
     """
     code = run(args, managed)
     logging.shutdown()

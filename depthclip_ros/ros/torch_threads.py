@@ -4,10 +4,10 @@ OpenMP team, every other thread that touches torch runs with one thread.
 The main thread loading the model and the executor thread (a lifecycle configure loads it
 there) set one thread, so that only the worker's team exists. A second team (the main
 thread's, left from loading) makes libgomp manage more threads than there are cores, and
-it then stops its threads spinning between operations: on the project's 2 cores the
-worker's threads went to sleep and were woken about 500 times per frame and the network
-ran 10-15% slower than in a process with one team (``depthclip-ros bench-node`` prints the
-node's network against a bare forward).
+it then stops its threads spinning between operations: the worker's threads sleep and are
+woken hundreds of times per frame, and the network runs measurably slower than in a
+process with one team (docs/benchmarks.md; ``depthclip-ros bench-node`` prints the node's
+network against a bare forward).
 """
 
 from __future__ import annotations

@@ -41,8 +41,8 @@ from depthclip_ros.ros.parameters import (
 )
 
 # What a tool says while the model loads (torch and open_clip start, the network is built
-# and its prompts encoded): measured 12 s on a quiet 2-core machine, up to a minute there
-# under load, a few seconds on a workstation.
+# and its prompts encoded): from a few seconds on a workstation to a minute on a loaded
+# 2-core machine (docs/benchmarks.md).
 LOAD_TIME_HINT = 'usually 5-60 s'
 
 

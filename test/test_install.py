@@ -26,6 +26,10 @@ ROS = {'rclpy', 'rcl_interfaces', 'sensor_msgs', 'std_msgs', 'diagnostic_msgs',
        'visualization_msgs', 'geometry_msgs', 'vision_msgs'}
 # imported only inside `try: ... except ImportError` (the node works without them)
 OPTIONAL = {'vision_msgs'}
+# the launch system: no PyPI wheel; a ROS install (or ../shared/ros-tools) provides it to
+# `ros2 launch`, and only the module the launch files call imports it
+LAUNCH_SYSTEM = {'launch', 'launch_ros'}
+LAUNCH_SIDE = {'launch_arguments.py'}
 
 
 def requirements(path: Path) -> dict[str, str]:
@@ -127,7 +131,12 @@ def test_every_ros_import_is_declared_or_optional():
     rosdep = exec_depends()
     used = imported_top_levels() & ROS
     assert {'rclpy', 'sensor_msgs', 'geometry_msgs'} <= used
-    for name in sorted(used - OPTIONAL):
+    for name in sorted(used & LAUNCH_SYSTEM):
+        assert name in rosdep, f'package.xml lacks <exec_depend>{name}</exec_depend>'
+    for path, _, name in import_nodes():
+        if name in LAUNCH_SYSTEM:
+            assert path.name in LAUNCH_SIDE, f'{path.name} imports {name} (launch files only)'
+    for name in sorted(used - OPTIONAL - LAUNCH_SYSTEM):
         wheel = 'ros-' + name.replace('_', '-')
         assert name in rosdep, f'package.xml lacks <exec_depend>{name}</exec_depend>'
         assert wheel in ros_extra, f"setup.py's ros extra lacks {wheel}"

@@ -37,7 +37,7 @@ def test_jazzy_ros_wheels_and_numerics():
 
 
 def test_test_tools_are_pinned_as_in_the_main_leg():
-    dev = pins(REPO / 'requirements-dev.txt')
+    dev = {**pins(REPO / 'requirements.txt'), **pins(REPO / 'requirements-dev.txt')}
     tools = {'pytest', 'hypothesis', 'colcon-common-extensions', 'mcap', 'mcap-ros2-support'}
     assert {name: JAZZY.get(name) for name in tools} == {name: dev[name] for name in tools}
 

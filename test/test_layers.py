@@ -33,6 +33,7 @@ LIGHT = ['depthclip_ros.engine.config', 'depthclip_ros.objects.queries',
          'depthclip_ros.io.dataset', 'depthclip_ros.io.visualize', 'depthclip_ros.io.outputs',
          'depthclip_ros.tools.cli', 'depthclip_ros.tools.common',
          'depthclip_ros.tools.progress', 'depthclip_ros.tools.infer',
+         'depthclip_ros.tools.infer_names', 'depthclip_ros.tools.locate_outputs',
          'depthclip_ros.tools.locate', 'depthclip_ros.tools.evaluate',
          'depthclip_ros.tools.bag', 'depthclip_ros.tools.demo', 'depthclip_ros.tools.soak']
 

@@ -23,7 +23,7 @@ from depthclip_ros.io.outputs import (
 from depthclip_ros.tools import bag as bag_tool
 from depthclip_ros.tools import demo, evaluate, infer, locate
 from depthclip_ros.tools.cli import main
-from depthclip_ros.tools.infer import OUTPUT_SUFFIXES, SUMMARY_SUFFIX
+from depthclip_ros.tools.infer_names import OUTPUT_SUFFIXES, SUMMARY_SUFFIX
 
 from conftest import small_engine_for_tools
 

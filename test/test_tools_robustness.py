@@ -34,7 +34,7 @@ from depthclip_ros.io.visualize import read_ply, write_rgb_png
 from depthclip_ros.ros.parameters import DEFAULT_MAX_INPUT_PIXELS
 from depthclip_ros.tools import evaluate, infer
 from depthclip_ros.tools.cli import main
-from depthclip_ros.tools.infer import OUTPUT_SUFFIXES, plan_outputs
+from depthclip_ros.tools.infer_names import OUTPUT_SUFFIXES, plan_outputs
 
 from conftest import fill_disk_at
 

@@ -29,7 +29,7 @@ from depthclip_ros.io.visualize import (
 from depthclip_ros.tools import infer
 from depthclip_ros.tools.bench import speed as bench
 from depthclip_ros.tools.cli import main
-from depthclip_ros.tools.infer import OUTPUT_SUFFIXES, plan_outputs, SUMMARY_SUFFIX
+from depthclip_ros.tools.infer_names import OUTPUT_SUFFIXES, plan_outputs, SUMMARY_SUFFIX
 
 from conftest import fill_disk_at, small_engine_for_tools
 

@@ -47,7 +47,8 @@ from depthclip_ros.tools.common import (
     ToolExit,
     warn_random_weights,
 )
-from depthclip_ros.tools.infer import OUTPUT_SUFFIXES, plan_outputs, planned_files, write_outputs
+from depthclip_ros.tools.infer import write_outputs
+from depthclip_ros.tools.infer_names import OUTPUT_SUFFIXES, plan_outputs, planned_files
 from depthclip_ros.tools.progress import Progress, Stages
 
 if TYPE_CHECKING:  # annotations only: torch is imported when the model loads

@@ -11,7 +11,6 @@ from __future__ import annotations
 import numpy as np
 
 METRIC_NAMES = ('d1', 'd2', 'd3', 'abs_rel', 'sq_rel', 'rmse', 'rmse_log', 'log10')
-# Higher is better for the deltas, lower for the errors.
 
 # NYU Depth v2 protocol of the DepthCLIP paper (640x480 frames).
 NYU_INPUT_CROP = (60, 56, 604, 472)  # left, top, right, bottom: a 544x416 network input

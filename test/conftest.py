@@ -27,6 +27,8 @@ import gc
 import os
 from pathlib import Path
 import random
+import subprocess
+import sys
 
 
 def choose_ros_domain(exported, rng=random) -> int:
@@ -395,3 +397,27 @@ def fill_disk_at(monkeypatch, module, writer: str, file_name: str) -> None:
         return real(path, *rest, **kwargs)
 
     monkeypatch.setattr(module, writer, full_disk)
+
+
+# ------------------------------------------------------------------------- without ROS
+# What `pip install .` without the `ros` extra gives: no ROS package importable at all.
+ROS_PACKAGES = {'rclpy', 'rcl_interfaces', 'sensor_msgs', 'std_msgs', 'diagnostic_msgs',
+                'lifecycle_msgs', 'ament_index_python', 'launch', 'launch_ros',
+                'builtin_interfaces', 'visualization_msgs', 'geometry_msgs', 'vision_msgs',
+                'rosidl_runtime_py', 'rpyutils'}
+BLOCK_ROS = f"""
+import sys
+class NoRos:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in {sorted(ROS_PACKAGES)!r}:
+            raise ModuleNotFoundError(f'No module named {{name!r}}', name=name)
+sys.meta_path.insert(0, NoRos())
+from depthclip_ros.tools.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def without_ros(*args, cwd=REPO):
+    """``depthclip-ros ARGS`` in a fresh interpreter where no ROS package imports."""
+    return subprocess.run([sys.executable, '-c', BLOCK_ROS, *args], capture_output=True,
+                          text=True, timeout=300, cwd=cwd)

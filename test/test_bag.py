@@ -340,7 +340,7 @@ def test_interrupting_leaves_a_readable_bag_with_whole_frames(tmp_path, sig):
 def test_a_signal_during_processing_only_sets_the_flag_and_the_handlers_come_back():
     """The bag loops stop on the node's own mechanism (ros/shutdown's Shutdown, running
     phase), for the duration of the run only."""
-    from depthclip_ros.bags.process import stop_on_signal
+    from depthclip_ros.bags.output import stop_on_signal
 
     signals = (signal.SIGINT, signal.SIGTERM)
     before = {sig: signal.getsignal(sig) for sig in signals}

@@ -28,13 +28,14 @@ from rosbags.highlevel import AnyReader
 from rosbags.rosbag2 import Writer
 
 from depthclip_ros.bags import process as bags
-from depthclip_ros.bags.process import BagWriteError, process_bag
+from depthclip_ros.bags.output import BagWriteError
+from depthclip_ros.bags.process import process_bag
 from depthclip_ros.bags.recover import recover_partial
 from depthclip_ros.bags.safety import BagError, PARTIAL_NOTE
 from depthclip_ros.ros.pipeline import DepthPipeline
 from depthclip_ros.tools.cli import main
 
-from conftest import REPO
+from conftest import REPO, without_ros
 from rosutil import camera_info, rgb8_image
 from test_bag import by_topic, frames, mcap_messages, stream, write_bag
 
@@ -270,6 +271,11 @@ def test_sigkill_leaves_the_input_intact_and_a_recoverable_partial(tmp_path):
     assert report.per_topic['/cam/points'] == frames_recovered
     assert (partial / PARTIAL_NOTE).exists()  # the source of a recovery is only read
     assert tree(source) == before
+    # `bag --recover` needs no ROS package (mcap and rosbags only): as after `pip install .`
+    again = tmp_path / 'again'
+    result = without_ros('bag', '--recover', str(partial), str(again))
+    assert result.returncode == 0, result.stderr
+    assert _outputs_are_whole(again, source, complete=False) == frames_recovered
 
 
 def _limit_file_size():

@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from conftest import without_ros
+
 REPO = Path(__file__).resolve().parents[1]
 # import name -> distribution that provides it
 DISTRIBUTIONS = {'numpy': 'numpy', 'cv2': 'opencv-python-headless', 'PIL': 'pillow',
@@ -146,23 +148,6 @@ def test_every_ros_import_is_declared_or_optional():
             caught = {getattr(h.type, 'id', None) for t in guards for h in t.handlers}
             assert caught & {'ImportError', 'ModuleNotFoundError'}, \
                 f'{path.name} imports the optional {name} without catching ImportError'
-
-
-BLOCK_ROS = f"""
-import sys
-class NoRos:
-    def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] in {sorted(ROS)!r}:
-            raise ModuleNotFoundError(f'No module named {{name!r}}', name=name)
-sys.meta_path.insert(0, NoRos())
-from depthclip_ros.tools.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
-
-
-def without_ros(*args, cwd=REPO):
-    return subprocess.run([sys.executable, '-c', BLOCK_ROS, *args], capture_output=True,
-                          text=True, timeout=300, cwd=cwd)
 
 
 def test_the_plain_python_tools_run_without_any_ros_package(tmp_path):

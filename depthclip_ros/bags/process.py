@@ -24,10 +24,9 @@ import io
 import logging
 from pathlib import Path
 import queue
-import signal
 import threading
 import time
-from typing import Callable, Iterator
+from typing import Callable
 
 from rclpy.serialization import deserialize_message, serialize_message
 from rosbags.convert.converter import create_connections_converters
@@ -36,6 +35,7 @@ from rosbags.rosbag2 import StoragePlugin, Writer, WriterError
 from rosbags.typesys import get_typestore, Stores
 from sensor_msgs.msg import CameraInfo
 
+from depthclip_ros.bags.output import BagWriteError, METADATA_VERSION, stop_on_signal
 from depthclip_ros.bags.safety import (
     BagError,
     discard_partial,
@@ -56,26 +56,12 @@ from depthclip_ros.bags.topics import (
     valid_ros2_topic,
 )
 from depthclip_ros.ros.pipeline import DepthPipeline, FrameRejected, Outputs, Wanted
-from depthclip_ros.ros.shutdown import Shutdown, SIGNALS
+from depthclip_ros.ros.shutdown import Shutdown
 from depthclip_ros.timing import StageTimer
 
 log = logging.getLogger(__name__)
 
-# rosbag2 metadata version 8 is read by Jazzy and newer; Foxglove reads the MCAP itself.
-METADATA_VERSION = 8
 WRITE_QUEUE = 32  # messages waiting for the writer thread (a few frames)
-
-
-class BagWriteError(BagError):
-    """Writing failed during a run (disk full, I/O error). The message says what was left
-    where: ``partial`` is the clearly named folder kept for recovery (None when nothing had
-    been written); an earlier output was not touched."""
-
-    def __init__(self, message: str, partial: Path | None = None,
-                 report: BagReport | None = None):
-        super().__init__(message)
-        self.partial = partial
-        self.report = report
 
 
 @dataclass
@@ -132,28 +118,6 @@ class BagReport:
             return None
         return (f'not all of the input could be read and processed: {", ".join(parts)}; '
                 f'{self.frames_written} of {self.frames_total} frames have outputs')
-
-
-@contextlib.contextmanager
-def stop_on_signal() -> Iterator[Shutdown]:
-    """SIGINT/SIGTERM set the returned state's ``requested`` flag while the block runs; the
-    loops check it between messages, so that every written frame is whole and the writer is
-    drained and closed normally (at most one frame's inference later).
-
-    The same mechanism as ``depth_node``'s (:class:`~depthclip_ros.ros.shutdown.Shutdown`,
-    in its ``running`` phase: a signal only sets the flag), for the duration of the block:
-    the handlers in place before are restored after it. Off the main thread no handler can
-    be installed and the flag is never set."""
-    stop = Shutdown()
-    stop.phase = 'running'
-    main = threading.current_thread() is threading.main_thread()
-    previous = {sig: signal.getsignal(sig) for sig in SIGNALS} if main else {}
-    stop.install()
-    try:
-        yield stop
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 class WriterThread:

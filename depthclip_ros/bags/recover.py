@@ -23,7 +23,7 @@ from rosbags.rosbag2 import StoragePlugin, Writer, WriterError
 from rosbags.rosbag2.metadata import parse_qos
 from rosbags.typesys import get_types_from_idl, get_types_from_msg, get_typestore, Stores
 
-from depthclip_ros.bags.process import BagWriteError, METADATA_VERSION, stop_on_signal
+from depthclip_ros.bags.output import BagWriteError, METADATA_VERSION, stop_on_signal
 from depthclip_ros.bags.safety import (
     BagError,
     discard_partial,

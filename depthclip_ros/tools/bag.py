@@ -351,8 +351,11 @@ def refuse(reason: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.recover:  # mcap and rosbags only: no ROS package, no model
+        return run_recover(args)
     # Imported here, not with the module: `depthclip-ros bag --help` needs none of them.
-    from depthclip_ros.bags.process import BagWriteError, process_bag
+    from depthclip_ros.bags.output import BagWriteError
+    from depthclip_ros.bags.process import process_bag
     from depthclip_ros.bags.safety import BagError, PARTIAL_NOTE, plan_output
     from depthclip_ros.objects.referring import ReferringCLIP
     from depthclip_ros.ros.pipeline import DepthPipeline
@@ -364,8 +367,6 @@ def run(args: argparse.Namespace) -> int:
         configs_from_args(args)
     except ValueError as error:
         return refuse(option_problem(error, args))
-    if args.recover:
-        return run_recover(args)
     try:
         plan_output(args.input, args.output, args.overwrite)
     except BagError as error:
@@ -415,7 +416,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_recover(args: argparse.Namespace) -> int:
-    from depthclip_ros.bags.process import BagWriteError
+    from depthclip_ros.bags.output import BagWriteError
     from depthclip_ros.bags.recover import recover_partial
     from depthclip_ros.bags.safety import BagError
     try:

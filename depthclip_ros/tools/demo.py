@@ -148,7 +148,7 @@ def write_corridor_bag(path: Path, frames: int = 10, height: int = 480, width: i
     from rosbags.typesys import get_typestore, Stores
     from std_msgs.msg import Header
 
-    from depthclip_ros.bags.process import METADATA_VERSION
+    from depthclip_ros.bags.output import METADATA_VERSION
     from depthclip_ros.bags.safety import remove_bag_folder
     from depthclip_ros.ros.messages import camera_info_for, rgb_image
     if path.exists():

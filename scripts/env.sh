@@ -11,6 +11,7 @@ while :; do
   [ "$ROS_DOMAIN_ID" != "$_depthclip_exported" ] && break
 done
 export ROS_DOMAIN_ID
+export DEPTHCLIP_OWN_ROS_DOMAIN=$ROS_DOMAIN_ID  # tools/node_process keeps this run's own domain
 echo "ROS_DOMAIN_ID=$ROS_DOMAIN_ID (random, chosen for this shell${_depthclip_exported:+; the exported $_depthclip_exported is not used}), discovery on this host only" >&2
 unset _depthclip_exported
 # The PyPI ROS wheels need the venv as the ament prefix.

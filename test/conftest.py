@@ -43,6 +43,8 @@ def choose_ros_domain(exported, rng=random) -> int:
 
 EXPORTED_ROS_DOMAIN_ID = os.environ.get('ROS_DOMAIN_ID')
 os.environ['ROS_DOMAIN_ID'] = str(choose_ros_domain(EXPORTED_ROS_DOMAIN_ID))
+# this run's own domain: tools/node_process.isolate_ros_traffic keeps it
+os.environ['DEPTHCLIP_OWN_ROS_DOMAIN'] = os.environ['ROS_DOMAIN_ID']
 os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
 os.environ.setdefault('HF_HUB_OFFLINE', '1')  # tests never download weights
 

@@ -220,7 +220,8 @@ def test_every_accepted_value_is_usable(lone_node, name, template, words, number
 # ---------------------------------------------------------------- signals at any moment
 def start(params: dict, namespace: str | None = None) -> subprocess.Popen:
     return node_process.start_node(
-        params, namespace, env={'FASTRTPS_DEFAULT_PROFILES_FILE': LOOPBACK_PROFILE,
+        params, namespace, env={'FASTDDS_DEFAULT_PROFILES_FILE': LOOPBACK_PROFILE,
+                                'FASTRTPS_DEFAULT_PROFILES_FILE': LOOPBACK_PROFILE,
                                 'PYTHONUNBUFFERED': '1'}, stdout=subprocess.PIPE, cwd=HERE.parent)
 
 

@@ -4,7 +4,6 @@ bag in ../shared/data (CPU, random weights), then stopped with SIGINT and SIGTER
 Each test's node and peer share a namespace of their own: another run on this host that
 drew the same ROS domain never answers this run's frames."""
 
-import os
 from pathlib import Path
 import signal
 import socket
@@ -60,7 +59,8 @@ def start_node(namespace, extra=(), **env):
     return node_process.start_node(
         PARAMS, namespace, ['-r', 'image:=camera/color/image_raw',
                             '-r', 'camera_info:=camera/color/camera_info', *extra],
-        env={'FASTRTPS_DEFAULT_PROFILES_FILE': LOOPBACK_PROFILE, 'PYTHONUNBUFFERED': '1',
+        env={'FASTDDS_DEFAULT_PROFILES_FILE': LOOPBACK_PROFILE,
+             'FASTRTPS_DEFAULT_PROFILES_FILE': LOOPBACK_PROFILE, 'PYTHONUNBUFFERED': '1',
              **env}, stdout=subprocess.PIPE, cwd=HERE.parent)
 
 
@@ -82,12 +82,13 @@ def assert_exited_cleanly(process: subprocess.Popen, err: str, exit_s: float) ->
 
 
 @pytest.mark.parametrize('stop_signal', [signal.SIGINT, signal.SIGTERM])
-def test_real_frame_through_the_node_process(stop_signal):
+def test_real_frame_through_the_node_process(stop_signal, monkeypatch):
     image, info = read_realsense_frame()
     rgb = rgb_from_image(image)
     namespace = unique_namespace('replay')
     process = start_node(namespace)
-    os.environ['FASTRTPS_DEFAULT_PROFILES_FILE'] = LOOPBACK_PROFILE
+    monkeypatch.setenv('FASTDDS_DEFAULT_PROFILES_FILE', LOOPBACK_PROFILE)
+    monkeypatch.setenv('FASTRTPS_DEFAULT_PROFILES_FILE', LOOPBACK_PROFILE)
     context = rclpy.Context()
     rclpy.init(context=context)
     peer = rclpy.create_node('replay', namespace=namespace, context=context)

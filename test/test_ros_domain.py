@@ -71,3 +71,23 @@ def test_the_scripts_pick_their_own_domain_and_say_which(exported):
     assert used != exported and 1 <= int(used) <= 101
     assert f'ROS_DOMAIN_ID={used}' in result.stderr
     assert (f'exported {exported} is not used' in result.stderr) == bool(exported)
+
+
+@pytest.mark.parametrize('exported', ['42', '170'])
+def test_benchmarks_pick_their_own_domain_whatever_is_exported(exported):
+    """bench-node, bench-cameras and soak start rclpy through isolate_ros_traffic: run on
+    their own (no conftest, no env.sh), an exported domain is replaced and the new one
+    said; a domain this run chose itself is kept."""
+    code = ('import os; from depthclip_ros.tools import node_process as n; '
+            'n.isolate_ros_traffic(); first = os.environ["ROS_DOMAIN_ID"]; '
+            'n.isolate_ros_traffic(); '
+            'print(first, os.environ["ROS_DOMAIN_ID"], os.environ["FASTDDS_DEFAULT_PROFILES_FILE"]'
+            ' == os.environ["FASTRTPS_DEFAULT_PROFILES_FILE"])')
+    env = {k: v for k, v in os.environ.items() if k != 'DEPTHCLIP_OWN_ROS_DOMAIN'}
+    env['ROS_DOMAIN_ID'] = exported
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                            env=env, cwd=REPO, timeout=60)
+    assert result.returncode == 0, result.stderr
+    first, again, both = result.stdout.split()
+    assert first == again != exported and 1 <= int(first) <= 101 and both == 'True'
+    assert f'ROS_DOMAIN_ID={first}' in result.stderr and f'exported {exported}' in result.stderr

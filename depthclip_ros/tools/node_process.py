@@ -23,10 +23,32 @@ from depthclip_ros.io.resources import share_file
 PROFILE = 'config/fastdds_localhost.xml'  # installed under share/depthclip_ros
 
 
+# Set, with the same value as ROS_DOMAIN_ID, by whatever chose this run's own domain
+# (scripts/env.sh, the tests' conftest, isolate_ros_traffic): that domain is kept.
+OWN_DOMAIN = 'DEPTHCLIP_OWN_ROS_DOMAIN'
+
+
+def choose_ros_domain(exported: str | None) -> int:
+    """A random ROS domain in 1..101, never ``exported`` (the user's)."""
+    avoid = exported.strip() if exported else None
+    return random.choice([d for d in range(1, 102) if str(d) != avoid])
+
+
 def isolate_ros_traffic() -> None:
+    """Keep this run's DDS traffic on this host, in a random domain of its own (never the
+    exported one: a robot on the user's domain must not hear a benchmark), on the
+    loopback-only Fast DDS profile under both of its variable names."""
     os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
-    os.environ.setdefault('ROS_DOMAIN_ID', str(random.randint(1, 101)))
-    os.environ['FASTRTPS_DEFAULT_PROFILES_FILE'] = str(share_file(PROFILE))
+    domain = os.environ.get('ROS_DOMAIN_ID')
+    if domain is None or os.environ.get(OWN_DOMAIN) != domain:
+        chosen = str(choose_ros_domain(domain))
+        os.environ['ROS_DOMAIN_ID'] = os.environ[OWN_DOMAIN] = chosen
+        exported = f'; the exported {domain} is not used' if domain else ''
+        print(f'ROS_DOMAIN_ID={chosen} (random, chosen for this run{exported}), discovery '
+              f'on this host only', file=sys.stderr, flush=True)
+    profile = str(share_file(PROFILE))
+    os.environ['FASTDDS_DEFAULT_PROFILES_FILE'] = profile  # Fast DDS 3 (Kilted on)
+    os.environ['FASTRTPS_DEFAULT_PROFILES_FILE'] = profile  # Fast DDS 2 (Jazzy)
 
 
 def private_namespace(name: str) -> str:

@@ -139,3 +139,21 @@ def test_everything_read_and_processed_gives_exit_0(tmp_path, capsys, monkeypatc
     assert f'done: {FRAMES} of {FRAMES} frames with depth (0 rejected, 0 failed, 0 ' \
         'unreadable messages)' in captured.out
     assert 'not all of the input' not in captured.err
+
+
+@pytest.mark.parametrize('case', ['unreadable image', 'failed frame'])
+def test_demo_on_a_damaged_bag_exits_1_as_bag_does(case, tmp_path, capsys, monkeypatch,
+                                                   small_engine):
+    from depthclip_ros.tools import demo
+    damage, options, with_depth, words = CASES[case]
+    monkeypatch.setattr(demo, 'load_or_fallback', lambda args: small_engine)
+    messages = stream(frames(FRAMES))
+    damage(messages, monkeypatch, small_engine)
+    source = write_bag(tmp_path / 'in', messages)
+    code = main(['demo', '--input', str(source), '--output', str(tmp_path / 'out'), *CLI])
+    captured = capsys.readouterr()
+    assert code == 1, captured.out + captured.err
+    (line,) = [line for line in captured.err.splitlines()
+               if line.startswith('depthclip-ros demo: ')]
+    assert 'not all of the input' in line and words[0] in line, line
+    assert 'Traceback' not in captured.err

@@ -169,9 +169,11 @@ def write_corridor_bag(path: Path, frames: int = 10, height: int = 480, width: i
     return path
 
 
-def run_bag(engine: DepthCLIP, source: Path, destination: Path, overwrite: bool) -> None:
+def run_bag(engine: DepthCLIP, source: Path, destination: Path, overwrite: bool
+            ) -> str | None:
     """``source`` through the node's pipeline into ``destination``, like
-    ``depthclip-ros bag`` with ``--colormap``; ``ToolExit`` 1 when that fails."""
+    ``depthclip-ros bag`` with ``--colormap``; ``ToolExit`` 1 when that fails. Returns
+    what of the input could not be read or processed (``bag``'s exit-1 rule), or None."""
     from depthclip_ros.bags.process import process_bag
     from depthclip_ros.bags.safety import BagError
     from depthclip_ros.ros.pipeline import DepthPipeline
@@ -187,6 +189,7 @@ def run_bag(engine: DepthCLIP, source: Path, destination: Path, overwrite: bool)
     finally:
         progress.close()
     print_summary(report, destination, random_weights=False)
+    return report.damage()
 
 
 @dataclass
@@ -341,10 +344,12 @@ def run(args: argparse.Namespace) -> int:
     args.output.mkdir(parents=True, exist_ok=True)
     print(f'engine: {engine.config.model} ({engine.config.pretrained}) on '
           f'{engine.describe_device()}, {engine.config.feature_mode} mode')
-    images, bags, truth, recording = [], [], False, False
+    images, bags, truth, recording, damaged = [], [], False, False, []
     if args.input:
         for source, destination in plan.bags:
-            run_bag(engine, source, destination, args.overwrite)
+            damage = run_bag(engine, source, destination, args.overwrite)
+            if damage:
+                damaged.append(f'{PROG}: {source}: {damage}')
             bags.append(destination)
         if plan.images is not None:
             images = run_images(engine, args, plan.images)
@@ -367,7 +372,9 @@ def run(args: argparse.Namespace) -> int:
         source = write_corridor_bag(args.output / CORRIDOR_CAMERA, args.frames)
         recording = True
         stages.start('processing the recording like depthclip-ros bag')
-        run_bag(engine, source, args.output / CORRIDOR_DEPTH, args.overwrite)
+        damage = run_bag(engine, source, args.output / CORRIDOR_DEPTH, args.overwrite)
+        if damage:
+            damaged.append(f'{PROG}: {source}: {damage}')
         bags.append(args.output / CORRIDOR_DEPTH)
         stages.finish()
     print()
@@ -377,4 +384,6 @@ def run(args: argparse.Namespace) -> int:
           'camera_info:=/camera/camera_info rviz:=true')
     if engine.random_weights:
         print(RANDOM_WEIGHTS_BANNER)
-    return 0
+    for line in damaged:  # as `bag`: input that could not be read or processed is exit 1
+        print(line, file=sys.stderr, flush=True)
+    return 1 if damaged else 0

@@ -138,3 +138,15 @@ def test_the_caption_is_legible_under_a_real_size_preview(tmp_path):
     path = tmp_path / 'p.png'
     cv2.imwrite(str(path), picture)
     assert Path(path).stat().st_size > 0
+
+
+def test_bag_lists_every_topic_it_could_not_copy(tmp_path, capsys):
+    """A RealSense bag has dozens of topics whose names ROS 2 refuses: each is named."""
+    from depthclip_ros.bags.process import BagReport
+    from depthclip_ros.tools.bag import print_summary
+    report = BagReport()
+    report.skipped_topics = [f'/device_0/sensor_0/option/Option {i}/value' for i in range(38)]
+    print_summary(report, tmp_path / 'out', random_weights=True)
+    out = capsys.readouterr().out
+    assert 'not copied (names ROS 2 does not allow): 38 topics' in out
+    assert all(repr(topic) in out for topic in report.skipped_topics)

@@ -312,8 +312,10 @@ def print_summary(report: BagReport, output: Path, random_weights: bool,
         print(f'ms per frame: {stages}; writer thread {report.write_thread_ms / frames:.1f} '
               f'(overlapped)')
     if report.skipped_topics:
-        print(f'not copied (names ROS 2 does not allow): {len(report.skipped_topics)} topics, '
-              f'e.g. {report.skipped_topics[0]!r}')
+        print(f'not copied (names ROS 2 does not allow): {len(report.skipped_topics)} '
+              f'topics:')
+        for topic in report.skipped_topics:  # every one: the user loses them in the output
+            print(f'  {topic!r}')
     if failed:
         return
     replaced = ', replaced the earlier output' if report.replaced else ''

@@ -46,6 +46,7 @@ from depthclip_ros.objects.proposals import MAX_MASKS
 from depthclip_ros.objects.queries import MAX_QUERIES
 from depthclip_ros.tools.bench.options import precision_variant
 from depthclip_ros.tools.common import add_model_arguments, load_engine
+from depthclip_ros.tools.progress import Stages
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -114,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     engine = load_engine(args)
     height, width = args.image_size
+    stages = Stages('bench', 3 + (args.batch > 1) + bool(args.queries))
+    stages.start(f'the stages of a frame, {args.warmup} warm-up + {args.repeat} rounds each')
     medians = time_engine(engine, height, width, args.batch, args.warmup, args.repeat)
     device = device_description(engine)
     print(f'device: {device}; torch {torch.__version__}; {engine.config.model} '
@@ -124,18 +127,23 @@ def run(args: argparse.Namespace) -> int:
     print_stages(medians, args.batch)
     batching = None
     if args.batch > 1:
+        stages.start(f'{args.batch} frames one by one against one batch')
         batching = time_batching(engine, height, width, args.batch, args.warmup, args.repeat)
         print_batching(batching)
+    stages.start('the frame with and without uncertainty')
     uncertainty = time_uncertainty(engine, height, width, args.batch, args.warmup,
                                    args.repeat)
     print_uncertainty(uncertainty, args.batch)
+    stages.start('one scene classification')
     scene = time_scene(engine, height, width, args.warmup, args.repeat)
     print_scene(scene, height, width)
     objects = {}
     if args.queries:
+        stages.start(f'the object step, {args.queries} queries')
         objects = time_objects(engine, height, width, args.queries, args.max_masks,
                                repeat=max(1, args.repeat // 2))
         print_objects(objects)
+    stages.finish()
     if args.json:
         args.json.write_text(json.dumps({'device': device, 'batch': args.batch,
                                          'image_size': [height, width],

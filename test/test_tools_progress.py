@@ -190,3 +190,19 @@ def test_locate_says_each_step_as_it_starts(tmp_path, capsys, tool_engine):
     assert 'depth of the 64x48 image' in steps[0]
     assert 'built-in proposals' in steps[1] and 'took' in steps[1]
     assert '1 query' in steps[2] and steps[3].endswith(' s')
+
+
+def test_bag_says_it_is_starting_before_torch_is_imported(tmp_path):
+    """bag's imports (torch, rosbags, ROS 2) take seconds: its first line comes before."""
+    source = tmp_path / 'in.mcap'
+    source.write_bytes(b'not a bag')  # refused after the imports: the run stays short
+    env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE='1', PYTHONUNBUFFERED='1')
+    done = subprocess.run(
+        [sys.executable, '-X', 'importtime', '-m', 'depthclip_ros.tools.cli', 'bag',
+         str(source), str(tmp_path / 'out'), *FAST], cwd=REPO, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    lines = done.stdout.splitlines()
+    said = next(i for i, line in enumerate(lines) if line.startswith('bag: '))
+    torch = next(i for i, line in enumerate(lines) if line.startswith('import time:')
+                 and line.rsplit('|', 1)[1].strip().split('.')[0] == 'torch')
+    assert said < torch and 'starting' in lines[said], lines[said]

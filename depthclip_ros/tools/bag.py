@@ -355,6 +355,9 @@ def refuse(reason: str) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.recover:  # mcap and rosbags only: no ROS package, no model
         return run_recover(args)
+    # The imports below take seconds (torch, rosbags, ROS 2): say so first.
+    print(f'bag: {args.input} -> {args.output}: starting (torch, rosbags and ROS 2 load '
+          f'first, a few seconds)', flush=True)
     # Imported here, not with the module: `depthclip-ros bag --help` needs none of them.
     from depthclip_ros.bags.output import BagWriteError
     from depthclip_ros.bags.process import process_bag

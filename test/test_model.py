@@ -226,3 +226,23 @@ def test_construction_is_cheap_and_fp16_needs_cuda():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match='CUDA'):
             DepthCLIP(ModelConfig(pretrained='none', device='cpu', precision='fp16')).load()
+
+
+def test_release_forgets_the_model_and_load_brings_it_back():
+    from depthclip_ros.engine.config import ModelConfig
+    from depthclip_ros.engine.depthclip import DepthCLIP
+    engine = DepthCLIP(ModelConfig(pretrained='none', device='cpu', input_size=(64, 96)))
+    engine.load()
+    engine.encode_text(['a released sentence'])
+    engine.release()
+    assert not engine.loaded
+    with pytest.raises(RuntimeError, match='load'):
+        engine.clip  # noqa: B018 - the property raises
+    with pytest.raises(RuntimeError, match='load'):
+        engine.encode_text(['a released sentence'])
+    engine.load()
+    runs = engine.text_encodings
+    engine.encode_text(['a released sentence'])  # the cache went with the model
+    assert engine.text_encodings == runs + 1
+    depth = engine.predict(image(seed=2), NYU_CROP, output_size=(13, 17))
+    assert np.isfinite(depth).all()

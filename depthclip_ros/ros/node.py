@@ -44,7 +44,6 @@ from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
-import torch
 
 from depthclip_ros.engine.config import HeadConfig, ModelConfig, RANDOM_WEIGHTS_BANNER
 from depthclip_ros.engine.depthclip import DepthCLIP
@@ -214,16 +213,14 @@ class DepthNodeCore(FrameWorker):
             stream.subscriptions = []
 
     def _release(self) -> None:
-        """Forget the model (and its GPU memory)."""
-        self.engine = None
+        """Forget the model (and its GPU memory): the engine's own :meth:`release`."""
+        engine, self.engine = self.engine, None
         for stream in self.streams:
             if stream.pipeline is not None:
                 stream.pipeline.engine = None
             stream.pipeline = None
-        import gc
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        if engine is not None:
+            engine.release()
 
     def _on_set_parameters(self, parameters):
         """Accept a change only if everything it needs can be built from it.

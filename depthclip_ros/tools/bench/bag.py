@@ -15,7 +15,7 @@ import statistics
 import tempfile
 import time
 
-from depthclip_ros.tools.common import add_model_arguments, load_engine
+from depthclip_ros.tools.common import add_model_arguments, announce, load_engine
 from depthclip_ros.tools.demo import CORRIDOR_IMAGE_TOPIC, CORRIDOR_INFO_TOPIC
 
 IMAGE_TOPIC, INFO_TOPIC = CORRIDOR_IMAGE_TOPIC, CORRIDOR_INFO_TOPIC
@@ -42,6 +42,8 @@ def time_bare(engine, images, camera) -> list[float]:
 
 
 def run(args: argparse.Namespace) -> int:
+    announce('depthclip-ros bench-bag', 'starting: torch, rosbags and ROS 2 load first (a '
+             'few seconds), then the model')
     # Imported here, not with the module: `depthclip-ros bench-bag --help` needs none of them.
     from sensor_msgs.msg import CameraInfo, Image
 

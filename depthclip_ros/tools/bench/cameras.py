@@ -33,6 +33,7 @@ from depthclip_ros.io.outputs import check_outputs
 from depthclip_ros.ros.streams import MAX_CAMERAS
 from depthclip_ros.tools.common import (
     add_model_arguments,
+    announce,
     check_model_options,
     option_problem,
     scene_settings,
@@ -172,6 +173,8 @@ def run(args: argparse.Namespace) -> int:
         print(f'depthclip-ros bench-cameras: {problem}')
         return 2
     isolate_ros_traffic()
+    announce('depthclip-ros bench-cameras', f'starting depth_node with {args.cameras} '
+             f'cameras as its own process (it loads its model first)')
     result = measure(args)
     report(args, result)
     return 0 if result['total']['answered'] else 1

@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from depthclip_ros.tools.common import add_model_arguments, load_engine
+from depthclip_ros.tools.common import add_model_arguments, announce, load_engine
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    announce('depthclip-ros bench-node', 'starting: torch and ROS 2 load first (a few '
+             'seconds), then the model, then the node as its own process')
     # Imported here, not with the module: `depthclip-ros bench-node --help` needs no torch.
     from depthclip_ros.tools.bench.common import device_description
     from depthclip_ros.tools.bench.stages import time_engine

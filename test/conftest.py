@@ -26,20 +26,12 @@ import ctypes
 import gc
 import os
 from pathlib import Path
-import random
 import subprocess
 import sys
 
-
-def choose_ros_domain(exported, rng=random) -> int:
-    """A random ROS domain in 1..101 (ROS documents 0..101 as safe on Linux; 0 is the
-    default every unconfigured node uses), never ``exported`` (an int or its text)."""
-    try:
-        avoid = int(exported)
-    except (TypeError, ValueError):
-        avoid = None
-    return rng.choice([domain for domain in range(1, 102) if domain != avoid])
-
+# tools/node_process imports only the standard library and io/resources: nothing here can
+# start rclpy before the environment below is set.
+from depthclip_ros.tools.node_process import choose_ros_domain
 
 EXPORTED_ROS_DOMAIN_ID = os.environ.get('ROS_DOMAIN_ID')
 os.environ['ROS_DOMAIN_ID'] = str(choose_ros_domain(EXPORTED_ROS_DOMAIN_ID))

@@ -28,10 +28,15 @@ PROFILE = 'config/fastdds_localhost.xml'  # installed under share/depthclip_ros
 OWN_DOMAIN = 'DEPTHCLIP_OWN_ROS_DOMAIN'
 
 
-def choose_ros_domain(exported: str | None) -> int:
-    """A random ROS domain in 1..101, never ``exported`` (the user's)."""
-    avoid = exported.strip() if exported else None
-    return random.choice([d for d in range(1, 102) if str(d) != avoid])
+def choose_ros_domain(exported, rng=random) -> int:
+    """A random ROS domain in 1..101 (ROS documents 0..101 as safe on Linux; 0 is the
+    default every unconfigured node uses), never ``exported`` (the user's: an int or its
+    text). The tests' conftest picks its domain with this too."""
+    try:
+        avoid = int(exported)
+    except (TypeError, ValueError):
+        avoid = None
+    return rng.choice([domain for domain in range(1, 102) if domain != avoid])
 
 
 def isolate_ros_traffic() -> None:

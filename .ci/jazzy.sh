@@ -39,8 +39,8 @@ say "Jazzy leg: $venv, $("$py" --version)"
 quiet() {  # pip's notes about this machine's absent local indexes say nothing
   grep -v "^WARNING: Location 'file://" || true
 }
-pip_install() {
-  "$py" -m pip install -q "$@" 2>&1 | quiet
+pip_install() {  # no wheel cache: the venv is what is kept (CI's disk is limited)
+  "$py" -m pip install -q --no-cache-dir "$@" 2>&1 | quiet
   return "${PIPESTATUS[0]}"
 }
 stamp=$venv/.depthclip-jazzy
@@ -49,6 +49,13 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   say "installing the Jazzy stand-in (requirements-jazzy.txt):"
   grep -v '^#' requirements-jazzy.txt | sed 's/^/    /'
   pip_install -r requirements-jazzy.txt
+  # torch's ~3 GB of CUDA library wheels are Python-independent: share .venv's by hard
+  # links rather than a second copy (.ci/share_cuda_libs.py; CI's disk ran out without it)
+  if [ -x "$repo/.venv/bin/python" ]; then
+    "$repo/.venv/bin/python" .ci/share_cuda_libs.py \
+      "$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+  fi
+  say "free disk: $(df -h --output=avail "$venv" | tail -n 1 | tr -d ' ')"
   say "installing requirements-ros.txt as the README says, pinned by requirements-jazzy.txt"
   echo "    (torch and its CUDA libraries: several GB on a first install):"
   grep -v '^#' requirements-ros.txt | sed 's/^/    /'

@@ -18,7 +18,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   fi
   .venv/bin/python -m pip install -q --upgrade pip
   # pip's own progress (each download with its size), not -q: minutes must not be silent
-  .venv/bin/python -m pip install --progress-bar on -r requirements-dev.txt
+  # --no-cache-dir: the venv is what is kept; a second copy of the wheels in pip's cache
+  # would cost another ~3.5 GB of disk
+  .venv/bin/python -m pip install --no-cache-dir --progress-bar on -r requirements-dev.txt
   echo "$want" > "$stamp"
   echo "setup: dependencies installed in $((SECONDS - start)) s ($(du -sh .venv | cut -f1)" \
     'in .venv)'

@@ -40,6 +40,7 @@ from depthclip_ros.engine.config import (
     ModelConfig,
 )
 from depthclip_ros.engine.cuda import PinnedUploads, TrunkGraphs
+from depthclip_ros.engine.export import Trunk
 from depthclip_ros.engine.frames import as_batch, bin_moments, FrameIn, Prediction
 from depthclip_ros.engine.runtime import CPU_TRUNK_BATCH, resolve_runtime, trunk_memory_format
 from depthclip_ros.engine.weights import build_clip, WeightsError
@@ -304,12 +305,7 @@ class DepthCLIP:
         return self._trunk(x)
 
     def _trunk(self, x: torch.Tensor) -> torch.Tensor:
-        visual = self._clip.visual
-        x = visual.stem(x)
-        x = visual.layer1(x)
-        x = visual.layer2(x)
-        x = visual.layer3(x)
-        return visual.layer4(x)
+        return Trunk(self._clip.visual)(x)  # the one definition (engine/export.py)
 
     def token_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:
         """``(B, C, h, w)`` trunk output -> ``(B, h*w, D)`` tokens comparable with text."""

@@ -73,6 +73,7 @@ TIERS = {
     'test_conventions.py': ('ros', set()),
     'test_evaluate_baselines.py': ('unit', {'test_evaluate_nyu_baselines_on_real_frames'}),
     'test_fuzz.py': ('unit', set()),
+    'test_export.py': ('unit', True),  # exports and runs RN50 networks
     'test_geometry.py': ('unit', set()),
     'test_install.py': ('unit', {'test_the_plain_python_tools_run_without_any_ros_package'}),
     'test_launch.py': ('ros', {  # each runs ros2 launch against a colcon-built install

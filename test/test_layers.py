@@ -35,7 +35,8 @@ LIGHT = ['depthclip_ros.engine.config', 'depthclip_ros.objects.queries',
          'depthclip_ros.tools.progress', 'depthclip_ros.tools.infer',
          'depthclip_ros.tools.infer_names', 'depthclip_ros.tools.locate_outputs',
          'depthclip_ros.tools.locate', 'depthclip_ros.tools.evaluate',
-         'depthclip_ros.tools.bag', 'depthclip_ros.tools.demo', 'depthclip_ros.tools.soak']
+         'depthclip_ros.tools.bag', 'depthclip_ros.tools.demo', 'depthclip_ros.tools.soak',
+         'depthclip_ros.tools.export']
 
 
 def module_name(path: Path) -> str:

@@ -1,5 +1,5 @@
 """``depthclip-ros``: the command-line entry (infer, locate, bag, evaluate, bench, bench-node,
-bench-cameras, soak, demo).
+bench-cameras, soak, demo, export).
 
 Only the tool named on the command line is imported: ``depthclip-ros --help`` lists the
 tools from this table alone, and a tool's module imports torch, OpenCV, ROS and rosbags
@@ -71,6 +71,8 @@ SUMMARIES = dict((
              'counts, shutdown'),
     ('demo', 'the main job without a camera: run the pipeline on given or generated input '
              'and say where the results are'),
+    ('export', 'the image trunk and encoder as ONNX or OpenVINO files with their input '
+               'contracts (for TensorRT, ONNX Runtime, OpenVINO)'),
 ))
 MODULES = {name: f'depthclip_ros.tools.{name.replace("-", "_")}' for name in SUMMARIES}
 MODULES.update({name: f'depthclip_ros.tools.bench.{name[6:]}'

@@ -75,6 +75,9 @@ TIERS = {
     'test_fuzz.py': ('unit', set()),
     'test_export.py': ('unit', True),  # exports and runs RN50 networks
     'test_geometry.py': ('unit', set()),
+    'test_gpu_check.py': ('unit', {  # a random engine run, a whole quick check
+        'test_the_wheels_cover_every_module_a_random_engine_run_imports',
+        'test_a_quick_cpu_run_writes_the_markdown_and_the_json'}),
     'test_install.py': ('unit', {'test_the_plain_python_tools_run_without_any_ros_package'}),
     'test_launch.py': ('ros', {  # each runs ros2 launch against a colcon-built install
         'test_show_args_lists_exactly_the_table',

@@ -217,6 +217,9 @@ def test_a_failed_conversion_leaves_nothing(tmp_path, small_engine, monkeypatch,
     assert 'converting or writing failed, nothing of this run was kept: RuntimeError: the ' \
            'converter broke' in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ['other.txt']
+    # an output folder this run created is not left behind either
+    assert main(export_args(tmp_path / 'new' / 'out')) == 1
+    assert not (tmp_path / 'new').exists()
 
 
 # ------------------------------------------------------------------ the command line

@@ -170,9 +170,8 @@ def shapes(engine, args: argparse.Namespace) -> dict[str, tuple[int, int, int, i
 
 def write_all(engine, args: argparse.Namespace, stages: Stages) -> dict[str, dict]:
     """Convert both networks into a temporary folder inside OUTPUT, write their contracts,
-    then move every file into place; nothing is left when anything fails. Returns the
-    contracts."""
-    args.output.mkdir(parents=True, exist_ok=True)
+    then move every file into place; nothing is left when anything fails (OUTPUT
+    exists). Returns the contracts."""
     staging = Path(tempfile.mkdtemp(prefix='.export-', dir=args.output))
     documents = {}
     try:
@@ -206,9 +205,17 @@ def run(args: argparse.Namespace) -> int:
         print(note)
     engine = load_engine(args)
     stages = Stages('export', len(NETWORKS))
+    created = None  # the outermost folder this run creates, removed when it fails
+    for folder in (args.output, *args.output.parents):
+        if os.path.lexists(folder):
+            break
+        created = folder
     try:
+        args.output.mkdir(parents=True, exist_ok=True)
         documents = write_all(engine, args, stages)
     except Exception as error:  # a converter's or the file system's failure
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
         print(f'{PROG}: converting or writing failed, nothing of this run was kept: '
               f'{type(error).__name__}: {one_line(error)}', file=sys.stderr, flush=True)
         return 1

@@ -93,8 +93,9 @@ WITH_TORCH = {'torch', 'torchgen', 'triton', 'sympy', 'mpmath', 'networkx', 'jin
 OPTIONAL_HERE = {'pydot', 'backports', 'ros_wheels_bootstrapper'}
 ENGINE_RUN = """
 import sys
-sys.path.insert(0, 'scripts')
+sys.path[:0] = ['scripts', 'test']
 import gpu_measure
+import conftest, test_speed_paths  # what the tests stage imports
 import numpy as np
 from depthclip_ros.engine.config import ModelConfig
 from depthclip_ros.engine.depthclip import DepthCLIP
@@ -107,13 +108,15 @@ print(' '.join(sorted(n for n in names if not n.startswith('_') and n != 'cython
 
 
 def test_the_wheels_cover_every_module_a_random_engine_run_imports(gpu_check):
+    """...and the CUDA tests' modules: nothing the GPU machine would lack (OpenCV, ROS,
+    scipy) is imported on the way."""
     done = subprocess.run([sys.executable, '-c', ENGINE_RUN], cwd=REPO, capture_output=True,
                           text=True, timeout=300, env=dict(os.environ, HF_HUB_OFFLINE='1'))
     assert done.returncode == 0, done.stderr[-2000:]
     imported = set(done.stdout.split())
     assert {'open_clip', 'ftfy', 'torchvision'} <= imported  # the check sees them
-    carried = {module for _, _, module in gpu_check.WHEELS} | {'torchvision'}
-    local = {'depthclip_ros', 'gpu_measure'}
+    carried = {module for _, _, module in gpu_check.WHEELS} | {'torchvision', 'py'}  # py: pytest's
+    local = {'depthclip_ros', 'gpu_measure', 'conftest', 'test_speed_paths'}
     assert imported - carried - WITH_TORCH - OPTIONAL_HERE - local == set()
 
 

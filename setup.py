@@ -36,6 +36,10 @@ setup(
                 'ros-std-msgs', 'ros-geometry-msgs', 'ros-diagnostic-msgs',
                 'ros-visualization-msgs'],
         'test': ['pytest'],  # colcon test runs pytest when this names it
+        # backend: openvino and precision: int8 (the trunk on OpenVINO, NNCF's calibration),
+        # and onnx for `depthclip-ros export --format onnx`; imported only where used.
+        # Pinned in requirements-dev.txt, so CI tests that path.
+        'openvino': ['openvino', 'nncf', 'onnx'],
     },
     entry_points={
         'console_scripts': [

@@ -8,10 +8,11 @@ stamp=.venv/.depthclip-requirements
 want=$(cat requirements.txt requirements-dev.txt | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo 'setup: installing the pinned dependencies into ./.venv (requirements-dev.txt:'
-  echo '  torch, torchvision, open_clip, the ROS 2 PyPI wheels, OpenCV, scikit-image, pytest'
-  echo '  and ruff): about 6 GB on disk and about 2 minutes with a fast connection, longer'
-  echo '  on a slow one. The torch wheels carry CUDA libraries (most of the 6 GB); they run'
-  echo '  on the CPU when there is no GPU. Later runs skip this step.'
+  echo '  torch, torchvision, open_clip, the ROS 2 PyPI wheels, OpenCV, scikit-image, pytest,'
+  echo '  ruff, and OpenVINO, NNCF and ONNX for backend openvino): about 6 GB on disk and'
+  echo '  about 2 minutes with a fast connection, longer on a slow one. The torch wheels carry'
+  echo '  CUDA libraries (most of it); they run on the CPU when there is no GPU. Later runs'
+  echo '  skip this step.'
   start=$SECONDS
   if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv

@@ -21,13 +21,16 @@ every earlier test built. ``engine``, ``small_engine`` and the nodes of 'ros' fi
 one random model per configuration (:func:`random_models_shared`).
 """
 
+import atexit
 from contextlib import contextmanager
 import ctypes
 import gc
 import os
 from pathlib import Path
+import shutil
 import subprocess
 import sys
+import tempfile
 
 # tools/node_process imports only the standard library and io/resources: nothing here can
 # start rclpy before the environment below is set.
@@ -39,6 +42,11 @@ os.environ['ROS_DOMAIN_ID'] = str(choose_ros_domain(EXPORTED_ROS_DOMAIN_ID))
 os.environ['DEPTHCLIP_OWN_ROS_DOMAIN'] = os.environ['ROS_DOMAIN_ID']
 os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
 os.environ.setdefault('HF_HUB_OFFLINE', '1')  # tests never download weights
+# Networks converted for backend openvino go to a cache of this run's own, never the user's
+# (~/.cache/depthclip_ros), removed at exit; test_backend.py uses its own folders within.
+_TEST_CACHE = tempfile.mkdtemp(prefix='depthclip-test-cache-')
+os.environ['DEPTHCLIP_CACHE_DIR'] = _TEST_CACHE
+atexit.register(shutil.rmtree, _TEST_CACHE, ignore_errors=True)
 
 import pytest  # noqa: E402
 
@@ -62,6 +70,11 @@ TIERS = {
     'test_bag_uncertainty.py': ('unit', {
         'test_the_command_writes_the_uncertainty_and_classifies_every_n_frames'}),
     'test_bag_exit.py': ('unit', True),  # whole bag runs, one per kind of damage
+    'test_backend.py': ('unit', {  # conversions by OpenVINO, NNCF's calibration, tools
+        'test_int8_runs_close_to_fp32_and_its_key_holds_the_calibration',
+        'test_encode_image_through_the_backend_equals_torch',
+        'test_a_corrupt_entry_is_rebuilt_with_one_warning',
+        'test_infer_tool_with_backend_openvino'}),
     'test_batching.py': ('unit', {'test_a_batch_of_mixed_frames_equals_each_frame_alone'}),
     'test_bench_cameras.py': ('ros', {'test_two_cameras_answered_table_and_json'}),
     'test_bench_node.py': ('ros', True),
@@ -100,7 +113,7 @@ TIERS = {
         'test_flip_average_is_the_mean_of_both_predictions',
         'test_metric_scale_is_exact_for_nyu_and_doubles_with_focal',
         'test_paper_mode_equals_the_authors_computation'}),
-    'test_node.py': ('ros', set()),
+    'test_node.py': ('ros', {'test_backend_openvino_gives_the_depth_of_the_torch_backend'}),
     'test_node_cameras.py': ('ros', set()),
     'test_node_configs.py': ('unit', set()),
     'test_node_hardening.py': ('ros', {  # node processes, 60 hypothesis examples
@@ -308,8 +321,11 @@ def random_models_shared():
     def build(config):
         if not config.random_weights:
             return real(config)
-        key = repr([(f.name, getattr(config, f.name)) for f in fields(config)
-                    if f.name != 'input_size'])
+        # neither the input size nor the backend changes a weight, nor how load() casts
+        # the model (int8 keeps its torch side in float32, as fp32 does)
+        key = repr([(f.name, 'fp32' if getattr(config, f.name) == 'int8'
+                     else getattr(config, f.name)) for f in fields(config)
+                    if f.name not in ('input_size', 'backend', 'calibration')])
         if key not in _RANDOM_MODELS:
             _RANDOM_MODELS[key] = real(config)
         return _RANDOM_MODELS[key]

@@ -19,6 +19,10 @@ DISTRIBUTIONS = {'numpy': 'numpy', 'cv2': 'opencv-python-headless', 'PIL': 'pill
                  'safetensors': 'safetensors', 'huggingface_hub': 'huggingface_hub',
                  'rosbags': 'rosbags', 'mcap': 'mcap', 'yaml': 'pyyaml', 'tqdm': 'tqdm',
                  'skimage': 'scikit-image', 'scipy': 'scipy'}
+# import name -> distribution of setup.py's `openvino` extra (backend openvino, precision
+# int8, export --format onnx): imported only inside functions, pinned in
+# requirements-dev.txt so that CI tests that path
+OPENVINO_EXTRA = {'openvino': 'openvino', 'nncf': 'nncf', 'onnx': 'onnx'}
 # import name -> rosdep key, for what a ROS distribution provides (the rest of the
 # third-party imports come from requirements-ros.txt)
 ROSDEP_KEYS = {'numpy': 'python3-numpy', 'cv2': 'python3-opencv', 'PIL': 'python3-pil',
@@ -85,13 +89,18 @@ def imported_top_levels() -> set[str]:
     return {name for _, _, name in import_nodes()}
 
 
-def install_requires() -> tuple[set[str], set[str]]:
-    """setup.py's ``install_requires`` and its ``ros`` extra, read from the file."""
+def setup_keywords() -> dict:
+    """setup.py's ``install_requires`` and ``extras_require``, read from the file."""
     tree = ast.parse((REPO / 'setup.py').read_text())
     call = next(n for n in ast.walk(tree) if isinstance(n, ast.Call)
                 and getattr(n.func, 'id', '') == 'setup')
-    keywords = {k.arg: ast.literal_eval(k.value) for k in call.keywords
-                if k.arg in ('install_requires', 'extras_require')}
+    return {k.arg: ast.literal_eval(k.value) for k in call.keywords
+            if k.arg in ('install_requires', 'extras_require')}
+
+
+def install_requires() -> tuple[set[str], set[str]]:
+    """setup.py's ``install_requires`` and its ``ros`` extra."""
+    keywords = setup_keywords()
     return set(keywords['install_requires']), set(keywords['extras_require']['ros'])
 
 
@@ -105,7 +114,7 @@ def test_every_third_party_import_is_declared_for_every_install():
     the ROS install (a rosdep key in package.xml, else requirements-ros.txt) each provide
     every module the package imports, `bag --recover`'s mcap included."""
     third_party = imported_top_levels() - set(sys.stdlib_module_names) - ROS - {
-        'depthclip_ros'}
+        'depthclip_ros'} - set(OPENVINO_EXTRA)
     unknown = third_party - set(DISTRIBUTIONS)
     assert not unknown, f'map these imports to distributions: {unknown}'
     assert {'mcap', 'yaml', 'huggingface_hub'} <= third_party  # the check sees them
@@ -122,6 +131,30 @@ def test_every_third_party_import_is_declared_for_every_install():
     dev = requirements(REPO / 'requirements-dev.txt')
     assert not set(dev) & set(pinned), 'requirements-dev.txt repeats requirements.txt'
     assert '-r requirements.txt' in (REPO / 'requirements-dev.txt').read_text()
+
+
+def test_the_openvino_extra_is_declared_pinned_and_imported_lazily():
+    """openvino and nncf (and onnx, for the export tool) are setup.py's `openvino` extra
+    (`pip install .[openvino]`), pinned in requirements-dev.txt (CI tests the path), and
+    imported only inside functions: the package imports and runs without them."""
+    extra = set(setup_keywords()['extras_require']['openvino'])
+    dev = requirements(REPO / 'requirements-dev.txt')
+    for distribution in OPENVINO_EXTRA.values():
+        assert distribution in extra, f"setup.py's openvino extra lacks {distribution}"
+        assert dev.get(distribution), f'requirements-dev.txt does not pin {distribution}'
+    assert {'openvino', 'nncf'} <= imported_top_levels()  # the check sees them
+    for path in sorted((REPO / 'depthclip_ros').rglob('*.py')):
+        tree = ast.parse(path.read_text())
+        for node in tree.body:  # module level, also inside module-level if/try blocks
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                continue
+            for inner in ast.walk(node):
+                names = [a.name for a in inner.names] if isinstance(inner, ast.Import) \
+                    else [inner.module or ''] if isinstance(inner, ast.ImportFrom) else []
+                top = {name.split('.')[0] for name in names}
+                assert not top & set(OPENVINO_EXTRA), \
+                    f'{path.name} imports {sorted(top & set(OPENVINO_EXTRA))} at module level'
+    assert 'pip install .[openvino]' in (REPO / 'docs' / 'node.md').read_text(encoding='utf-8')
 
 
 def test_every_ros_import_is_declared_or_optional():

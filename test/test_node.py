@@ -363,3 +363,27 @@ def test_compressed_images_with_the_compressed_transport(ros):
     finally:
         spinner.stop()
         h.close()
+
+
+def test_backend_openvino_gives_the_depth_of_the_torch_backend(ros):
+    """``backend: openvino``: the node's engine runs its trunk on OpenVINO (converted at
+    load into the tests' own cache folder) and publishes the depth the torch engine
+    gives, to the backends' tolerance."""
+    pytest.importorskip('openvino')
+    from dataclasses import replace
+
+    from depthclip_ros.engine.depthclip import DepthCLIP
+    h = Harness(ros, 'openvino', [Parameter('backend', value='openvino')])
+    assert h.node.engine.describe_device() == 'cpu float32, openvino fp32'
+    rgb = np.random.default_rng(11).integers(0, 256, (H, W, 3), dtype=np.uint8)
+    # Before the worker runs; the same (shared) random model, on torch.
+    reference = DepthCLIP(replace(h.node.engine.config, backend='torch'), h.node.engine.head)
+    expected = reference.load().predict(rgb, Intrinsics(FX, FY, CX, CY, W, H))
+    spinner = Spinner(ros, h.node, h.peer)
+    try:
+        assert h.connected()
+        depth = depth_from_image(h.output_for(100, rgb=rgb)['depth/image'])
+        np.testing.assert_allclose(depth, expected, rtol=1e-5)
+    finally:
+        spinner.stop()
+        h.close()

@@ -80,7 +80,7 @@ def test_precision_and_cuda_graphs_are_parameters_and_options():
     validate({'precision': 'bf16', 'cuda_graphs': False})
     validate({'cuda_graphs': True})  # a value; the device decides at load
     with pytest.raises(ValueError, match='precision'):
-        validate({'precision': 'int8'})
+        validate({'precision': 'fp8'})
     with pytest.raises(ValueError, match='cuda_graphs'):
         validate({'cuda_graphs': 'yes'})
     parser = argparse.ArgumentParser()

@@ -38,7 +38,12 @@ SCENE_PROMPT_TEMPLATE = 'a photo of a {}.'  # CLIP's zero-shot template (docs/me
 MAX_SCENES = 32  # scene_names (each one text embedding, one bin set)
 
 FEATURE_MODES = ('paper', 'projected')
-PRECISIONS = ('auto', 'fp16', 'bf16', 'fp32')
+PRECISIONS = ('auto', 'fp16', 'bf16', 'fp32', 'int8')
+# What runs the image networks (the trunk, and the image encoder of the object step and the
+# scene classifier): torch, OpenVINO on the CPU, or auto (OpenVINO on the CPU when it is
+# installed and measures faster at load, else torch). engine/backend.py.
+BACKENDS = ('torch', 'openvino', 'auto')
+OPENVINO_INSTALL = 'pip install .[openvino]'
 # The trunk's layout: auto (the rule of trunk_memory_format), channels_last (NHWC) or
 # contiguous (NCHW).
 MEMORY_FORMATS = ('auto', 'channels_last', 'contiguous')
@@ -68,6 +73,10 @@ class ModelConfig:
     # The trunk's layout (MEMORY_FORMATS). auto: channels-last on the CPU and in bf16, NCHW
     # for fp16/fp32 on CUDA until channels-last fp16 has been measured on a GPU here.
     memory_format: str = 'auto'
+    # What runs the image networks (BACKENDS); precision int8 needs openvino (or auto) and a
+    # calibration set: a folder of images or a ROS 2 bag (its colour image topics).
+    backend: str = 'torch'
+    calibration: str = ''
 
     def __post_init__(self):
         if not isinstance(self.model, str) or not self.model.startswith('RN'):
@@ -90,6 +99,7 @@ class ModelConfig:
         if self.memory_format not in MEMORY_FORMATS:
             raise ValueError(f'memory_format must be one of {MEMORY_FORMATS}, '
                              f'got {self.memory_format!r}')
+        check_backend(self)
 
     @property
     def random_weights(self) -> bool:
@@ -302,6 +312,39 @@ def parse_device(device: str) -> str:
         return device
     raise ValueError(f'device must be auto, cpu, cuda or cuda:N, got {device!r}')
 
+
+
+def check_backend(config: ModelConfig) -> None:
+    """The rules of ``backend``, ``precision: int8`` and ``calibration`` (one-line
+    ``ValueError``): OpenVINO runs on the CPU only, in fp32 or int8; int8 is OpenVINO's
+    only and needs a calibration set. Whether the package is installed is checked at load
+    (engine/runtime.py), not here."""
+    backend, precision = config.backend, config.precision
+    if backend not in BACKENDS:
+        raise ValueError(f'backend must be one of {BACKENDS}, got {backend!r}')
+    if not isinstance(config.calibration, str):
+        raise ValueError(f'calibration must be a path (a folder of images or a ROS 2 bag), '
+                         f'got {config.calibration!r}')
+    on_cuda = config.device.startswith('cuda')
+    if precision == 'int8':
+        if backend == 'torch':
+            raise ValueError('precision int8 runs on OpenVINO only: set backend openvino '
+                             '(or auto), or use fp32')
+        if on_cuda:
+            raise ValueError('precision int8 runs on the CPU only (OpenVINO): set device cpu '
+                             'or auto, or use fp16 on CUDA')
+        if not config.calibration.strip():
+            raise ValueError('precision int8 needs calibration: a folder of images or a '
+                             'ROS 2 bag of the scenes it will see (8 or more frames are best)')
+    if backend == 'openvino':
+        if on_cuda:
+            raise ValueError(f'backend openvino runs on the CPU only: set device cpu (or '
+                             f'auto), not {config.device}')
+        if config.cuda_graphs:
+            raise ValueError('backend openvino runs on the CPU: turn cuda_graphs off')
+        if precision in ('fp16', 'bf16'):
+            raise ValueError(f'backend openvino runs fp32 or int8, not {precision}: set '
+                             f'precision fp32, int8 or auto')
 
 
 def head_with(head: HeadConfig, **changes) -> HeadConfig:

@@ -8,7 +8,8 @@ Per frame (:meth:`DepthCLIP.predict`), for ``B`` images of one size:
 
 1. upload the uint8 RGB images once, resize to ``input_size`` (if needed) and normalise
    with the ImageNet mean/std (the paper's evaluation code);
-2. run the CLIP image trunk without its attention pool: ``(B, C, h, w)`` tokens;
+2. run the CLIP image trunk without its attention pool: ``(B, C, h, w)`` tokens (in torch,
+   or on OpenVINO with ``backend``: engine/backend.py);
 3. ``paper`` mode: L2-normalise each token, keep every ``C / D``-th channel (``D`` the text
    embedding size; for RN50 every other one of 2048, the authors' nearest-neighbour
    ``interpolate(scale_factor=0.5)`` over channels); ``projected`` mode: ``c_proj(v_proj(.))``
@@ -32,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from depthclip_ros.engine.backend import choose_backend
 from depthclip_ros.engine.config import (
     CLIP_LOGIT_SCALE,
     HeadConfig,
@@ -74,6 +76,8 @@ class DepthCLIP:
         self.text_encodings = 0  # how often the text encoder ran (tests, diagnostics)
         self._text_cache: OrderedDict[tuple[str, ...], torch.Tensor] = OrderedDict()
         self._scenes = None  # the scene classifier on this CLIP, made when first needed
+        self._backend = None  # OpenVINO's networks (engine/backend.py); None: torch's
+        self.backend_timings: dict | None = None  # backend auto: its measurement (ms)
 
     # ----------------------------------------------------------------- loading
     @property
@@ -116,6 +120,11 @@ class DepthCLIP:
             self.config.model.replace('-quickgelu', ''))
         self.check_head(self.head)
         self._update_head(self.head)
+        try:
+            self._backend = choose_backend(self)
+        except BaseException:
+            self.release()  # a calibration set that cannot be read, say: not loaded
+            raise
         if device.type == 'cuda':
             self.warm_up()
         LOG.info('DepthCLIP %s (%s) loaded on %s in %s%s%s, %s mode', self.config.model,
@@ -149,7 +158,8 @@ class DepthCLIP:
         name = str(self.device)
         if self.device.type == 'cuda':
             name += f' ({torch.cuda.get_device_name(self.device)})'
-        return f'{name} {str(self.dtype).replace("torch.", "")}'
+        backend = f', {self._backend.name}' if self._backend is not None else ''
+        return f'{name} {str(self.dtype).replace("torch.", "")}{backend}'
 
     @property
     def clip(self) -> torch.nn.Module:
@@ -167,7 +177,7 @@ class DepthCLIP:
         """Forget the model, its text cache and (on CUDA) its cached GPU memory; the
         engine can be loaded again with :meth:`load`."""
         device = self.device
-        self._clip = self._graphs = self._uploads = self._scenes = None
+        self._clip = self._graphs = self._uploads = self._scenes = self._backend = None
         self._text_features = self._text_key = self._bins = None
         self._text_cache.clear()
         gc.collect()
@@ -241,7 +251,9 @@ class DepthCLIP:
         """CLIP's image embedding (trunk and attention pool) of ``(B, 3, s, s)``
         preprocessed images: ``(B, D)`` float32, L2-normalised with ``normalize``."""
         self._require_loaded()
-        encoded = self._clip.encode_image(x.to(device=self.device, dtype=self.dtype)).float()
+        x = x.to(device=self.device, dtype=self.dtype)
+        encoded = self._clip.encode_image(x).float() if self._backend is None \
+            else self._backend.encode(x)
         return F.normalize(encoded, dim=-1) if normalize else encoded
 
     def encode_prompts(self, prompts: list[list[str]]) -> torch.Tensor:
@@ -298,6 +310,8 @@ class DepthCLIP:
         return self._run_trunk(x)
 
     def _run_trunk(self, x: torch.Tensor) -> torch.Tensor:
+        if self._backend is not None:
+            return self._backend.trunk(x)
         graphs = self._graphs
         if graphs is not None and x.is_cuda and tuple(x.shape[-2:]) == \
                 tuple(self.config.input_size) and torch.is_inference_mode_enabled():

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from depthclip_ros.engine.config import CUDA_GRAPHS_NEED_CUDA, ModelConfig, parse_device
+from depthclip_ros.engine.config import (
+    CUDA_GRAPHS_NEED_CUDA,
+    ModelConfig,
+    OPENVINO_INSTALL,
+    parse_device,
+)
 
 # Channels-last (NHWC) trunk on the CPU in fp32 too: faster than NCHW on the project's
 # CPUs (docs/benchmarks.md, "Precision and layout"); bf16 always runs channels-last. CUDA
@@ -58,6 +63,10 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
     cannot run it (fp16 on the CPU; bf16 on a CPU without native bf16 or an old GPU)."""
     if precision == 'auto':
         return torch.float16 if device.type == 'cuda' else torch.float32
+    if precision == 'int8':  # OpenVINO's trunk; the torch side (head, fallbacks) in fp32
+        if device.type != 'cpu':
+            raise ValueError('precision int8 runs on the CPU only (OpenVINO)')
+        return torch.float32
     if precision == 'fp16' and device.type != 'cuda':
         raise ValueError('precision fp16 needs a CUDA device; use fp32 (or auto) on the CPU')
     if precision == 'bf16':
@@ -77,11 +86,33 @@ def resolve_runtime(config: ModelConfig) -> tuple[torch.device, torch.dtype]:
     """The device and trunk dtype of ``config`` on this machine, or ``ValueError`` with
     the reason (CUDA absent, a precision the device cannot run, cuda_graphs without
     CUDA). Loads nothing."""
-    device = resolve_device(config.device)
+    openvino = config.backend == 'openvino' or config.precision == 'int8'
+    # OpenVINO runs on the CPU here: device auto means the CPU with it
+    device = resolve_device('cpu' if openvino and config.device == 'auto' else config.device)
     dtype = resolve_dtype(config.precision, device)
     if config.cuda_graphs and device.type != 'cuda':
         raise ValueError(CUDA_GRAPHS_NEED_CUDA)
+    if openvino:
+        check_openvino_installed(config.precision == 'int8')
     return device, dtype
+
+
+def openvino_installed(calibrating: bool = False) -> bool:
+    """Whether ``openvino`` (and with ``calibrating`` ``nncf``) can be imported, without
+    importing them."""
+    import importlib.util
+    names = ('openvino', 'nncf') if calibrating else ('openvino',)
+    return all(importlib.util.find_spec(name) is not None for name in names)
+
+
+def check_openvino_installed(calibrating: bool = False) -> None:
+    """One-line ``ValueError`` naming the optional extra when OpenVINO (or NNCF, for
+    int8) is not installed."""
+    if not openvino_installed(calibrating):
+        what = 'backend openvino and precision int8 need the openvino and nncf packages' \
+            if calibrating else 'backend openvino needs the openvino package'
+        raise ValueError(f'{what}: install them with `{OPENVINO_INSTALL}` (from the '
+                         f'depthclip_ros checkout)')
 
 
 def trunk_memory_format(device: torch.device, dtype: torch.dtype,

@@ -22,7 +22,10 @@ START_TIME_ARGUMENTS = {
     'pretrained': 'open_clip tag (openai), a local weights file (.pt/.bin/.safetensors, '
                   "OpenAI's TorchScript RN50.pt), or none for random weights",
     'device': 'auto, cpu, cuda or cuda:N',
-    'precision': 'auto (fp16 on CUDA, fp32 on CPU), fp16, bf16 or fp32',
+    'precision': 'auto (fp16 on CUDA, fp32 on CPU), fp16, bf16, fp32 or int8 (backend '
+                 'openvino with calibration)',
+    'backend': 'torch, openvino (the CPU) or auto',
+    'calibration': 'precision int8: a folder of images or a ROS 2 bag',
     'feature_mode': 'paper or projected',
     'input_size': 'network input "HEIGHT,WIDTH" in px, multiples of 32 (e.g. 416,544)',
     'image_transport': 'raw (subscribe image) or compressed (image/compressed)',

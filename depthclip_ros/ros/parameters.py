@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import math
 
 from depthclip_ros.engine.config import (
+    BACKENDS,
     BINS_MODES,
     CANONICAL_FOCAL_RANGE_PX,
     check_scene_template,
@@ -58,8 +59,16 @@ PARAMETERS: tuple[Param, ...] = (
           read_only=True),
     Param('device', 'auto', 'auto, cpu, cuda or cuda:N', read_only=True),
     Param('precision', 'auto', 'auto (fp16 on CUDA, fp32 on CPU), fp16 (CUDA), bf16 (CUDA, '
-          'or a CPU with native bf16; float32 head) or fp32', read_only=True,
-          choices=PRECISIONS),
+          'or a CPU with native bf16; float32 head), fp32 or int8 (backend openvino on the '
+          'CPU, calibrated on calibration; opt-in, not yet evaluated with real weights)',
+          read_only=True, choices=PRECISIONS),
+    Param('backend', 'torch', 'what runs the image networks: torch, openvino (the CPU only, '
+          'fp32 or int8; needs pip install .[openvino]; converted once, cached under '
+          '~/.cache/depthclip_ros) or auto (openvino on the CPU when installed and measured '
+          'faster at start, else torch)', read_only=True, choices=BACKENDS),
+    Param('calibration', '', 'precision int8: a folder of images or a ROS 2 bag (its colour '
+          'image topics) of the scenes the camera will see; unused otherwise',
+          read_only=True),
     Param('cuda_graphs', False, 'CUDA only, experimental (not yet run on a GPU by this '
           'project): replay the image trunk as a captured CUDA graph per batch size, with '
           'pinned uploads; refused on the CPU', read_only=True),
@@ -152,7 +161,7 @@ DEFAULTS = {p.name: p.default for p in PARAMETERS}
 # The parameters that make the engine's configurations (ros/configs.py), by the field names
 # of ModelConfig (fixed once loaded: all read-only) and HeadConfig (changeable while running).
 MODEL_PARAMETERS = ('model', 'pretrained', 'device', 'precision', 'feature_mode',
-                    'input_size', 'cuda_graphs', 'memory_format')
+                    'input_size', 'cuda_graphs', 'memory_format', 'backend', 'calibration')
 HEAD_PARAMETERS = frozenset({'distance_prompts', 'depth_bins_m', 'prompt_template',
                              'prompt_objects', 'temperature', 'canonical_focal_px',
                              'flip_average', 'bins_mode', 'scene_names', 'scene_bins_m',

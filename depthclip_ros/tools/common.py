@@ -16,6 +16,7 @@ import sys
 import time
 
 from depthclip_ros.engine.config import (
+    BACKENDS,
     BINS_MODES,
     CANONICAL_FOCAL_RANGE_PX,
     FEATURE_MODES,
@@ -84,7 +85,16 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                             'refused (exit status 2)')
     group.add_argument('--precision', default=DEFAULTS['precision'], choices=PRECISIONS,
                        help='auto (fp16 on CUDA, fp32 on the CPU), fp16 (CUDA), bf16 (CUDA, '
-                            'or a CPU with native bf16) or fp32')
+                            'or a CPU with native bf16), fp32 or int8 (--backend openvino on '
+                            'the CPU with --calibration; opt-in)')
+    group.add_argument('--backend', default=DEFAULTS['backend'], choices=BACKENDS,
+                       help='what runs the image networks: torch, openvino (the CPU only, '
+                            'fp32 or int8; pip install .[openvino]; converted once and '
+                            'cached) or auto (openvino when installed and measured faster '
+                            'at load, else torch)')
+    group.add_argument('--calibration', default=DEFAULTS['calibration'], metavar='PATH',
+                       help='--precision int8: a folder of images or a ROS 2 bag (its colour '
+                            'image topics) of the scenes to expect, at most 32 frames used')
     group.add_argument('--memory-format', default=DEFAULTS['memory_format'],
                        choices=MEMORY_FORMATS,
                        help="the image trunk's layout: auto (channels-last on the CPU and "

@@ -1,0 +1,175 @@
+"""Converted networks kept on disk, so that a start-up converts (and for INT8 calibrates)
+only once per model, weights, input shape and precision.
+
+The cache folder is ``$DEPTHCLIP_CACHE_DIR``, else ``$XDG_CACHE_HOME/depthclip_ros``, else
+``~/.cache/depthclip_ros``; converted networks live under its ``openvino/``. An entry is a
+folder named by what it holds and a hash of its key: every field that changes the network
+(model name, a hash of the weights' content, network, input shape, precision, the OpenVINO
+version, for INT8 the calibration set's hash and the NNCF version). It holds the OpenVINO
+IR (``model.xml``, ``model.bin``) and ``manifest.json``: the key and each file's size and
+SHA-256. An entry is written in a temporary folder and renamed into place, so it is whole
+or absent; an entry whose files do not match its manifest, whose key differs or that
+OpenVINO cannot read is rebuilt, with one warning. openvino is imported by the functions
+that need it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+import shutil
+import tempfile
+import time
+from typing import Callable
+
+LOG = logging.getLogger(__name__)
+
+CACHE_ENV = 'DEPTHCLIP_CACHE_DIR'
+# The layout of an entry; a change makes every older entry a miss (never read wrongly).
+CACHE_FORMAT = 1
+MANIFEST = 'manifest.json'
+FILES = ('model.xml', 'model.bin')
+STALE_TEMP_S = 24 * 3600  # a temporary folder this old is a killed build's: removed
+
+
+def cache_dir() -> Path:
+    """The user's cache folder of this package (not created here)."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = os.environ.get('XDG_CACHE_HOME') or str(Path('~/.cache').expanduser())
+    return Path(base).expanduser() / 'depthclip_ros'
+
+
+def tensors_hash(state: dict) -> str:
+    """SHA-256 of a state dict's tensors (names, dtypes, shapes and values; the same
+    whatever their memory layout or device)."""
+    import torch
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().to('cpu').contiguous().view(-1)
+        digest.update(f'{name}:{tensor.dtype}:{tuple(state[name].shape)};'.encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def arrays_hash(arrays) -> str:
+    """SHA-256 of numpy arrays in order (shapes, dtypes, values): a calibration set's."""
+    import numpy as np
+    digest = hashlib.sha256()
+    for array in arrays:
+        array = np.ascontiguousarray(array)
+        digest.update(f'{array.dtype}:{array.shape};'.encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def entry_name(key: dict) -> str:
+    """``trunk-RN50-1x3x416x544-fp32-<hash>``: readable, and unique by the whole key."""
+    text = json.dumps(key, sort_keys=True)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:20]
+    shape = 'x'.join(str(v) for v in key['shape'])
+    model = ''.join(c if c.isalnum() or c in '-_.' else '_' for c in str(key['model']))
+    return f'{key["network"]}-{model}-{shape}-{key["precision"]}-{digest}'
+
+
+def _file_facts(path: Path) -> dict:
+    digest = hashlib.sha256()
+    with open(path, 'rb') as stream:
+        for block in iter(lambda: stream.read(1 << 22), b''):
+            digest.update(block)
+    return {'size': path.stat().st_size, 'sha256': digest.hexdigest()}
+
+
+class ModelCache:
+    """OpenVINO models on disk under ``root`` (default :func:`cache_dir` ``/ 'openvino'``).
+    ``built`` counts the networks this cache converted (tests, logs)."""
+
+    def __init__(self, root: Path | None = None):
+        self.root = Path(root) if root is not None else cache_dir() / 'openvino'
+        self.built = 0
+
+    def load_or_build(self, key: dict, build: Callable[[], object], what: str):
+        """The ``openvino.Model`` of ``key``: read from its entry, or made by ``build()``
+        and stored (its time logged once). ``what`` names it in the log. A cache that
+        cannot be written is warned about and the built model used as is."""
+        key = {**key, 'cache_format': CACHE_FORMAT}
+        folder = self.root / entry_name(key)
+        if folder.exists():
+            model, problem = self._read(folder, key)
+            if model is not None:
+                LOG.debug('%s read from the cache %s', what, folder)
+                return model
+            LOG.warning('the cached %s in %s is unusable (%s): rebuilding it', what, folder,
+                        problem)
+        started = time.monotonic()
+        model = build()
+        self.built += 1
+        seconds = time.monotonic() - started
+        try:
+            self._write(folder, key, model)
+            LOG.info('%s built in %.1f s and cached in %s (a one-off start-up cost)', what,
+                     seconds, folder)
+        except OSError as error:
+            LOG.warning('%s built in %.1f s but not cached (%s): the next start builds it '
+                        'again', what, seconds, error)
+        return model
+
+    def _read(self, folder: Path, key: dict):
+        """``(model, None)``, or ``(None, why it cannot be used)``."""
+        try:
+            manifest = json.loads((folder / MANIFEST).read_text(encoding='utf-8'))
+        except (OSError, ValueError) as error:
+            return None, f'no readable manifest: {error}'
+        if manifest.get('key') != json.loads(json.dumps(key)):
+            return None, 'its key differs (stale)'
+        for name in FILES:
+            try:
+                facts = _file_facts(folder / name)
+            except OSError as error:
+                return None, f'{name}: {error}'
+            if facts != manifest.get('files', {}).get(name):
+                return None, f'{name} does not match its manifest (corrupt)'
+        import openvino as ov
+        try:
+            return ov.Core().read_model(str(folder / 'model.xml')), None
+        except Exception as error:  # noqa: BLE001 - OpenVINO raises RuntimeError and others
+            return None, f'OpenVINO cannot read it: {str(error).splitlines()[0]}'
+
+    def _write(self, folder: Path, key: dict, model) -> None:
+        import openvino as ov
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._remove_stale_temps()
+        temp = Path(tempfile.mkdtemp(prefix='.tmp-', dir=self.root))
+        try:
+            # compress_to_fp16=False: the weights stay exactly as converted
+            ov.save_model(model, str(temp / 'model.xml'), compress_to_fp16=False)
+            manifest = {'key': key, 'files': {n: _file_facts(temp / n) for n in FILES}}
+            (temp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True),
+                                         encoding='utf-8')
+            for name in (*FILES, MANIFEST):
+                with open(temp / name, 'rb') as stream:
+                    os.fsync(stream.fileno())
+            if folder.exists():  # the unusable entry: moved aside, then removed
+                aside = Path(tempfile.mkdtemp(prefix='.old-', dir=self.root))
+                os.replace(folder, aside / 'entry')
+                shutil.rmtree(aside, ignore_errors=True)
+            try:
+                os.replace(temp, folder)
+            except OSError:
+                if not folder.exists():
+                    raise
+                # another process stored the same entry meanwhile: keep theirs
+        finally:
+            shutil.rmtree(temp, ignore_errors=True)
+
+    def _remove_stale_temps(self) -> None:
+        now = time.time()
+        for path in [*self.root.glob('.tmp-*'), *self.root.glob('.old-*')]:
+            try:
+                if now - path.stat().st_mtime > STALE_TEMP_S:
+                    shutil.rmtree(path, ignore_errors=True)
+            except OSError:
+                pass

@@ -1,0 +1,461 @@
+"""The trunk backend (``backend``: torch, openvino, auto) and INT8 on the CPU (issue 22):
+OpenVINO fp32 equals torch, the disk cache of converted networks, NNCF's INT8, the choice
+of auto, the object step's encoder and batches through the backend, and the refusals.
+
+Random weights: the tests compare computations, never accuracy. Small input sizes and a
+cache folder of this module's own (``DEPTHCLIP_CACHE_DIR``) keep them fast and away from
+the user's cache.
+"""
+
+from dataclasses import replace
+import logging
+import shutil
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from depthclip_ros.engine import backend as backend_module
+from depthclip_ros.engine import openvino_trunk, runtime
+from depthclip_ros.engine.config import head_with, ModelConfig
+from depthclip_ros.engine.depthclip import DepthCLIP
+from depthclip_ros.engine.frames import FrameIn
+from depthclip_ros.engine.model_cache import cache_dir, entry_name, tensors_hash
+from depthclip_ros.geometry import metric_scale
+from depthclip_ros.io.dataset import RGBDFolder
+
+from conftest import random_models_shared, shared_data
+
+SMALL = (64, 96)
+TOLERANCE = 1e-5  # relative, on depth: the issue's bound for openvino fp32 against torch
+needs_openvino = pytest.mark.skipif(not runtime.openvino_installed(True),
+                                    reason='openvino and nncf are not installed '
+                                           '(pip install .[openvino])')
+
+
+def config(**changes) -> ModelConfig:
+    return ModelConfig(**{'pretrained': 'none', 'device': 'cpu', 'precision': 'fp32',
+                          'input_size': SMALL, **changes})
+
+
+def load(**changes) -> DepthCLIP:
+    """An engine on the module's shared random model (one seeded RN50 for all)."""
+    with random_models_shared():
+        return DepthCLIP(config(**changes)).load()
+
+
+def real_frames(count: int = 2):
+    folder = RGBDFolder(shared_data('nyu_v2_eigen_test_sg10'))
+    return [folder.frame(i) for i in range(count)]
+
+
+def relative(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b) / np.abs(b)))
+
+
+class Conversions:
+    """Counts OpenVINO conversions (engine/export.py's to_openvino, as the backend calls
+    it)."""
+
+    def __init__(self, monkeypatch):
+        self.count = 0
+        real = openvino_trunk.to_openvino
+
+        def counted(*args, **kwargs):
+            self.count += 1
+            return real(*args, **kwargs)
+        monkeypatch.setattr(openvino_trunk, 'to_openvino', counted)
+
+
+@pytest.fixture(scope='module')
+def cache_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp('depthclip-cache')
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv('DEPTHCLIP_CACHE_DIR', str(root))
+        yield root
+
+
+@pytest.fixture(scope='module')
+def torch_engine(cache_root):
+    return load()
+
+
+@pytest.fixture(scope='module')
+def openvino_engine(cache_root):
+    pytest.importorskip('openvino')
+    return load(backend='openvino')
+
+
+# ------------------------------------------------------------------------- refusals
+@pytest.mark.parametrize('changes, reason', [
+    ({'backend': 'torch', 'precision': 'int8', 'calibration': 'frames'},
+     'int8 runs on OpenVINO only'),
+    ({'backend': 'openvino', 'precision': 'int8', 'calibration': 'frames', 'device': 'cuda'},
+     'int8 runs on the CPU only'),
+    ({'backend': 'auto', 'precision': 'int8', 'calibration': 'frames', 'device': 'cuda:1'},
+     'int8 runs on the CPU only'),
+    ({'backend': 'openvino', 'precision': 'int8'}, 'int8 needs calibration'),
+    ({'backend': 'openvino', 'precision': 'int8', 'calibration': '  '},
+     'int8 needs calibration'),
+    ({'backend': 'openvino', 'device': 'cuda'}, 'openvino runs on the CPU only'),
+    ({'backend': 'openvino', 'device': 'auto', 'cuda_graphs': True}, 'turn cuda_graphs off'),
+    ({'backend': 'openvino', 'precision': 'bf16'}, 'runs fp32 or int8, not bf16'),
+    ({'backend': 'tensorrt'}, 'backend must be one of'),
+])
+def test_the_rules_refuse_in_one_line(changes, reason):
+    with pytest.raises(ValueError, match=reason) as error:
+        ModelConfig(**{'pretrained': 'none', **changes})
+    assert '\n' not in str(error.value)
+
+
+def test_the_parameter_table_and_the_tools_carry_the_rules():
+    from depthclip_ros.ros.configs import model_from_parameters
+    from depthclip_ros.ros.parameters import DEFAULTS, MODEL_PARAMETERS, validate
+    assert {'backend', 'calibration'} <= set(MODEL_PARAMETERS)
+    assert DEFAULTS['backend'] == 'torch' and DEFAULTS['calibration'] == ''
+    with pytest.raises(ValueError, match='backend must be one of'):
+        validate({'backend': 'onnx'})
+    with pytest.raises(ValueError, match='int8 needs calibration'):
+        model_from_parameters({'backend': 'openvino', 'precision': 'int8'})
+    model = model_from_parameters({'backend': 'auto', 'precision': 'int8',
+                                   'calibration': '/data/frames'})
+    assert (model.backend, model.precision, model.calibration) == \
+        ('auto', 'int8', '/data/frames')
+
+
+def test_device_auto_means_the_cpu_with_openvino_and_a_missing_package_names_the_extra(
+        monkeypatch):
+    monkeypatch.setattr(runtime.torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(runtime, 'openvino_installed', lambda calibrating=False: True)
+    assert runtime.resolve_runtime(config(device='auto', backend='openvino')) == \
+        (torch.device('cpu'), torch.float32)
+    assert runtime.resolve_runtime(config(device='auto', backend='auto', precision='int8',
+                                          calibration='x'))[0] == torch.device('cpu')
+    monkeypatch.setattr(runtime, 'openvino_installed', lambda calibrating=False: False)
+    with pytest.raises(ValueError, match=r'pip install \.\[openvino\]'):
+        runtime.resolve_runtime(config(backend='openvino'))
+    # auto without openvino is torch, not a refusal
+    assert runtime.resolve_runtime(config(backend='auto'))[0] == torch.device('cpu')
+
+
+def test_a_missing_openvino_ends_a_tool_in_one_line_with_status_2(monkeypatch):
+    import argparse
+
+    from depthclip_ros.tools import common
+    monkeypatch.setattr(runtime, 'openvino_installed', lambda calibrating=False: False)
+    parser = argparse.ArgumentParser()
+    common.add_model_arguments(parser)
+    args = parser.parse_args(['--pretrained', 'none', '--device', 'cpu', '--backend',
+                              'openvino'])
+    with pytest.raises(common.ToolExit) as stop:
+        common.load_engine(args, 'depthclip-ros infer')
+    assert stop.value.status == 2 and '\n' not in stop.value.message
+    assert 'pip install .[openvino]' in stop.value.message
+
+
+def test_the_cache_folder_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv('DEPTHCLIP_CACHE_DIR', str(tmp_path / 'own'))
+    assert cache_dir() == tmp_path / 'own'
+    monkeypatch.delenv('DEPTHCLIP_CACHE_DIR')
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'xdg'))
+    assert cache_dir() == tmp_path / 'xdg' / 'depthclip_ros'
+    monkeypatch.delenv('XDG_CACHE_HOME')
+    monkeypatch.setenv('HOME', str(tmp_path / 'home'))
+    assert cache_dir() == tmp_path / 'home' / '.cache' / 'depthclip_ros'
+
+
+# ------------------------------------------------------------------------- fp32
+@needs_openvino
+def test_openvino_fp32_depth_equals_torch_on_real_frames(torch_engine, openvino_engine):
+    assert openvino_engine.describe_device() == 'cpu float32, openvino fp32'
+    assert torch_engine.describe_device() == 'cpu float32'
+    for frame in real_frames(3):
+        expected = torch_engine.infer(frame.rgb, frame.intrinsics, uncertainty=True)
+        got = openvino_engine.infer(frame.rgb, frame.intrinsics, uncertainty=True)
+        assert relative(got.depth, expected.depth) <= TOLERANCE
+        assert relative(got.sigma, expected.sigma) <= 10 * TOLERANCE  # a difference of moments
+        print(f'{frame.name}: openvino fp32 depth deviation from torch '
+              f'{relative(got.depth, expected.depth):.1e} (random weights: not an accuracy '
+              f'result)')
+
+
+@needs_openvino
+def test_encode_image_through_the_backend_equals_torch(torch_engine, openvino_engine):
+    crops = torch.randn(3, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    expected = torch_engine.encode_image(crops, normalize=True)
+    got = openvino_engine.encode_image(crops, normalize=True)
+    assert got.shape == expected.shape == (3, 1024) and got.dtype == torch.float32
+    assert relative(got, expected) <= TOLERANCE or \
+        float((got - expected).abs().max()) <= TOLERANCE * float(expected.abs().max())
+    # the scene classifier is encode_image's user: its probabilities follow
+    rgb = real_frames(1)[0].rgb
+    names = ['kitchen', 'office', 'street']
+    scene_ov = openvino_engine.scene_classifier.classify(rgb, names).probabilities
+    scene_torch = torch_engine.scene_classifier.classify(rgb, names).probabilities
+    np.testing.assert_allclose(scene_ov, scene_torch, rtol=1e-4)
+
+
+@needs_openvino
+def test_several_frames_and_flip_averaging_go_through_the_backend(torch_engine,
+                                                                  openvino_engine):
+    frames = real_frames(2)
+    rgbs = [frames[0].rgb, frames[1].rgb[::2, ::2], frames[0].rgb[:300]]
+    cameras = [frames[0].intrinsics, frames[1].intrinsics.resized(240, 320),
+               frames[0].intrinsics.cropped(0, 0, 640, 300)]
+    calls = []
+    real = openvino_engine._backend.trunk
+    before = (torch_engine.head, openvino_engine.head)
+    try:
+        openvino_engine._backend.trunk = lambda x: calls.append(len(x)) or real(x)
+        for flip in (False, True):
+            for engine in (torch_engine, openvino_engine):
+                engine.set_head(head_with(engine.head, flip_average=flip))
+            batch = [FrameIn(rgb, camera, uncertainty=True) for rgb, camera in
+                     zip(rgbs, cameras)]
+            expected = torch_engine.infer_frames(batch)
+            got = openvino_engine.infer_frames(batch)
+            for g, e in zip(got, expected):
+                assert relative(g.depth, e.depth) <= TOLERANCE
+    finally:
+        del openvino_engine._backend.trunk
+        torch_engine.set_head(before[0])
+        openvino_engine.set_head(before[1])
+    # frame by frame on the CPU: 3 frames, then 6 with their mirror images
+    assert calls == [1] * 3 + [1] * 6
+
+
+# ------------------------------------------------------------------------- the cache
+@needs_openvino
+def test_a_second_load_reads_the_cache_without_converting(openvino_engine, monkeypatch):
+    conversions = Conversions(monkeypatch)
+    again = load(backend='openvino')
+    assert conversions.count == 0 and again._backend.cache.built == 0
+    frame = real_frames(1)[0]
+    np.testing.assert_array_equal(again.predict(frame.rgb, frame.intrinsics),
+                                  openvino_engine.predict(frame.rgb, frame.intrinsics))
+
+
+@needs_openvino
+@pytest.mark.parametrize('damage', ['bin', 'manifest', 'xml'])
+def test_a_corrupt_entry_is_rebuilt_with_one_warning(openvino_engine, cache_root, tmp_path,
+                                                     monkeypatch, caplog, damage):
+    [entry] = [p for p in (cache_root / 'openvino').iterdir()
+               if p.name.startswith(f'trunk-RN50-1x3x{SMALL[0]}x{SMALL[1]}-fp32-')]
+    root = tmp_path / 'openvino'
+    copy = root / entry.name
+    shutil.copytree(entry, copy)
+    if damage == 'bin':  # one flipped byte
+        data = bytearray((copy / 'model.bin').read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        (copy / 'model.bin').write_bytes(bytes(data))
+    elif damage == 'manifest':  # a stale key
+        text = (copy / 'manifest.json').read_text()
+        (copy / 'manifest.json').write_text(text.replace('"trunk"', '"encoder"'))
+    else:  # cut short
+        (copy / 'model.xml').write_text((copy / 'model.xml').read_text()[:200])
+    monkeypatch.setenv('DEPTHCLIP_CACHE_DIR', str(tmp_path))
+    conversions = Conversions(monkeypatch)
+    with caplog.at_level(logging.INFO, logger='depthclip_ros.engine.model_cache'):
+        rebuilt = load(backend='openvino')
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and 'rebuilding it' in warnings[0].message
+    built = [r for r in caplog.records if 'built in' in r.message]
+    assert len(built) == 1 and 'a one-off start-up cost' in built[0].message
+    assert conversions.count == 1
+    assert sorted(p.name for p in root.iterdir()) == [entry.name]  # no temporary left
+    assert (copy / 'model.bin').read_bytes() == (entry / 'model.bin').read_bytes()
+    frame = real_frames(1)[0]
+    np.testing.assert_array_equal(rebuilt.predict(frame.rgb, frame.intrinsics),
+                                  openvino_engine.predict(frame.rgb, frame.intrinsics))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger='depthclip_ros.engine.model_cache'):
+        load(backend='openvino')  # now whole: read, silently
+    assert conversions.count == 1 and not caplog.records
+
+
+def stand_in(engine, **changes):
+    """What the backend reads of an engine, with another configuration (keys only)."""
+    return types.SimpleNamespace(config=replace(engine.config, **changes), clip=engine.clip,
+                                 preprocess=engine.preprocess)
+
+
+@needs_openvino
+def test_the_key_changes_with_size_precision_network_and_weights(openvino_engine):
+    networks = openvino_engine._backend
+    base = networks.key('trunk', (1, 3, *SMALL))
+    assert base['weights_sha256'] == tensors_hash(openvino_engine.clip.visual.state_dict())
+    names = {entry_name(base)}
+    names.add(entry_name(networks.key('trunk', (1, 3, 96, 96))))
+    names.add(entry_name(networks.key('encoder', (1, 3, *SMALL))))
+    calibration = str(shared_data('nyu_v2_eigen_test_sg10'))
+    int8 = openvino_trunk.OpenVINONetworks(stand_in(openvino_engine, precision='int8',
+                                                    calibration=calibration))
+    names.add(entry_name(int8.key('trunk', (1, 3, *SMALL))))
+    other_model = openvino_trunk.OpenVINONetworks(stand_in(openvino_engine, model='RN101'))
+    names.add(entry_name(other_model.key('trunk', (1, 3, *SMALL))))
+    assert len(names) == 5
+    state = openvino_engine.clip.visual.state_dict()
+    conv = next(name for name, tensor in state.items() if tensor.dim() == 4)
+    changed = {**state, conv: state[conv].clone()}
+    changed[conv][0, 0, 0, 0] += 1e-3
+    assert tensors_hash(changed) != base['weights_sha256']
+    assert tensors_hash(state) == base['weights_sha256']
+    # the layout does not change the hash: the same values
+    nchw = {k: v.contiguous() for k, v in state.items()}
+    assert tensors_hash(nchw) == base['weights_sha256']
+
+
+# ------------------------------------------------------------------------- int8
+@needs_openvino
+def test_int8_runs_close_to_fp32_and_its_key_holds_the_calibration(
+        torch_engine, openvino_engine, monkeypatch):
+    import openvino as ov
+    calibration = shared_data('nyu_v2_eigen_test_sg10')
+    int8 = load(backend='openvino', precision='int8', calibration=str(calibration))
+    assert int8.describe_device() == 'cpu float32, openvino int8'
+    # quantized for real: the cached network holds NNCF's FakeQuantize operations
+    [entry] = [p for p in int8._backend.cache.root.iterdir() if '-int8-' in p.name]
+    model = ov.Core().read_model(str(entry / 'model.xml'))
+    assert sum(op.get_type_name() == 'FakeQuantize' for op in model.get_ops()) > 20
+    deviations, token_deviations = [], []
+    lowest, highest = min(int8.head.depth_bins_m), max(int8.head.depth_bins_m)
+    for frame in RGBDFolder(shared_data('nyu_v2_raw_sync_metric3d3')):  # not calibrated on
+        got = int8.infer(frame.rgb, frame.intrinsics)
+        reference = openvino_engine.infer(frame.rgb, frame.intrinsics)
+        scale = metric_scale(frame.intrinsics.resized(*SMALL), int8.head.canonical_focal_px)
+        assert np.isfinite(got.depth).all() and (got.depth > 0).all()
+        # a mean of the bins: within them, at this camera's metric scale
+        assert lowest * scale * (1 - 1e-5) <= got.depth.min() <= got.depth.max() <= \
+            highest * scale * (1 + 1e-5)
+        deviations.append(np.abs(got.depth - reference.depth) / reference.depth)
+        token_deviations.append(float((got.tokens - reference.tokens).norm()
+                                      / reference.tokens.norm()))
+    deviation = np.concatenate([d.ravel() for d in deviations])
+    print(f'int8 depth deviation from fp32: median {np.median(deviation):.2e}, p99 '
+          f'{np.percentile(deviation, 99):.2e}; tokens {max(token_deviations):.2e} '
+          f'(random weights: not an accuracy result)')
+    # 8-bit weights and activations keep the trunk's tokens within a few per cent (NNCF's
+    # usual result on ResNets, and the issue's 3.2e-2 at full size); the depth, a
+    # softmax-weighted mean of the bins, moves less than the tokens do
+    assert 1e-4 < max(token_deviations) < 0.1  # quantized, yet close
+    assert np.median(deviation) < 0.05
+    # the calibration set is part of the key
+    key = int8._backend.key('trunk', (1, 3, *SMALL))
+    other = openvino_trunk.OpenVINONetworks(stand_in(
+        int8, calibration=str(shared_data('realsense_d435_librealsense'))))
+    other_key = other.key('trunk', (1, 3, *SMALL))
+    assert key['calibration_sha256'] != other_key['calibration_sha256']
+    assert entry_name(key) != entry_name(other_key)
+    assert {k: v for k, v in key.items() if k != 'calibration_sha256'} == \
+        {k: v for k, v in other_key.items() if k != 'calibration_sha256'}
+    # a second int8 start reads it: no conversion, no calibration
+    conversions = Conversions(monkeypatch)
+    load(backend='openvino', precision='int8', calibration=str(calibration))
+    assert conversions.count == 0
+
+
+def test_a_calibration_source_that_cannot_be_read_stops_the_load(tmp_path):
+    pytest.importorskip('nncf')
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    engine = DepthCLIP(config(backend='openvino', precision='int8', calibration=str(empty)))
+    with random_models_shared(), pytest.raises(ValueError, match='holds no images'):
+        engine.load()
+    assert not engine.loaded
+
+
+def test_calibration_frames_come_from_folders_and_bags():
+    from depthclip_ros.io.calibration import calibration_frames
+    nyu = calibration_frames(shared_data('nyu_v2_eigen_test_sg10'), limit=4)
+    assert len(nyu) == 4 and all(f.shape == (480, 640, 3) and f.dtype == np.uint8
+                                 for f in nyu)
+    folder = calibration_frames(shared_data('nyu_v2_eigen_test_sg10', 'rgb'))
+    assert len(folder) == 10
+    np.testing.assert_array_equal(folder[0], nyu[0])
+    ros1 = calibration_frames(shared_data('bags', 'realsense_d435_single_depth_color_640x480.bag'))
+    ros2 = calibration_frames(shared_data('bags', 'realsense_d435_single_frame_ros2'))
+    # the colour frame only (its depth messages are left out), the same in both formats
+    assert len(ros1) == len(ros2) == 1 and ros1[0].shape == (480, 640, 3)
+    np.testing.assert_array_equal(ros1[0], ros2[0])
+    with pytest.raises(ValueError, match='no such file or folder'):
+        calibration_frames('/nonexistent/frames')
+
+
+# ------------------------------------------------------------------------- auto
+@needs_openvino
+def test_auto_measures_both_and_logs_its_choice_once(openvino_engine, caplog):
+    with caplog.at_level(logging.INFO, logger='depthclip_ros.engine.backend'):
+        engine = load(backend='auto')
+    [record] = [r for r in caplog.records if 'backend auto' in r.message]
+    timings = engine.backend_timings
+    chosen = 'openvino' if timings['openvino'] < timings['torch'] else 'torch'
+    assert record.message.startswith(f'backend auto: {chosen} (trunk at 64x96, median of 3: ')
+    assert f'openvino fp32 {timings["openvino"]:.1f} ms' in record.message
+    assert f'torch {timings["torch"]:.1f} ms' in record.message
+    assert (engine._backend is not None) == (chosen == 'openvino')
+    print(f'auto at 64x96: {record.message} (this machine, loaded; not a benchmark)')
+
+
+def test_auto_is_torch_without_openvino(monkeypatch, caplog):
+    monkeypatch.setattr(backend_module, 'openvino_installed', lambda calibrating=False: False)
+    with caplog.at_level(logging.INFO, logger='depthclip_ros.engine.backend'):
+        engine = load(backend='auto')
+    assert engine._backend is None and engine.describe_device() == 'cpu float32'
+    assert [r.message for r in caplog.records if 'backend auto' in r.message] == [
+        'backend auto: torch, as openvino is not installed (`pip install .[openvino]`)']
+
+
+# ------------------------------------------------------------------------- node, tools
+@needs_openvino
+def test_the_node_s_parameters_give_an_openvino_engine_whose_pipeline_gives_depth(
+        torch_engine, openvino_engine):
+    """What the node does with ``backend: openvino``: its parameters make the engine, and its
+    per-frame pipeline publishes the depth of the OpenVINO trunk."""
+    from depthclip_ros.ros.messages import depth_from_image
+    from depthclip_ros.ros.node import node_configs
+    from depthclip_ros.ros.parameters import DEFAULTS
+    from depthclip_ros.ros.pipeline import DepthPipeline
+
+    from rosutil import camera_info, rgb8_image
+    values = {**DEFAULTS, 'pretrained': 'none', 'device': 'cpu', 'precision': 'fp32',
+              'input_size': list(SMALL), 'backend': 'openvino'}
+    configs = node_configs(values)
+    engine = load(**{name: getattr(configs.model, name)
+                     for name in ('backend', 'precision', 'device')})
+    assert engine.describe_device().endswith('openvino fp32')
+    frame = real_frames(1)[0]
+    pipeline = DepthPipeline(engine, configs.output)
+    k = frame.intrinsics
+    pipeline.on_camera_info(camera_info(k.height, k.width, k.fx, k.fy, k.cx, k.cy))
+    out = pipeline.process(rgb8_image(frame.rgb))
+    depth = depth_from_image(out.depth)
+    assert relative(depth, torch_engine.predict(frame.rgb, frame.intrinsics)) <= TOLERANCE
+
+
+@needs_openvino
+def test_infer_tool_with_backend_openvino(tmp_path, capsys, openvino_engine):
+    import cv2
+
+    from depthclip_ros.tools.cli import main
+    frame = real_frames(1)[0]
+    cv2.imwrite(str(tmp_path / 'frame.png'), cv2.cvtColor(frame.rgb, cv2.COLOR_RGB2BGR))
+    k = frame.intrinsics
+    common = ['--intrinsics', str(k.fx), str(k.fy), str(k.cx), str(k.cy), '--pretrained',
+              'none', '--device', 'cpu', '--precision', 'fp32', '--input-size',
+              *map(str, SMALL)]
+    depths = {}
+    with random_models_shared():
+        for backend in ('torch', 'openvino'):
+            out = tmp_path / backend
+            assert main(['infer', str(tmp_path / 'frame.png'), '--output', str(out),
+                         '--backend', backend, *common]) == 0
+            depths[backend] = np.load(out / 'frame_depth.npy')
+        assert relative(depths['openvino'], depths['torch']) <= TOLERANCE
+        # bench: the same `network` line for the backend, which its device line names
+        capsys.readouterr()
+        assert main(['bench', '--backend', 'openvino', '--warmup', '0', '--repeat', '1',
+                     '--image-size', '48', '64', *common[5:]]) == 0
+    text = capsys.readouterr().out
+    assert '\nnetwork' in text and 'openvino fp32' in text

@@ -19,3 +19,8 @@ def precision_variant(text: str) -> tuple[str, str | None]:
             f'{text!r}: a precision ({", ".join(PRECISIONS)}), optionally with -nchw or '
             f'-nhwc (the trunk layout)')
     return precision, layout or None
+
+
+# bench --compare-backends: label -> (backend, precision) of the engine it builds
+BACKEND_VARIANTS = {'torch': ('torch', 'fp32'), 'openvino': ('openvino', 'fp32'),
+                    'openvino-int8': ('openvino', 'int8')}

@@ -21,6 +21,11 @@ its stages, its fixed cost and the added cost per query.
 (each with its own intrinsics) through :meth:`DepthCLIP.infer_frames` one at a time and as
 one call, interleaved, per-stage milliseconds per frame, frames/s and the throughput ratio.
 
+``--compare-backends torch openvino openvino-int8`` is a run of its own, like
+``--compare-precision``: one engine per trunk backend, interleaved, with the network
+stage's speed-up and, with ``--images`` or ``--dataset``, each one's depth deviation
+against ``torch`` (tools/bench/backends.py).
+
 ``--compare-precision fp32 bf16 ...`` is a run of its own: one engine per precision (the
 same weights, checked), fp32 also in its other trunk layout (NCHW on the CPU, where fp32
 runs channels-last), per-stage medians side by side from interleaved rounds; a precision
@@ -31,8 +36,9 @@ every pixel of the given images.
 
 # This module is the tool's entry (its options and run; the docstring is its --help). Each
 # benchmark is a module beside it: stages (the per-stage table), batch (--batch N),
-# uncertainty, scenes, objects (--queries N) and precision (--compare-precision); what they
-# share (timing, the machine's description, the bench frames) is in common.
+# uncertainty, scenes, objects (--queries N), precision (--compare-precision) and backends
+# (--compare-backends); what they share (timing, the machine's description, the bench
+# frames) is in common.
 
 from __future__ import annotations
 
@@ -44,7 +50,7 @@ import sys
 from depthclip_ros.io.outputs import check_outputs
 from depthclip_ros.objects.proposals import MAX_MASKS
 from depthclip_ros.objects.queries import MAX_QUERIES
-from depthclip_ros.tools.bench.options import precision_variant
+from depthclip_ros.tools.bench.options import BACKEND_VARIANTS, precision_variant
 from depthclip_ros.tools.common import add_model_arguments, load_engine
 from depthclip_ros.tools.progress import Stages
 
@@ -67,12 +73,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              'bf16, fp16, auto; -nchw or -nhwc picks the trunk layout; fp32 '
                              'is also timed in its other layout), one engine each, the same '
                              'weights')
+    parser.add_argument('--compare-backends', nargs='+', choices=tuple(BACKEND_VARIANTS),
+                        metavar='BACKEND',
+                        help='a run of its own: time these trunk backends side by side ('
+                             f'{", ".join(BACKEND_VARIANTS)}; torch is always the '
+                             'reference; openvino-int8 needs --calibration), one engine each, '
+                             'the same weights')
     parser.add_argument('--images', nargs='+', metavar='GLOB',
-                        help='with --compare-precision: images for the depth deviation '
-                             'against fp32 (nominal intrinsics: the deviation is relative)')
+                        help='with --compare-precision or --compare-backends: images for the '
+                             'depth deviation against the reference (nominal intrinsics: the '
+                             'deviation is relative)')
     parser.add_argument('--dataset', nargs='+', type=Path, metavar='DIR',
-                        help='with --compare-precision: dataset folders (rgb/, '
-                             'intrinsics.json), or folders holding them, for the deviation')
+                        help='with --compare-precision or --compare-backends: dataset folders '
+                             '(rgb/, intrinsics.json), or folders holding them, for the '
+                             'deviation')
     parser.add_argument('--json', type=Path, help='also write the figures as JSON (an '
                         'existing file is refused unless --overwrite)')
     parser.add_argument('--overwrite', action='store_true',
@@ -108,10 +122,18 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as error:
             print(f'depthclip-ros bench: {error}', file=sys.stderr)
             return 2
+    if args.compare_precision and args.compare_backends:
+        print('depthclip-ros bench: --compare-precision and --compare-backends are runs of '
+              'their own: give one')
+        return 2
     if args.compare_precision:
         return run_compare_precision(args)
+    if args.compare_backends:
+        from depthclip_ros.tools.bench.backends import run_compare_backends
+        return run_compare_backends(args)
     if args.images or args.dataset:
-        print('depthclip-ros bench: --images and --dataset go with --compare-precision')
+        print('depthclip-ros bench: --images and --dataset go with --compare-precision or '
+              '--compare-backends')
         return 2
     engine = load_engine(args)
     height, width = args.image_size

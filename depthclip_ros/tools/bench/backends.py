@@ -1,0 +1,131 @@
+"""``bench --compare-backends torch openvino openvino-int8``: a run of its own.
+
+One engine per trunk backend (the same weights, checked): ``torch`` (eager PyTorch in the
+precision and layout of the device's default), ``openvino`` (OpenVINO fp32) and
+``openvino-int8`` (OpenVINO INT8, NNCF post-training quantization calibrated on
+``--calibration``). Every engine times the same frames in interleaved rounds (the order
+rotating), per-stage medians side by side with the speed-ups of the whole frame and of the
+network stage against ``torch``; with ``--images`` or ``--dataset``, the depth deviation of
+each against ``torch`` (median, p99 and max of |d - d_torch| / d_torch over every pixel).
+With random weights the deviation is not an accuracy result: it says how far a backend's
+numbers move, not how good they are.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+import json
+
+import torch
+
+from depthclip_ros.engine.depthclip import DepthCLIP
+from depthclip_ros.engine.weights import WeightsError
+from depthclip_ros.tools.bench.common import device_description
+from depthclip_ros.tools.bench.options import BACKEND_VARIANTS
+from depthclip_ros.tools.bench.precision import (
+    deviation_images,
+    precision_deviation,
+    print_precisions,
+    same_weights,
+    time_precisions,
+)
+from depthclip_ros.tools.common import configs_from_args, warn_random_weights
+
+
+def plan_backends(asked: list[str], args: argparse.Namespace
+                  ) -> tuple[list[tuple[str, object]], list[tuple[str, str]]]:
+    """``([(label, ModelConfig)], [(label, why not available)])``: ``torch`` first, asked or
+    not (the reference), then the others once each, in the order asked. Loads nothing."""
+    model, _ = configs_from_args(args)
+    wanted = ['torch'] + [label for label in dict.fromkeys(asked) if label != 'torch']
+    plan, missing = [], []
+    for label in wanted:
+        backend, precision = BACKEND_VARIANTS[label]
+        try:
+            config = replace(model, backend=backend, precision=precision)
+        except ValueError as error:  # int8 without --calibration, say
+            missing.append((label, str(error)))
+            continue
+        if backend == 'openvino':
+            try:
+                import openvino  # noqa: F401 - only whether it is there
+            except ImportError:
+                missing.append((label, 'the openvino package is not installed '
+                                       '(pip install .[openvino])'))
+                continue
+        plan.append((label, config))
+    return plan, missing
+
+
+def build_backends(plan: list[tuple[str, object]], args: argparse.Namespace
+                   ) -> dict[str, DepthCLIP]:
+    _, head = configs_from_args(args)
+    engines = {}
+    for label, config in plan:
+        try:
+            engines[label] = DepthCLIP(config, head).load()
+        except (ValueError, WeightsError, RuntimeError) as error:
+            raise SystemExit(f'depthclip-ros bench: {label}: {error}') from None
+    return engines
+
+
+def network_speedups(figures: dict) -> dict[str, float]:
+    """Per engine, the reference's network-stage median over this engine's."""
+    labels = list(figures)
+    reference = figures[labels[0]]['stages_ms_per_frame']['network']
+    return {label: reference / max(figures[label]['stages_ms_per_frame']['network'], 1e-9)
+            for label in labels}
+
+
+def run_compare_backends(args: argparse.Namespace) -> int:
+    height, width = args.image_size
+    try:
+        images = deviation_images(args)
+    except ValueError as error:  # DatasetError, ImageFormatError
+        print(f'depthclip-ros bench: {error}')
+        return 2
+    try:
+        plan, missing = plan_backends(args.compare_backends, args)
+    except ValueError as error:
+        print(f'depthclip-ros bench: {error}')
+        return 2
+    engines = build_backends(plan, args)
+    labels = list(engines)
+    reference = engines[labels[0]]
+    if reference.random_weights:
+        warn_random_weights()
+    checks = {label: same_weights(reference, engine) for label, engine in engines.items()}
+    differ = [label for label, (equal, _) in checks.items() if not equal]
+    device = device_description(reference, dtype=False)
+    versions = f'torch {torch.__version__}'
+    if any(engine.config.backend != 'torch' for engine in engines.values()):
+        import openvino
+        versions += f', openvino {openvino.__version__}'
+    print(f'device: {device}; {versions}; {reference.config.model} '
+          f'{reference.config.feature_mode} mode; input {height}x{width} -> network '
+          f'{reference.config.input_size[0]}x{reference.config.input_size[1]}; batch '
+          f'{args.batch}; backends interleaved (order rotating), median of {args.repeat} '
+          f'rounds after {args.warmup} warm-up'
+          + ('; random weights (cost is the same; deviations are not an accuracy result)'
+             if reference.random_weights else ''))
+    if differ:
+        print('weights: DIFFERENT in ' + ', '.join(differ))
+        return 1
+    figures = time_precisions(engines, height, width, args.batch, args.warmup, args.repeat)
+    network = network_speedups(figures)
+    deviation = precision_deviation(engines, images) if images else None
+    print_precisions(figures, deviation, missing, len(images))
+    width = max(10, *(len(label) for label in labels))  # print_precisions' columns
+    print(f'{"network x":<12} ' + ' '.join(f'{network[label]:{width - 1}.3f}x'
+                                           for label in labels)
+          + f'   ({labels[0]} network median / its network median)')
+    if args.json:
+        args.json.write_text(json.dumps({
+            'device': device, 'versions': versions, 'image_size': [height, width],
+            'batch': args.batch, 'input_size': list(reference.config.input_size),
+            'reference': labels[0], 'backend_ms': figures, 'network_speedup': network,
+            'deviation': deviation, 'images': len(images),
+            'random_weights': reference.random_weights,
+            'not_available': dict(missing)}, indent=2))
+    return 0

@@ -80,6 +80,7 @@ TIERS = {
     'test_bench_node.py': ('ros', True),
     'test_bench_speed.py': ('unit', {
         'test_batch_compares_one_by_one_with_one_batched_call',
+        'test_compare_backends_times_and_compares_them_against_torch',
         'test_compare_precision_reads_dataset_folders',
         'test_compare_precision_reports_fp16_and_fp32_against_itself_is_zero'}),
     'test_camera_models.py': ('unit', set()),

@@ -1,7 +1,8 @@
-"""``bench --batch N`` (one by one against one batched call) and ``bench
+"""``bench --batch N`` (one by one against one batched call), ``bench
 --compare-precision`` (precisions and layouts side by side, the depth deviation against
-fp32), on the CPU with random weights and tiny sizes. Speed is measured, not asserted:
-these tests check that the tables, ratios and reports are there and consistent."""
+fp32) and ``bench --compare-backends`` (torch, OpenVINO fp32 and INT8), on the CPU with
+random weights and tiny sizes. Speed is measured, not asserted: these tests check that
+the tables, ratios and reports are there and consistent."""
 
 import json
 from pathlib import Path
@@ -171,6 +172,48 @@ def test_compare_precision_reads_dataset_folders(tmp_path, capsys):
     assert figures['not_available'] == {}
 
 
+# ------------------------------------------------------------------- --compare-backends
+
+def test_compare_backends_times_and_compares_them_against_torch(tmp_path, capsys,
+                                                                 monkeypatch):
+    """torch (the reference), OpenVINO fp32 and INT8 side by side: the network row's
+    ratios, fp32 within float re-association of torch, INT8 further from it; without a
+    calibration set INT8 is reported as not available, not a crash."""
+    pytest.importorskip('openvino')
+    monkeypatch.setenv('DEPTHCLIP_CACHE_DIR', str(tmp_path / 'cache'))
+    for seed in range(2):
+        write_image(tmp_path / 'images' / f'{seed}.png', seed)
+    for seed in range(3):
+        write_image(tmp_path / 'calibration' / f'{seed}.png', 10 + seed)
+    out = tmp_path / 'backends.json'
+    assert main(['bench', *TINY, '--image-size', str(H), str(W), '--compare-backends',
+                 'openvino', 'openvino-int8', '--calibration', str(tmp_path / 'calibration'),
+                 '--images', str(tmp_path / 'images' / '*.png'), '--json', str(out)]) == 0
+    text = capsys.readouterr().out
+    assert 'backends interleaved' in text and 'openvino 20' in text
+    assert 'deviations are not an accuracy result' in text  # random weights
+    header = next(line for line in text.splitlines() if line.startswith('ms/frame'))
+    assert header.split()[1:] == ['torch', 'openvino', 'openvino-int8']
+    rows = table(text, 'ms/frame')
+    assert rows['speed-up'][0] == '1.000x' and rows['network'][0] != '1.000x'
+    network = [line for line in text.splitlines() if line.startswith('network ')]
+    assert len(network) == 2 and network[1].split()[1] == '1.000x'  # ms, then ratios
+    figures = json.loads(out.read_text())
+    deviation = figures['deviation']
+    assert deviation['torch']['max'] == 0.0
+    assert deviation['openvino']['max'] < 1e-4  # fp32: re-association only
+    assert deviation['openvino-int8']['median'] > deviation['openvino']['median']
+    assert figures['network_speedup']['torch'] == 1.0
+    assert figures['not_available'] == {}
+    # INT8 without a calibration set: not available, with the reason; the rest runs
+    assert main(['bench', *TINY, '--image-size', str(H), str(W), '--compare-backends',
+                 'openvino-int8']) == 0
+    text = capsys.readouterr().out
+    assert 'openvino-int8: not available: precision int8 needs calibration' in text
+    header = next(line for line in text.splitlines() if line.startswith('ms/frame'))
+    assert header.split()[1:] == ['torch']
+
+
 def test_plan_reports_a_precision_the_cpu_cannot_run(monkeypatch):
     args = bench_args('--compare-precision', 'bf16', 'auto', 'fp16', 'fp32-nhwc')
     monkeypatch.setattr(model, 'cpu_bf16_native', lambda: False)
@@ -195,6 +238,9 @@ def test_bad_options_are_refused(tmp_path, capsys):
                  str(tmp_path / 'none*.png')]) == 2
     assert 'no file matches' in capsys.readouterr().out
     assert main(['bench', *TINY, '--batch', '0']) == 2
+    assert main(['bench', *TINY, '--compare-precision', 'fp32', '--compare-backends',
+                 'openvino']) == 2
+    assert 'runs of their own' in capsys.readouterr().out
 
 
 def bench_args(*argv: str):

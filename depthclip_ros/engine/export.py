@@ -17,6 +17,8 @@ imported only by the functions that need them.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from pathlib import Path
 
 import torch
@@ -87,13 +89,27 @@ def float_cpu_copy(module: torch.nn.Module) -> torch.nn.Module:
     return clone
 
 
+@contextlib.contextmanager
+def without_cuda_home_notice():
+    """Silences the notice "No CUDA runtime is found" that torch's extension builder logs
+    when it is first imported on a machine without CUDA: nncf imports it, and OpenVINO's
+    PyTorch converter imports nncf when it is installed. Not the user's concern."""
+    notices = logging.getLogger('torch.utils.cpp_extension')
+    level = notices.level
+    notices.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        notices.setLevel(level)
+
+
 def to_openvino(module: torch.nn.Module, shape: tuple[int, int, int, int]):
     """An ``openvino.Model`` of ``module`` for a static float32 input ``shape`` (NCHW), by
     OpenVINO's own PyTorch converter. Needs the ``openvino`` package."""
     import openvino as ov
     module = float_cpu_copy(module).eval()
     example = torch.zeros(shape, dtype=torch.float32)
-    with torch.no_grad():
+    with torch.no_grad(), without_cuda_home_notice():
         converted = ov.convert_model(module, example_input=example, input=[list(shape)])
     converted.inputs[0].get_tensor().set_names({'image'})
     converted.outputs[0].get_tensor().set_names(

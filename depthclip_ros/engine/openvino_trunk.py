@@ -24,7 +24,7 @@ import warnings
 import numpy as np
 import torch
 
-from depthclip_ros.engine.export import NETWORKS, to_openvino
+from depthclip_ros.engine.export import NETWORKS, to_openvino, without_cuda_home_notice
 from depthclip_ros.engine.model_cache import arrays_hash, ModelCache, tensors_hash
 
 LOG = logging.getLogger(__name__)
@@ -144,11 +144,6 @@ class OpenVINONetworks:
 def import_nncf():
     """nncf, imported without the notice that no CUDA runtime exists which torch's
     extension builder (imported by nncf) logs on every machine without CUDA."""
-    notices = logging.getLogger('torch.utils.cpp_extension')
-    level = notices.level
-    notices.setLevel(logging.ERROR)
-    try:
+    with without_cuda_home_notice():
         import nncf
-    finally:
-        notices.setLevel(level)
     return nncf

@@ -115,11 +115,8 @@ def run_compare_backends(args: argparse.Namespace) -> int:
     figures = time_precisions(engines, height, width, args.batch, args.warmup, args.repeat)
     network = network_speedups(figures)
     deviation = precision_deviation(engines, images) if images else None
-    print_precisions(figures, deviation, missing, len(images))
-    width = max(10, *(len(label) for label in labels))  # print_precisions' columns
-    print(f'{"network x":<12} ' + ' '.join(f'{network[label]:{width - 1}.3f}x'
-                                           for label in labels)
-          + f'   ({labels[0]} network median / its network median)')
+    print_precisions(figures, deviation, missing, len(images),
+                     ('network', network, f'{labels[0]} network median / its own'))
     if args.json:
         args.json.write_text(json.dumps({
             'device': device, 'versions': versions, 'image_size': [height, width],

@@ -97,7 +97,8 @@ def _problem(args: argparse.Namespace) -> str | None:
 def node_parameters(args: argparse.Namespace, cameras: list[str]) -> dict:
     """The node's parameters: the cameras and the model and head options."""
     parameters = {'pretrained': args.pretrained, 'device': args.device, 'model': args.model,
-                  'precision': args.precision, 'feature_mode': args.feature_mode,
+                  'precision': args.precision, 'backend': args.backend,
+                  'calibration': args.calibration, 'feature_mode': args.feature_mode,
                   'input_size': list(args.input_size), 'cuda_graphs': args.cuda_graphs,
                   'flip_average': args.flip_average,
                   'canonical_focal_px': args.canonical_focal_px,

@@ -71,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     namespace = private_namespace('bench_node')
     node = start_node({'pretrained': args.pretrained, 'device': args.device,
                        'model': args.model, 'precision': args.precision,
+                       'backend': args.backend, 'calibration': args.calibration,
                        'feature_mode': args.feature_mode,
                        'input_size': list(args.input_size)}, namespace)
     rclpy.init()

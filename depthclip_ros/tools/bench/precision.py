@@ -199,7 +199,9 @@ def _relative(value: float) -> str:
 
 
 def print_precisions(figures: dict, deviation: dict | None, missing: list[tuple[str, str]],
-                     image_count: int) -> None:
+                     image_count: int, ratios: tuple[str, dict, str] | None = None) -> None:
+    """The side-by-side table; ``ratios``: one more row of ratios after the speed-up,
+    ``(row name, {label: ratio}, note)``."""
     labels = list(figures)
     reference = labels[0]
     width = max(10, *(len(label) for label in labels))
@@ -214,6 +216,10 @@ def print_precisions(figures: dict, deviation: dict | None, missing: list[tuple[
     print(f'{"speed-up":<12} ' + ' '.join(f'{figures[label]["speedup"]:{width - 1}.3f}x'
                                             for label in labels)
           + f"   (median of the rounds' {reference} time / its time)")
+    if ratios is not None:
+        name, values, note = ratios
+        print(f'{name:<12} ' + ' '.join(f'{values[label]:{width - 1}.3f}x' for label in labels)
+              + f'   ({note})')
     for label, reason in missing:
         print(f'{label}: not available: {reason}')
     if deviation is None:

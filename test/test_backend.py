@@ -459,3 +459,35 @@ def test_infer_tool_with_backend_openvino(tmp_path, capsys, openvino_engine):
                      '--image-size', '48', '64', *common[5:]]) == 0
     text = capsys.readouterr().out
     assert '\nnetwork' in text and 'openvino fp32' in text
+
+
+@needs_openvino
+def test_evaluate_locate_and_bag_run_on_openvino(tmp_path, capsys, openvino_engine):
+    """The other tools that load the model take the backend too: ``evaluate`` (INT8,
+    calibrated on a folder), ``locate`` (its object step's crops through the OpenVINO
+    encoder) and ``bag`` (a real RealSense recording), each naming it."""
+    import cv2
+
+    from depthclip_ros.tools.cli import main
+    common = ['--pretrained', 'none', '--device', 'cpu', '--input-size', *map(str, SMALL)]
+    calibration = shared_data('nyu_v2_eigen_test_sg10', 'rgb')
+    with random_models_shared():
+        assert main(['evaluate', str(shared_data('kitti_raw_metric3d3')), '--backend',
+                     'openvino', '--precision', 'int8', '--calibration', str(calibration),
+                     *common]) == 0
+        text = capsys.readouterr().out
+        assert 'openvino int8' in text and 'RANDOM WEIGHTS' in text  # its device line
+        frame = real_frames(1)[0]
+        image = tmp_path / 'scene.png'
+        cv2.imwrite(str(image), cv2.cvtColor(frame.rgb, cv2.COLOR_RGB2BGR))
+        k = frame.intrinsics
+        assert main(['locate', str(image), '--query', 'the chair', '--intrinsics',
+                     str(k.fx), str(k.fy), str(k.cx), str(k.cy), '--output',
+                     str(tmp_path / 'found'), '--backend', 'openvino', *common]) == 0
+        assert 'openvino fp32' in capsys.readouterr().err  # "model ready (...)"
+        assert (tmp_path / 'found' / 'scene_locate.json').is_file()
+        assert main(['bag', str(shared_data('bags', 'realsense_d435_single_frame_ros2')),
+                     str(tmp_path / 'bag_out'), '--backend', 'openvino', *common]) == 0
+        captured = capsys.readouterr()
+        assert 'openvino fp32' in captured.err
+        assert 'done: 1 of 1 frames with depth' in captured.out

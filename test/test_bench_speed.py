@@ -1,7 +1,7 @@
 """``bench --batch N`` (one by one against one batched call) and ``bench
 --compare-precision`` (precisions and layouts side by side, the depth deviation against
-fp32), on the CPU with random weights and tiny sizes. Speed is measured, not asserted:
-these tests check that the tables, ratios and reports are there and consistent."""
+fp32), on the CPU with the tests' tiny random model and tiny sizes. Speed is measured, not
+asserted: these tests check that the tables, ratios and reports are there and consistent."""
 
 import json
 from pathlib import Path
@@ -18,8 +18,11 @@ from depthclip_ros.tools.bench.precision import plan_variants
 from depthclip_ros.tools.cli import main
 from depthclip_ros.tools.common import configs_from_args
 
-TINY = ['--pretrained', 'none', '--device', 'cpu', '--warmup', '0', '--repeat', '1',
-        '--input-size', '64', '96']
+from conftest import TINY_MODEL
+
+TINY = ['--model', TINY_MODEL, '--pretrained', 'none', '--device', 'cpu', '--warmup', '0',
+        '--repeat', '1', '--input-size', '64', '96']
+pytestmark = pytest.mark.usefixtures('tiny_model')  # TINY's model, in this process
 H, W = 30, 40
 
 

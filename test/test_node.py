@@ -1,4 +1,5 @@
-"""depth_node in-process over real rclpy / Fast DDS (CPU, random weights, small input).
+"""depth_node in-process over real rclpy / Fast DDS (CPU, the tests' tiny random model, small
+input).
 
 Deterministic by construction: every harness has a namespace of its own (another test, or
 another run that drew the same ROS domain on this host, is never heard), its frames carry
@@ -22,13 +23,14 @@ from depthclip_ros.geometry import backproject, Intrinsics
 from depthclip_ros.ros.messages import cloud_array, depth_from_image
 from depthclip_ros.ros.node import DepthNode
 
+from conftest import TINY_MODEL
 from rosutil import camera_info, repeat_until, rgb8_image, Spinner, unique_namespace, wait_for
 
 H, W = 96, 128
 FX, FY, CX, CY = 110.0, 112.0, 63.5, 47.5
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-SMALL = [Parameter('pretrained', value='none'), Parameter('device', value='cpu'),
-         Parameter('input_size', value=[64, 96])]
+SMALL = [Parameter('model', value=TINY_MODEL), Parameter('pretrained', value='none'),
+         Parameter('device', value='cpu'), Parameter('input_size', value=[64, 96])]
 OUTPUTS = {'depth/image': Image, 'depth/camera_info': CameraInfo, 'points': PointCloud2}
 CONNECT_S = 30.0  # discovery between two nodes of one process (well under 1 s when quiet)
 OUTPUT_S = 60.0  # a frame's outputs, resending the frame every 2 s meanwhile
@@ -225,7 +227,7 @@ def test_parameter_services_accept_and_reject_with_reasons(harness, ros):
             assert reason in result.reason
         values = {name: harness.node.get_parameter(name).value
                   for name in ('temperature', 'depth_bins_m', 'model')}
-        assert values['temperature'] == 0.2 and values['model'] == 'RN50'
+        assert values['temperature'] == 0.2 and values['model'] == TINY_MODEL
         assert list(values['depth_bins_m']) == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
         harness.output_for(100)
         assert harness.node.engine.head.temperature == 0.2
@@ -303,7 +305,7 @@ def test_output_size_colormap_and_diagnostics(ros):
         assert wait_for(after_a_frame, 30)
         status = after_a_frame()[-1]
         values = {kv.key: kv.value for kv in status.values}
-        assert values['random weights'] == 'True' and values['model'] == 'RN50 (none)'
+        assert values['random weights'] == 'True' and values['model'] == f'{TINY_MODEL} (none)'
         for key in ('input rate (Hz)', 'output rate (Hz)', 'frames dropped',
                     'latency end-to-end median (ms)', 'stage network median (ms)', 'device'):
             assert key in values, key

@@ -1,8 +1,8 @@
-"""One depth_node, three cameras, one model, over real rclpy / Fast DDS (CPU, random
-weights, small input): each camera's outputs equal the single-camera result for the same
-frame, frames of several cameras share one forward, a bad camera leaves the others alone,
-a fast camera cannot starve a slow one, no camera waits on another's optional step, and
-camera names follow ROS's rules without overlapping."""
+"""One depth_node, three cameras, one model, over real rclpy / Fast DDS (CPU, the tests'
+tiny random model, small input): each camera's outputs equal the single-camera result for
+the same frame, frames of several cameras share one forward, a bad camera leaves the others
+alone, a fast camera cannot starve a slow one, no camera waits on another's optional step,
+and camera names follow ROS's rules without overlapping."""
 
 import copy
 import re

@@ -1,4 +1,5 @@
-"""``depthclip-ros bag``: recordings through the node's pipeline (CPU, random weights).
+"""``depthclip-ros bag``: recordings through the node's pipeline (CPU, the tests' tiny
+random model).
 
 Outputs are read back with the official ``mcap`` + ``mcap-ros2-support`` decoder, which
 decodes with the schemas stored in the file as Foxglove does, and compared with the
@@ -9,7 +10,6 @@ import os
 from pathlib import Path
 import signal
 import subprocess
-import sys
 import time
 
 import cv2
@@ -31,7 +31,7 @@ from depthclip_ros.ros.messages import cloud_array, rgb_from_image
 from depthclip_ros.ros.pipeline import DepthPipeline
 from depthclip_ros.tools.cli import main
 
-from conftest import REPO, shared_data
+from conftest import REPO, shared_data, TINY_MODEL, TINY_TOOL
 from rosutil import camera_info, rgb8_image
 
 ROS2_BAG = ('bags', 'realsense_d435_single_frame_ros2')
@@ -282,11 +282,12 @@ def test_existing_output_and_missing_input(small, tmp_path):
         process_bag(tmp_path / 'out', tmp_path / 'again', DepthPipeline(small))
 
 
-def test_cli_prints_progress_summary_and_how_to_view(tmp_path, capsys):
+def test_cli_prints_progress_summary_and_how_to_view(tmp_path, capsys, tiny_model):
     source = write_bag(tmp_path / 'in', stream(frames(3)))
     out = tmp_path / 'out'
-    assert main(['bag', str(source), str(out), '--pretrained', 'none', '--device', 'cpu',
-                 '--input-size', '64', '96', '--cloud-stride', '2', '--colormap']) == 0
+    assert main(['bag', str(source), str(out), '--model', tiny_model, '--pretrained', 'none',
+                 '--device', 'cpu', '--input-size', '64', '96', '--cloud-stride', '2',
+                 '--colormap']) == 0
     captured = capsys.readouterr()
     assert 'bag: frame 1/3' in captured.err  # not a terminal: plain progress lines
     assert 'done: 3 of 3 frames with depth' in captured.out
@@ -305,13 +306,13 @@ def test_cli_prints_progress_summary_and_how_to_view(tmp_path, capsys):
 
 @pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM])
 def test_interrupting_leaves_a_readable_bag_with_whole_frames(tmp_path, sig):
-    total = 600
+    total = 1500  # the tiny model runs 600 such frames in ~2 s: stopped long before the end
     source = write_bag(tmp_path / 'in', stream(frames(total, 24, 32)))
     out = tmp_path / 'out'
     env = {**os.environ, 'PYTHONPATH': str(REPO)}
     proc = subprocess.Popen(
-        [sys.executable, '-m', 'depthclip_ros.tools.cli', 'bag', str(source), str(out),
-         '--pretrained', 'none', '--device', 'cpu', '--input-size', '64', '64'],
+        [*TINY_TOOL, 'bag', str(source), str(out), '--model', TINY_MODEL, '--pretrained',
+         'none', '--device', 'cpu', '--input-size', '64', '64'],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         deadline = time.monotonic() + 120

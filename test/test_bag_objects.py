@@ -1,5 +1,6 @@
-"""``depthclip-ros bag --query``: language-referred objects in the output bag (CPU, random
-weights: the tests check topics, stamps and messages, never which object is found)."""
+"""``depthclip-ros bag --query``: language-referred objects in the output bag (CPU, the tests'
+tiny random model: the tests check topics, stamps and messages, never which object is
+found)."""
 
 import re
 
@@ -16,9 +17,12 @@ from depthclip_ros.ros.object_messages import labels_from_image, object_cloud_ar
 from depthclip_ros.ros.pipeline import DepthPipeline, ObjectSettings
 from depthclip_ros.tools.cli import main
 
+from conftest import TINY_MODEL
 from test_bag import by_topic, frames, mcap_messages, stamp_of, stream, write_bag
 
-FAST = ['--pretrained', 'none', '--device', 'cpu', '--input-size', '64', '96']
+FAST = ['--model', TINY_MODEL, '--pretrained', 'none', '--device', 'cpu', '--input-size', '64',
+        '96']
+pytestmark = pytest.mark.usefixtures('tiny_model')  # FAST's model, in this process
 OBJECT_TOPICS = ('/cam/objects/markers', '/cam/objects/points', '/cam/objects/labels',
                  '/cam/objects/camera_info')
 QUERIES = ('the bright square', 'the dark corner on the left')

@@ -10,7 +10,8 @@
 - an automatically chosen CameraInfo of another camera is refused;
 - impossible options exit with code 2 before the model is loaded or the input read.
 
-CPU, random weights (``small_engine``), bags written by the tests themselves.
+CPU, random weights (the tests' tiny model: ``small_engine``, ``--model``), bags written by
+the tests themselves.
 """
 
 import errno
@@ -35,11 +36,13 @@ from depthclip_ros.bags.safety import BagError, PARTIAL_NOTE
 from depthclip_ros.ros.pipeline import DepthPipeline
 from depthclip_ros.tools.cli import main
 
-from conftest import REPO, without_ros
+from conftest import REPO, TINY_MODEL, TINY_TOOL, without_ros
 from rosutil import camera_info, rgb8_image
 from test_bag import by_topic, frames, mcap_messages, stream, write_bag
 
-CLI = ['--pretrained', 'none', '--device', 'cpu', '--input-size', '64', '64']
+CLI = ['--model', TINY_MODEL, '--pretrained', 'none', '--device', 'cpu', '--input-size', '64',
+       '64']
+pytestmark = pytest.mark.usefixtures('tiny_model')  # CLI's model, in this process
 
 
 def tree(root: Path) -> dict:
@@ -231,15 +234,18 @@ def _wait_for(condition, proc, seconds=180):
         time.sleep(0.2)
 
 
-def _cli(source, out, *extra, **kwargs):
+def _cli(source, out, *extra, tool=(*TINY_TOOL,), options=CLI, **kwargs):
+    """``depthclip-ros bag SOURCE OUT`` as a process: by default one that knows the tiny
+    model (``TINY_TOOL``) and runs on it."""
     env = {**os.environ, 'PYTHONPATH': str(REPO), 'PYTHONDONTWRITEBYTECODE': '1'}
-    return subprocess.Popen([sys.executable, '-m', 'depthclip_ros.tools.cli', 'bag', str(source),
-                             str(out), *CLI, *extra], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, **kwargs)
+    return subprocess.Popen([*tool, 'bag', str(source), str(out), *options, *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            **kwargs)
 
 
 def test_sigkill_leaves_the_input_intact_and_a_recoverable_partial(tmp_path):
-    source = write_bag(tmp_path / 'in', stream(frames(120, *BIG)))
+    total = 360  # the tiny model runs ~70 such frames a second here: killed long before
+    source = write_bag(tmp_path / 'in', stream(frames(total, *BIG)))
     before = tree(source)
     out = tmp_path / 'out'
     partial = tmp_path / 'out.partial'
@@ -267,7 +273,7 @@ def test_sigkill_leaves_the_input_intact_and_a_recoverable_partial(tmp_path):
     report = recover_partial(partial, out)
     assert report.output == out and not report.complete and report.stopped
     frames_recovered = _outputs_are_whole(out, source, complete=False)
-    assert 2 <= frames_recovered < 120
+    assert 2 <= frames_recovered < total
     assert report.per_topic['/cam/points'] == frames_recovered
     assert (partial / PARTIAL_NOTE).exists()  # the source of a recovery is only read
     assert tree(source) == before
@@ -569,7 +575,9 @@ def test_impossible_option_as_a_process_exits_2_quickly_without_traceback(tmp_pa
     before = tree(tmp_path)
     start = time.monotonic()
     proc = _cli(source, tmp_path / 'out', '--cloud-stride', '0', '--overwrite',
-                '--pretrained', 'openai')  # weights that do not exist here: never loaded
+                '--pretrained', 'openai',  # weights that do not exist here: never loaded
+                tool=(sys.executable, '-m', 'depthclip_ros.tools.cli'),  # as a user runs it
+                options=CLI[2:])  # the default model
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 2 and stderr.strip() == (
         'depthclip-ros bag: --cloud-stride: cloud_stride must be in [1, 64], got 0')

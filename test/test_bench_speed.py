@@ -1,8 +1,8 @@
 """``bench --batch N`` (one by one against one batched call), ``bench
 --compare-precision`` (precisions and layouts side by side, the depth deviation against
 fp32) and ``bench --compare-backends`` (torch, OpenVINO fp32 and INT8), on the CPU with
-random weights and tiny sizes. Speed is measured, not asserted: these tests check that
-the tables, ratios and reports are there and consistent."""
+the tests' tiny random model and tiny sizes. Speed is measured, not asserted: these tests
+check that the tables, ratios and reports are there and consistent."""
 
 import json
 from pathlib import Path
@@ -19,8 +19,11 @@ from depthclip_ros.tools.bench.precision import plan_variants
 from depthclip_ros.tools.cli import main
 from depthclip_ros.tools.common import configs_from_args
 
-TINY = ['--pretrained', 'none', '--device', 'cpu', '--warmup', '0', '--repeat', '1',
-        '--input-size', '64', '96']
+from conftest import TINY_MODEL
+
+TINY = ['--model', TINY_MODEL, '--pretrained', 'none', '--device', 'cpu', '--warmup', '0',
+        '--repeat', '1', '--input-size', '64', '96']
+pytestmark = pytest.mark.usefixtures('tiny_model')  # TINY's model, in this process
 H, W = 30, 40
 
 

@@ -26,9 +26,10 @@ from depthclip_ros.io.dataset import RGBDFolder
 from depthclip_ros.tools import evaluate
 from depthclip_ros.tools.cli import main
 
-from conftest import shared_data
+from conftest import shared_data, TINY_MODEL
 
-FAST = ['--pretrained', 'none', '--device', 'cpu']
+FAST = ['--model', TINY_MODEL, '--pretrained', 'none', '--device', 'cpu']
+pytestmark = pytest.mark.usefixtures('tiny_model')  # FAST's model, in this process
 H, W = 48, 64
 CAMERA = {'fx': 60.0, 'fy': 90.0, 'cx': 31.5, 'cy': 23.5, 'width': W, 'height': H,
           'depth_unit_m': 0.001}

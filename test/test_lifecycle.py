@@ -11,10 +11,11 @@ from sensor_msgs.msg import CameraInfo, Image
 
 from depthclip_ros.ros.node import DepthLifecycleNode
 
+from conftest import TINY_MODEL
 from rosutil import camera_info, rgb8_image, Spinner, unique_namespace, wait_for
 
-SMALL = [Parameter('pretrained', value='none'), Parameter('device', value='cpu'),
-         Parameter('input_size', value=[64, 96])]
+SMALL = [Parameter('model', value=TINY_MODEL), Parameter('pretrained', value='none'),
+         Parameter('device', value='cpu'), Parameter('input_size', value=[64, 96])]
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 
 

@@ -1,4 +1,5 @@
-"""``depthclip-ros locate``: objects named in words, in one image (CPU, random weights).
+"""``depthclip-ros locate``: objects named in words, in one image (CPU, the tests' tiny
+random model).
 
 Random weights: the tests check the mechanics (files, JSON, refusals, inputs untouched),
 never which mask is chosen.
@@ -18,7 +19,11 @@ from depthclip_ros.engine.config import RANDOM_WEIGHTS_BANNER
 from depthclip_ros.io.visualize import read_ply
 from depthclip_ros.tools.cli import main
 
-FAST = ['--pretrained', 'none', '--device', 'cpu', '--input-size', '64', '96']
+from conftest import TINY_MODEL
+
+FAST = ['--model', TINY_MODEL, '--pretrained', 'none', '--device', 'cpu', '--input-size', '64',
+        '96']
+pytestmark = pytest.mark.usefixtures('tiny_model')  # FAST's model, in this process
 CAMERA = ['--intrinsics', '60', '60', '32', '24']
 LABELS = (1, 2, 7)
 

@@ -40,8 +40,16 @@ def image_msg(encoding, height, width, rows: np.ndarray, pad=0, big=False):
     return msg
 
 
-@pytest.mark.parametrize('encoding', ['rgb8', 'bgr8', 'rgba8', 'bgra8', '8UC3', '8UC4',
-                                      'rgb16', 'bgr16', 'rgba16', 'bgra16'])
+COLOUR = ['rgb8', 'bgr8', 'rgba8', 'bgra8', '8UC3', '8UC4', 'rgb16', 'bgr16', 'rgba16',
+          'bgra16']
+GREY = ['mono8', '8UC1', 'mono16', '16UC1']
+YUV = ['yuv422', 'yuv422_yuy2']
+BAYER = {'bayer_rggb8': {'r': (0, 0), 'b': (1, 1)}, 'bayer_bggr8': {'r': (1, 1), 'b': (0, 0)},
+         'bayer_gbrg8': {'r': (1, 0), 'b': (0, 1)}, 'bayer_grbg8': {'r': (0, 1), 'b': (1, 0)},
+         'bayer_rggb16': {'r': (0, 0), 'b': (1, 1)}}
+
+
+@pytest.mark.parametrize('encoding', COLOUR)
 @pytest.mark.parametrize('pad', [0, 5])
 def test_colour_encodings_round_trip_exactly(encoding, pad):
     rgb = smooth_rgb()
@@ -49,7 +57,7 @@ def test_colour_encodings_round_trip_exactly(encoding, pad):
     np.testing.assert_array_equal(rgb_from_image(msg), rgb)
 
 
-@pytest.mark.parametrize('encoding', ['mono8', '8UC1', 'mono16', '16UC1'])
+@pytest.mark.parametrize('encoding', GREY)
 def test_grey_encodings_become_grey_rgb(encoding):
     rgb = smooth_rgb()
     grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
@@ -70,7 +78,7 @@ def bt601_limited(y, u, v):
                              1.164 * c + 2.018 * d]), 0, 255)
 
 
-@pytest.mark.parametrize('encoding', ['yuv422', 'yuv422_yuy2'])
+@pytest.mark.parametrize('encoding', YUV)
 def test_yuv422_against_the_bt601_formula(encoding):
     y, u, v = 120, 90, 160
     row = [u, y, v, y] if encoding == 'yuv422' else [y, u, y, v]  # UYVY / YUYV
@@ -79,10 +87,7 @@ def test_yuv422_against_the_bt601_formula(encoding):
     assert np.abs(out.astype(int) - bt601_limited(y, u, v)).max() <= 2
 
 
-@pytest.mark.parametrize('encoding, offsets', [
-    ('bayer_rggb8', {'r': (0, 0), 'b': (1, 1)}), ('bayer_bggr8', {'r': (1, 1), 'b': (0, 0)}),
-    ('bayer_gbrg8', {'r': (1, 0), 'b': (0, 1)}), ('bayer_grbg8', {'r': (0, 1), 'b': (1, 0)}),
-    ('bayer_rggb16', {'r': (0, 0), 'b': (1, 1)})])
+@pytest.mark.parametrize('encoding, offsets', BAYER.items())
 def test_bayer_patterns_demosaic_to_the_original_colours(encoding, offsets):
     rgb = np.zeros((32, 32, 3), np.uint8)
     rgb[...] = (200, 120, 40)  # distinct R, G, B: a swapped pattern is obvious
@@ -118,10 +123,9 @@ def test_malformed_images_raise_a_named_error(change, message):
 
 
 def test_every_encoding_in_the_table_is_tested():
-    tested = {'rgb8', 'bgr8', 'rgba8', 'bgra8', '8UC3', '8UC4', 'rgb16', 'bgr16', 'rgba16',
-              'bgra16', 'mono8', '8UC1', 'mono16', '16UC1', 'yuv422', 'yuv422_yuy2',
-              'bayer_rggb8', 'bayer_bggr8', 'bayer_gbrg8', 'bayer_grbg8', 'bayer_rggb16',
-              'nv12'}
+    """The encodings the tests above run (their parameter lists, and nv12's own test),
+    plus the aliases that share a tested decoder, are exactly the table's."""
+    tested = {*COLOUR, *GREY, *YUV, *BAYER, 'nv12'}
     aliases = {'uyvy', 'yuyv', 'nv21', 'bayer_bggr16', 'bayer_gbrg16', 'bayer_grbg16'}
     assert set(ENCODINGS) == tested | aliases
 

@@ -1,4 +1,6 @@
-"""The engine against an independent re-statement of docs/method.md §1.
+"""The engine against an independent re-statement of docs/method.md §1 (on RN50,
+``engine``), and its invariants (metric scale, focal, bins, flip, batching, sizes, the text
+cache, release) on the tests' tiny model (``tiny_engine``, or built here).
 
 Random weights throughout: these tests check the computation, not accuracy.
 """
@@ -81,25 +83,25 @@ def test_paper_mode_equals_the_authors_computation(engine):
     assert ours.std() > 1e-4
 
 
-def test_metric_scale_is_exact_for_nyu_and_doubles_with_focal(engine):
+def test_metric_scale_is_exact_for_nyu_and_doubles_with_focal(tiny_engine):
     rgb = image(seed=1)
-    base = engine.predict(rgb, NYU_CROP)
+    base = tiny_engine.predict(rgb, NYU_CROP)
     doubled = Intrinsics(2 * NYU_CROP.fx, 2 * NYU_CROP.fy, NYU_CROP.cx, NYU_CROP.cy, 544, 416)
-    np.testing.assert_array_equal(engine.predict(rgb, doubled), 2 * base)
+    np.testing.assert_array_equal(tiny_engine.predict(rgb, doubled), 2 * base)
     canonical = Intrinsics(NYU_FOCAL_PX, NYU_FOCAL_PX, 272, 208, 544, 416)
-    unscaled = engine.predict(rgb, canonical)
+    unscaled = tiny_engine.predict(rgb, canonical)
     np.testing.assert_allclose(base, unscaled * (NYU_CROP.mean_focal / NYU_FOCAL_PX), rtol=1e-6)
 
 
-def test_focal_is_taken_at_the_network_input(engine):
+def test_focal_is_taken_at_the_network_input(tiny_engine):
     # A 1088x832 image of the same camera at twice the resolution has twice the focal in
     # pixels, but after resizing to 544x416 it is the same camera: same scale.
     rgb = image(seed=2)
     big = np.ascontiguousarray(np.kron(rgb, np.ones((2, 2, 1), np.uint8)))
     big_camera = Intrinsics(2 * NYU_CROP.fx, 2 * NYU_CROP.fy, 2 * NYU_CROP.cx, 2 * NYU_CROP.cy,
                             1088, 832)
-    small = engine.predict(rgb, NYU_CROP)
-    large = engine.predict(big, big_camera, output_size=(416, 544))
+    small = tiny_engine.predict(rgb, NYU_CROP)
+    large = tiny_engine.predict(big, big_camera, output_size=(416, 544))
     assert np.median(large) == pytest.approx(np.median(small), rel=0.05)
 
 
@@ -122,68 +124,68 @@ def test_depth_stays_within_scaled_bins_and_temperature_limits(engine):
         engine.set_head(original)
 
 
-def test_changing_bins_and_temperature_reuses_model_and_text(engine):
-    original = engine.head
-    engine.encode_prompts(original.prompts())  # the newest entry of the text cache
-    clip, runs = engine.clip, engine.text_encodings
+def test_changing_bins_and_temperature_reuses_model_and_text(tiny_engine):
+    original = tiny_engine.head
+    tiny_engine.encode_prompts(original.prompts())  # the newest entry of the text cache
+    clip, runs = tiny_engine.clip, tiny_engine.text_encodings
     try:
-        engine.set_head(head_with(original, depth_bins_m=[b * 2 for b in PAPER_DEPTH_BINS_M],
+        tiny_engine.set_head(head_with(original, depth_bins_m=[b * 2 for b in PAPER_DEPTH_BINS_M],
                                   temperature=0.2, canonical_focal_px=400.0))
-        assert engine.text_encodings == runs and engine.clip is clip
-        engine.set_head(head_with(original, distance_prompts=[f'{p}, said once' for p in
+        assert tiny_engine.text_encodings == runs and tiny_engine.clip is clip
+        tiny_engine.set_head(head_with(original, distance_prompts=[f'{p}, said once' for p in
                                                               PAPER_DISTANCE_PROMPTS]))
-        assert engine.text_encodings == runs + 1 and engine.clip is clip
+        assert tiny_engine.text_encodings == runs + 1 and tiny_engine.clip is clip
     finally:
-        engine.set_head(original)
-    assert engine.text_encodings == runs + 1  # the original prompts' features are cached
+        tiny_engine.set_head(original)
+    assert tiny_engine.text_encodings == runs + 1  # the original prompts' features are cached
 
 
-def test_bins_scale_linearly(engine):
+def test_bins_scale_linearly(tiny_engine):
     rgb = image(seed=4)
-    base = engine.predict(rgb, NYU_CROP)
-    original = engine.head
+    base = tiny_engine.predict(rgb, NYU_CROP)
+    original = tiny_engine.head
     try:
-        engine.set_head(head_with(original, depth_bins_m=[b * 3 for b in PAPER_DEPTH_BINS_M]))
-        np.testing.assert_allclose(engine.predict(rgb, NYU_CROP), 3 * base, rtol=1e-5)
+        tiny_engine.set_head(head_with(original, depth_bins_m=[b * 3 for b in PAPER_DEPTH_BINS_M]))
+        np.testing.assert_allclose(tiny_engine.predict(rgb, NYU_CROP), 3 * base, rtol=1e-5)
     finally:
-        engine.set_head(original)
+        tiny_engine.set_head(original)
 
 
-def test_flip_average_is_the_mean_of_both_predictions(engine):
+def test_flip_average_is_the_mean_of_both_predictions(tiny_engine):
     rgb = image(seed=5)
-    plain = engine.predict(rgb, NYU_CROP)
-    mirrored = engine.predict(np.ascontiguousarray(rgb[:, ::-1]), NYU_CROP)[:, ::-1]
-    original = engine.head
+    plain = tiny_engine.predict(rgb, NYU_CROP)
+    mirrored = tiny_engine.predict(np.ascontiguousarray(rgb[:, ::-1]), NYU_CROP)[:, ::-1]
+    original = tiny_engine.head
     try:
-        engine.set_head(head_with(original, flip_average=True))
-        averaged = engine.predict(rgb, NYU_CROP)
-        mirrored_avg = engine.predict(np.ascontiguousarray(rgb[:, ::-1]), NYU_CROP)[:, ::-1]
+        tiny_engine.set_head(head_with(original, flip_average=True))
+        averaged = tiny_engine.predict(rgb, NYU_CROP)
+        mirrored_avg = tiny_engine.predict(np.ascontiguousarray(rgb[:, ::-1]), NYU_CROP)[:, ::-1]
     finally:
-        engine.set_head(original)
+        tiny_engine.set_head(original)
     np.testing.assert_allclose(averaged, 0.5 * (plain + mirrored), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(averaged, mirrored_avg, rtol=1e-5, atol=1e-6)
     assert np.abs(plain - mirrored).max() > 1e-4  # flipping matters for these weights
 
 
-def test_batch_equals_single_frames(engine):
+def test_batch_equals_single_frames(tiny_engine):
     frames = np.stack([image(seed=s) for s in (6, 7)])
     cameras = [NYU_CROP, Intrinsics(300.0, 300.0, 272, 208, 544, 416)]
-    batch = engine.predict(frames, cameras)
+    batch = tiny_engine.predict(frames, cameras)
     for frame, camera, depth in zip(frames, cameras, batch):
-        np.testing.assert_allclose(depth, engine.predict(frame, camera), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(depth, tiny_engine.predict(frame, camera), rtol=1e-4, atol=1e-5)
 
 
-def test_any_image_size_and_output_size(engine):
+def test_any_image_size_and_output_size(tiny_engine):
     rgb = image(480, 640, seed=8)
     camera = Intrinsics(613.2, 613.4, 319.9, 239.2, 640, 480)
-    assert engine.predict(rgb, camera).shape == (480, 640)
-    assert engine.predict(rgb, camera, output_size=(120, 160)).shape == (120, 160)
+    assert tiny_engine.predict(rgb, camera).shape == (480, 640)
+    assert tiny_engine.predict(rgb, camera, output_size=(120, 160)).shape == (120, 160)
 
 
-def test_projected_mode_runs_on_the_attention_pool_projections():
+def test_projected_mode_runs_on_the_attention_pool_projections(tiny_model):
     from depthclip_ros.engine.depthclip import DepthCLIP
     torch.manual_seed(0)
-    projected = DepthCLIP(ModelConfig(pretrained='none', device='cpu',
+    projected = DepthCLIP(ModelConfig(model=tiny_model, pretrained='none', device='cpu',
                                       feature_mode='projected', input_size=(224, 288))).load()
     depth = projected.predict(image(224, 288), Intrinsics(NYU_FOCAL_PX, NYU_FOCAL_PX, 144, 112,
                                                           288, 224))
@@ -228,10 +230,10 @@ def test_construction_is_cheap_and_fp16_needs_cuda():
             DepthCLIP(ModelConfig(pretrained='none', device='cpu', precision='fp16')).load()
 
 
-def test_release_forgets_the_model_and_load_brings_it_back():
-    from depthclip_ros.engine.config import ModelConfig
+def test_release_forgets_the_model_and_load_brings_it_back(tiny_model):
     from depthclip_ros.engine.depthclip import DepthCLIP
-    engine = DepthCLIP(ModelConfig(pretrained='none', device='cpu', input_size=(64, 96)))
+    engine = DepthCLIP(ModelConfig(model=tiny_model, pretrained='none', device='cpu',
+                                   input_size=(64, 96)))
     engine.load()
     engine.encode_text(['a released sentence'])
     engine.release()

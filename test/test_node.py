@@ -1,4 +1,5 @@
-"""depth_node in-process over real rclpy / Fast DDS (CPU, random weights, small input).
+"""depth_node in-process over real rclpy / Fast DDS (CPU, the tests' tiny random model, small
+input; tests that leave the node as they found it share one node: ``shared``).
 
 Deterministic by construction: every harness has a namespace of its own (another test, or
 another run that drew the same ROS domain on this host, is never heard), its frames carry
@@ -22,13 +23,14 @@ from depthclip_ros.geometry import backproject, Intrinsics
 from depthclip_ros.ros.messages import cloud_array, depth_from_image
 from depthclip_ros.ros.node import DepthNode
 
+from conftest import random_models_shared, TINY_MODEL
 from rosutil import camera_info, repeat_until, rgb8_image, Spinner, unique_namespace, wait_for
 
 H, W = 96, 128
 FX, FY, CX, CY = 110.0, 112.0, 63.5, 47.5
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-SMALL = [Parameter('pretrained', value='none'), Parameter('device', value='cpu'),
-         Parameter('input_size', value=[64, 96])]
+SMALL = [Parameter('model', value=TINY_MODEL), Parameter('pretrained', value='none'),
+         Parameter('device', value='cpu'), Parameter('input_size', value=[64, 96])]
 OUTPUTS = {'depth/image': Image, 'depth/camera_info': CameraInfo, 'points': PointCloud2}
 CONNECT_S = 30.0  # discovery between two nodes of one process (well under 1 s when quiet)
 OUTPUT_S = 60.0  # a frame's outputs, resending the frame every 2 s meanwhile
@@ -42,6 +44,7 @@ class Harness:
     def __init__(self, context, name='cam', overrides=(), camera_qos=qos_profile_sensor_data):
         self.namespace = unique_namespace(name)
         self.frame_id = f'{self.namespace[1:]}_optical'
+        self.frame_ids = 0
         self.node = DepthNode(context=context, namespace=self.namespace,
                               parameter_overrides=[*SMALL, *overrides])
         self.node.load()
@@ -58,6 +61,15 @@ class Harness:
 
     def _keep(self, store, msg):
         (store if msg.header.frame_id == self.frame_id else self.foreign).append(msg)
+
+    def new_frame_id(self):
+        """Frames of a frame_id of their own from now on (another test's on a shared
+        harness): an output of an earlier frame is never taken for one of these."""
+        self.frame_ids += 1
+        self.frame_id = f'{self.namespace[1:]}_{self.frame_ids}_optical'
+        for msgs in self.got.values():
+            msgs.clear()
+        self.foreign.clear()
 
     def info(self, fx=FX, fy=FY) -> CameraInfo:
         return camera_info(H, W, fx, fy, CX, CY, frame_id=self.frame_id)
@@ -105,12 +117,49 @@ class Harness:
 
 @pytest.fixture
 def harness(ros):
+    """A fresh node (camera and consumer around it) for one test."""
     h = Harness(ros)
     spinner = Spinner(ros, h.node, h.peer)
     assert h.connected()
     yield h
     spinner.stop()
     h.close()
+
+
+@pytest.fixture(scope='module')
+def module_harness():
+    """One node, with its camera and consumer, for this module's tests that need no fresh
+    node (``shared``)."""
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    with random_models_shared():  # module fixtures start before the autouse one
+        h = Harness(context, 'shared')
+    spinner = Spinner(context, h.node, h.peer)
+    assert h.connected()
+    yield h
+    spinner.stop()
+    h.close()
+    rclpy.try_shutdown(context=context)
+
+
+@pytest.fixture
+def shared(module_harness):
+    """The module's node, as a test that leaves it as it found it sees it: frames of a
+    frame_id of its own; afterwards the parameters it changed are set back (the engine's
+    head with them) and the camera's own CameraInfo is the node's again. Counts go on
+    from earlier tests: compare them with their value at the start."""
+    h = module_harness
+    h.new_frame_id()
+    node, pipeline = h.node, h.node.streams[0].pipeline
+    before = node.get_parameters_by_prefix('')
+    head = node.engine.head
+    yield h
+    changed = [p for name, p in before.items()
+               if node.get_parameter(name).value != p.value]
+    assert all(r.successful for r in node.set_parameters(changed))
+    assert wait_for(lambda: node.engine.head == head, 10)
+    assert repeat_until(lambda: h.info_pub.publish(h.info()),
+                        lambda: pipeline.latest_info.k[0] == FX, 30)
 
 
 def wrap_predict(monkeypatch, engine, before):
@@ -125,12 +174,12 @@ def wrap_predict(monkeypatch, engine, before):
     monkeypatch.setattr(engine, 'infer_frames', predict)
 
 
-def test_outputs_match_the_input_and_each_other(harness):
-    out = harness.output_for(100)
+def test_outputs_match_the_input_and_each_other(shared):
+    out = shared.output_for(100)
     depth_msg, info, cloud = out['depth/image'], out['depth/camera_info'], out['points']
     assert depth_msg.encoding == '32FC1' and (depth_msg.height, depth_msg.width) == (H, W)
     for msg in (depth_msg, info, cloud):
-        assert msg.header.frame_id == harness.frame_id and msg.header.stamp.sec == 100
+        assert msg.header.frame_id == shared.frame_id and msg.header.stamp.sec == 100
     assert depth_msg.header.stamp == info.header.stamp == cloud.header.stamp
     assert (info.height, info.width) == (H, W) and info.k[0] == FX and info.k[5] == CY
     depth = depth_from_image(depth_msg)
@@ -144,24 +193,24 @@ def test_outputs_match_the_input_and_each_other(harness):
         np.testing.assert_array_equal(points[axis], expected[..., i])
 
 
-def test_metric_scale_follows_the_camera_focal(harness):
+def test_metric_scale_follows_the_camera_focal(shared):
     rgb = np.random.default_rng(5).integers(0, 256, (H, W, 3), dtype=np.uint8)
-    first = depth_from_image(harness.output_for(100, rgb=rgb)['depth/image']).copy()
-    doubled = harness.info(2 * FX, 2 * FY)
-    pipeline = harness.node.streams[0].pipeline
-    assert repeat_until(lambda: harness.info_pub.publish(doubled),
+    first = depth_from_image(shared.output_for(100, rgb=rgb)['depth/image']).copy()
+    doubled = shared.info(2 * FX, 2 * FY)
+    pipeline = shared.node.streams[0].pipeline
+    assert repeat_until(lambda: shared.info_pub.publish(doubled),
                         lambda: pipeline.latest_info is not None
                         and pipeline.latest_info.k[0] == 2 * FX, 30)
-    second = harness.output_for(200, rgb=rgb, info=False)['depth/image']
+    second = shared.output_for(200, rgb=rgb, info=False)['depth/image']
     np.testing.assert_allclose(depth_from_image(second), 2 * first, rtol=1e-6)
 
 
-def test_stride_rgb_and_range_parameters_apply_live(harness):
-    result = harness.node.set_parameters([Parameter('cloud_stride', value=2),
-                                          Parameter('cloud_rgb', value=True),
-                                          Parameter('max_depth_m', value=1.0)])
+def test_stride_rgb_and_range_parameters_apply_live(shared):
+    result = shared.node.set_parameters([Parameter('cloud_stride', value=2),
+                                         Parameter('cloud_rgb', value=True),
+                                         Parameter('max_depth_m', value=1.0)])
     assert all(r.successful for r in result)
-    cloud = harness.output_for(100)['points']
+    cloud = shared.output_for(100)['points']
     assert (cloud.height, cloud.width) == (H // 2, W // 2)
     assert [f.name for f in cloud.fields] == ['x', 'y', 'z', 'rgb']
     # Random-weight depths are >= 1 m canonical * ~0.21 focal ratio: some exceed 1.0 m or
@@ -170,18 +219,18 @@ def test_stride_rgb_and_range_parameters_apply_live(harness):
     assert np.all(np.isnan(z) | (z <= 1.0))
 
 
-def test_bad_frames_are_rejected_counted_and_the_next_good_one_processed(harness):
-    harness.output_for(100)
-    bad = harness.image(101)
+def test_bad_frames_are_rejected_counted_and_the_next_good_one_processed(shared):
+    shared.output_for(100)
+    bad = shared.image(101)
     bad.encoding = 'weird16'
-    short = harness.image(102)
+    short = shared.image(102)
     short.data = bytes(10)
-    counts = harness.node.streams[0].counts
+    counts = shared.node.streams[0].counts
     for sec, msg in ((101, bad), (102, short)):
         before = counts['rejected']
-        assert harness.send_until(lambda seen=before: counts['rejected'] > seen, sec, image=msg)
-        assert not any(harness.outputs(sec).values())
-    harness.output_for(103)
+        assert shared.send_until(lambda seen=before: counts['rejected'] > seen, sec, image=msg)
+        assert not any(shared.outputs(sec).values())
+    shared.output_for(103)
 
 
 def test_missing_camera_info_is_reported_or_uses_the_fallback_fov(ros):
@@ -199,12 +248,13 @@ def test_missing_camera_info_is_reported_or_uses_the_fallback_fov(ros):
         h.close()
 
 
-def test_parameter_services_accept_and_reject_with_reasons(harness, ros):
+def test_parameter_services_accept_and_reject_with_reasons(shared):
     from rclpy.parameter_client import AsyncParameterClient
-    client_node = rclpy.create_node('param_client', namespace=harness.namespace, context=ros)
-    harness_spinner = Spinner(ros, client_node)
+    context = shared.node.context
+    client_node = rclpy.create_node('param_client', namespace=shared.namespace, context=context)
+    harness_spinner = Spinner(context, client_node)
     try:
-        client = AsyncParameterClient(client_node, harness.node.get_fully_qualified_name())
+        client = AsyncParameterClient(client_node, shared.node.get_fully_qualified_name())
         assert client.wait_for_services(timeout_sec=CONNECT_S)
 
         def set_one(name, value):
@@ -212,7 +262,7 @@ def test_parameter_services_accept_and_reject_with_reasons(harness, ros):
             assert wait_for(future.done, 30)
             return future.result().results[0]
 
-        texts = harness.node.engine.text_encodings
+        texts = shared.node.engine.text_encodings
         assert set_one('temperature', 0.2).successful
         assert set_one('depth_bins_m', [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]).successful
         for name, value, reason in [
@@ -223,13 +273,13 @@ def test_parameter_services_accept_and_reject_with_reasons(harness, ros):
             result = set_one(name, value)
             assert not result.successful, (name, value)
             assert reason in result.reason
-        values = {name: harness.node.get_parameter(name).value
+        values = {name: shared.node.get_parameter(name).value
                   for name in ('temperature', 'depth_bins_m', 'model')}
-        assert values['temperature'] == 0.2 and values['model'] == 'RN50'
+        assert values['temperature'] == 0.2 and values['model'] == TINY_MODEL
         assert list(values['depth_bins_m']) == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
-        harness.output_for(100)
-        assert harness.node.engine.head.temperature == 0.2
-        assert harness.node.engine.text_encodings == texts  # no re-encoding for bins
+        shared.output_for(100)
+        assert shared.node.engine.head.temperature == 0.2
+        assert shared.node.engine.text_encodings == texts  # no re-encoding for bins
     finally:
         harness_spinner.stop()
         client_node.destroy_node()
@@ -303,7 +353,7 @@ def test_output_size_colormap_and_diagnostics(ros):
         assert wait_for(after_a_frame, 30)
         status = after_a_frame()[-1]
         values = {kv.key: kv.value for kv in status.values}
-        assert values['random weights'] == 'True' and values['model'] == 'RN50 (none)'
+        assert values['random weights'] == 'True' and values['model'] == f'{TINY_MODEL} (none)'
         for key in ('input rate (Hz)', 'output rate (Hz)', 'frames dropped',
                     'latency end-to-end median (ms)', 'stage network median (ms)', 'device'):
             assert key in values, key
@@ -312,8 +362,10 @@ def test_output_size_colormap_and_diagnostics(ros):
         h.close()
 
 
-def test_an_inference_error_drops_one_frame_and_the_node_goes_on(harness, monkeypatch):
-    harness.output_for(100)
+def test_an_inference_error_drops_one_frame_and_the_node_goes_on(shared, monkeypatch):
+    shared.output_for(100)
+    counts = shared.node.streams[0].counts
+    failed = counts['failed']
     calls = []
 
     def fail_once():
@@ -321,10 +373,10 @@ def test_an_inference_error_drops_one_frame_and_the_node_goes_on(harness, monkey
         if len(calls) == 1:
             raise RuntimeError('CUDA out of memory (simulated)')
 
-    wrap_predict(monkeypatch, harness.node.engine, fail_once)
-    assert harness.send_until(lambda: harness.node.streams[0].counts['failed'] >= 1, 500)
-    harness.output_for(501)
-    assert harness.node.streams[0].counts['failed'] == 1
+    wrap_predict(monkeypatch, shared.node.engine, fail_once)
+    assert shared.send_until(lambda: counts['failed'] >= failed + 1, 500)
+    shared.output_for(501)
+    assert counts['failed'] == failed + 1
 
 
 def test_compressed_images_with_the_compressed_transport(ros):

@@ -1,8 +1,8 @@
-"""One depth_node, three cameras, one model, over real rclpy / Fast DDS (CPU, random
-weights, small input): each camera's outputs equal the single-camera result for the same
-frame, frames of several cameras share one forward, a bad camera leaves the others alone,
-a fast camera cannot starve a slow one, no camera waits on another's optional step, and
-camera names follow ROS's rules without overlapping."""
+"""One depth_node, three cameras, one model, over real rclpy / Fast DDS (CPU, the tests'
+tiny random model, small input): each camera's outputs equal the single-camera result for
+the same frame, frames of several cameras share one forward, a bad camera leaves the others
+alone, a fast camera cannot starve a slow one, no camera waits on another's optional step,
+and camera names follow ROS's rules without overlapping."""
 
 import copy
 import re
@@ -27,6 +27,7 @@ from depthclip_ros.ros.parameters import validate
 from depthclip_ros.ros.streams import CAMERA_TOPICS, check_camera_names
 from depthclip_ros.tools import node_process
 
+from conftest import random_models_shared
 from rosutil import camera_info, repeat_until, rgb8_image, Spinner, unique_namespace, wait_for
 from test_node import RELIABLE, SMALL
 
@@ -90,8 +91,25 @@ class Cameras:
         self.peer.destroy_node()
 
 
+@pytest.fixture(scope='module')
+def rig():
+    """One three-camera node for this module's tests that leave it as they found it (no
+    parameter changed, every monkeypatch undone, frame stamps of their own)."""
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    with random_models_shared():  # module fixtures start before the autouse one
+        r = Cameras(context)
+    spinner = Spinner(context, r.node, r.peer)
+    assert r.connected()
+    yield r
+    spinner.stop()
+    r.close()
+    rclpy.try_shutdown(context=context)
+
+
 @pytest.fixture
-def rig(ros):
+def fresh_rig(ros):
+    """A three-camera node of its own for a test that leaves it changed."""
     r = Cameras(ros)
     spinner = Spinner(ros, r.node, r.peer)
     assert r.connected()
@@ -143,7 +161,8 @@ def test_every_camera_gets_its_own_single_camera_result_from_one_batched_forward
     assert rig.node.streams[1].counts['processed'] >= 1
 
 
-def test_a_bad_camera_never_affects_the_others(rig, monkeypatch):
+def test_a_bad_camera_never_affects_the_others(fresh_rig, monkeypatch):
+    rig = fresh_rig  # its left camera keeps a bad CameraInfo and failure counts
     node = rig.node
     left = node.streams[[s.name for s in node.streams].index('left')]
     # its CameraInfo does not describe its images and cannot be scaled to them

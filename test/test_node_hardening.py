@@ -1,5 +1,6 @@
 """An accepted configuration never stops the output; a signal at any moment ends the node
-quietly (CPU, random weights, small input, real rclpy / Fast DDS on loopback)."""
+quietly (CPU, random weights: in this process the tests' tiny model, node processes RN50;
+small input, real rclpy / Fast DDS on loopback)."""
 
 import itertools
 from pathlib import Path
@@ -22,6 +23,7 @@ from depthclip_ros.ros import diagnostics
 from depthclip_ros.ros.configs import head_from_parameters
 from depthclip_ros.tools import node_process
 
+from conftest import random_models_shared
 from rosutil import unique_namespace, wait_for
 from test_node import Harness, harness  # noqa: F401 - harness: the fixture
 
@@ -175,7 +177,8 @@ def lone_node():
     import rclpy
     context = rclpy.Context()
     rclpy.init(context=context)
-    h = Harness(context)
+    with random_models_shared():  # module fixtures start before the autouse one
+        h = Harness(context)
     yield h.node
     h.close()
     rclpy.try_shutdown(context=context)

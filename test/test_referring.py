@@ -1,4 +1,6 @@
-"""The referring engine against an independent re-statement of docs/method.md §3.
+"""The referring engine against an independent re-statement of docs/method.md §3 (on RN50,
+``engine``); its mechanics (selection, refusals, the text cache, batching) on the tests'
+tiny model (``small_engine``).
 
 Random weights: these tests check the computation, never what the scores mean.
 """
@@ -163,10 +165,10 @@ def test_the_text_feature_mixes_sentence_and_noun_phrase(engine):
                                                  0.25), rtol=1e-5, atol=1e-6)
 
 
-def test_selection_follows_the_features(engine, monkeypatch):
+def test_selection_follows_the_features(small_engine, monkeypatch):
     """A stub encoder that makes a known mask win: the answer and the margin follow."""
     rgb, masks = scene()
-    referring = ReferringCLIP(engine)
+    referring = ReferringCLIP(small_engine)
     dim = 4
     visual = torch.eye(dim)[:3] * torch.tensor([[1.0], [2.0], [3.0]])
     texts = {'first': torch.tensor([1.0, 0, 0, 0]), 'last': torch.tensor([0.0, 0.1, 0.5, 0])}
@@ -181,18 +183,18 @@ def test_selection_follows_the_features(engine, monkeypatch):
     assert last.margin == pytest.approx(150.0 - 20.0)
 
 
-def test_no_candidates_and_one_candidate(engine):
+def test_no_candidates_and_one_candidate(small_engine):
     rgb, masks = scene()
-    referring = ReferringCLIP(engine)
+    referring = ReferringCLIP(small_engine)
     [none] = referring.refer(rgb, masks[:0], [], ['a cup'], ['a cup'])
     assert none.labels == () and none.scores == ()
     [one] = referring.refer(rgb, masks[:1], [7], ['a cup'], ['a cup'], protocol='paper')
     assert one.label == 7 and one.margin is None
 
 
-def test_bad_arguments_are_refused(engine):
+def test_bad_arguments_are_refused(small_engine):
     rgb, masks = scene()
-    referring = ReferringCLIP(engine)
+    referring = ReferringCLIP(small_engine)
     with pytest.raises(ValueError, match='tokens'):
         referring.refer(rgb, masks, [1, 2, 3], ['a cup'], ['a cup'], protocol='node')
     with pytest.raises(ValueError, match='protocol'):
@@ -209,7 +211,7 @@ def test_bad_arguments_are_refused(engine):
         referring.refer(rgb, masks, [1, 2, 3], ['a,' * 100], ['cup'])
     for alpha in (-0.1, 1.5, float('nan'), True, '0.5'):
         with pytest.raises(ValueError, match='alpha'):
-            ReferringCLIP(engine, alpha=alpha)
+            ReferringCLIP(small_engine, alpha=alpha)
     with pytest.raises(ValueError, match='at most'):
         check_queries(['a'] * (MAX_QUERIES + 1))
     with pytest.raises(ValueError, match='non-empty'):
@@ -218,25 +220,25 @@ def test_bad_arguments_are_refused(engine):
         check_queries('a cup')
 
 
-def test_text_features_are_remembered_by_the_engine(engine):
-    referring = ReferringCLIP(engine)
-    runs = engine.text_encodings
+def test_text_features_are_remembered_by_the_engine(small_engine):
+    referring = ReferringCLIP(small_engine)
+    runs = small_engine.text_encodings
     referring.text_feature('a teapot on a stool', 'a teapot')
     referring.text_feature('a teapot on a stool', 'a teapot')
-    ReferringCLIP(engine).text_feature('a teapot on a stool', 'a teapot')
-    assert engine.text_encodings == runs + 1
+    ReferringCLIP(small_engine).text_feature('a teapot on a stool', 'a teapot')
+    assert small_engine.text_encodings == runs + 1
     for i in range(TEXT_CACHE + 5):
         referring.sentence_features(f'thing {i}', 'thing')
-    assert engine.text_encodings == runs + 1 + TEXT_CACHE + 5
+    assert small_engine.text_encodings == runs + 1 + TEXT_CACHE + 5
     referring.text_feature('a teapot on a stool', 'a teapot')  # evicted: encoded again
-    assert engine.text_encodings == runs + 2 + TEXT_CACHE + 5
+    assert small_engine.text_encodings == runs + 2 + TEXT_CACHE + 5
 
 
-def test_local_crops_are_batched_and_independent_of_batching(engine, monkeypatch):
+def test_local_crops_are_batched_and_independent_of_batching(small_engine, monkeypatch):
     import depthclip_ros.objects.referring as referring_module
 
     rgb, masks = scene(seed=3)
-    referring = ReferringCLIP(engine)
+    referring = ReferringCLIP(small_engine)
     together = referring.local_features(rgb, masks)
     monkeypatch.setattr(referring_module, 'LOCAL_BATCH', 1)
     apart = referring.local_features(rgb, masks)

@@ -25,7 +25,7 @@ from depthclip_ros.geometry import Intrinsics
 from depthclip_ros.ros.parameters import PARAMETERS, validate
 from depthclip_ros.tools.common import add_model_arguments, check_model_options, configs_from_args
 
-from conftest import shared_data
+from conftest import random_models_shared, shared_data
 
 SMALL = (64, 96)
 BF16_NATIVE = model_module.cpu_bf16_native()
@@ -61,6 +61,14 @@ def nchw_tokens(engine: DepthCLIP, x: torch.Tensor) -> torch.Tensor:
                       visual.layer4):
             x = layer(x)
     return x
+
+
+@pytest.fixture(scope='module')
+def fp32_engine():
+    """RN50 (the speed paths' model; ``engine``'s random weights) in fp32 at a small input:
+    the reference of every speed path here."""
+    with random_models_shared():
+        return DepthCLIP(ModelConfig(pretrained='none', device='cpu', input_size=SMALL)).load()
 
 
 @pytest.fixture(scope='module')
@@ -127,33 +135,33 @@ def test_bf16_is_refused_without_native_support(monkeypatch):
 
 
 # ------------------------------------------------------------------ channels-last
-def test_the_cpu_fp32_trunk_runs_channels_last_whatever_the_image_size(small_engine):
-    assert small_engine.dtype == torch.float32
-    assert small_engine.memory_format == torch.channels_last
-    conv = small_engine.clip.visual.conv1.weight
+def test_the_cpu_fp32_trunk_runs_channels_last_whatever_the_image_size(fp32_engine):
+    assert fp32_engine.dtype == torch.float32
+    assert fp32_engine.memory_format == torch.channels_last
+    conv = fp32_engine.clip.visual.conv1.weight
     assert conv.is_contiguous(memory_format=torch.channels_last)
     seen = []
     for height, width in (SMALL, (48, 80)):  # not resized, and resized
-        x = small_engine.preprocess(picture(height, width)[None])
+        x = fp32_engine.preprocess(picture(height, width)[None])
         assert x.is_contiguous(memory_format=torch.channels_last), (height, width)
-        seen.append(small_engine.image_tokens(x))
+        seen.append(fp32_engine.image_tokens(x))
     assert all(t.is_contiguous(memory_format=torch.channels_last) for t in seen)
 
 
-def test_channels_last_fp32_equals_nchw_fp32(small_engine):
+def test_channels_last_fp32_equals_nchw_fp32(fp32_engine):
     images = np.stack([picture(48, 80, seed) for seed in range(2)])
-    x = torch.cat([small_engine.preprocess(image[None]) for image in images])
+    x = torch.cat([fp32_engine.preprocess(image[None]) for image in images])
     with torch.inference_mode():
-        fast = small_engine.image_tokens(x)
-    reference = nchw_tokens(small_engine, x)
+        fast = fp32_engine.image_tokens(x)
+    reference = nchw_tokens(fp32_engine, x)
     assert fast.dtype == reference.dtype == torch.float32
     scale = reference.abs().max().item()
     torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-5 * scale)
 
     # the whole pass, channels-last against an engine of the same weights in NCHW
     cameras = camera(48, 80)
-    depth_cl = small_engine.infer(images, cameras, uncertainty=True)
-    nchw = DepthCLIP(replace(small_engine.config, memory_format='contiguous')).load()
+    depth_cl = fp32_engine.infer(images, cameras, uncertainty=True)
+    nchw = DepthCLIP(replace(fp32_engine.config, memory_format='contiguous')).load()
     assert not nchw.clip.visual.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     depth_nchw = nchw.infer(images, cameras, uncertainty=True)
     np.testing.assert_allclose(depth_cl.depth, depth_nchw.depth, rtol=1e-5)
@@ -192,7 +200,7 @@ def test_the_layout_rule_and_what_overrides_it():
     assert trunk_memory_format(cpu, torch.bfloat16, 'contiguous') == nchw
 
 
-def test_a_contiguous_engine_loads_nchw_and_gives_the_channels_last_depth(small_engine):
+def test_a_contiguous_engine_loads_nchw_and_gives_the_channels_last_depth(fp32_engine):
     engine = DepthCLIP(ModelConfig(pretrained='none', device='cpu', input_size=SMALL,
                                    memory_format='contiguous')).load()
     assert engine.memory_format == torch.contiguous_format
@@ -206,14 +214,14 @@ def test_a_contiguous_engine_loads_nchw_and_gives_the_channels_last_depth(small_
     finally:
         hook.remove()
     assert seen and all(seen)  # the trunk's input is NCHW too
-    last = small_engine.infer(images, camera(48, 80), uncertainty=True)
+    last = fp32_engine.infer(images, camera(48, 80), uncertainty=True)
     np.testing.assert_allclose(nchw.depth, last.depth, rtol=1e-5)
     np.testing.assert_allclose(nchw.sigma, last.sigma, rtol=1e-4, atol=1e-6)
 
 
 # ------------------------------------------------------------------ bf16
 @needs_bf16
-def test_bf16_trunk_with_a_float32_text_tower_and_head(bf16_engine, small_engine):
+def test_bf16_trunk_with_a_float32_text_tower_and_head(bf16_engine, fp32_engine):
     engine = bf16_engine
     assert engine.dtype == torch.bfloat16 and engine.memory_format == torch.channels_last
     assert 'bfloat16' in engine.describe_device()
@@ -222,7 +230,7 @@ def test_bf16_trunk_with_a_float32_text_tower_and_head(bf16_engine, small_engine
     assert all(p.dtype == torch.float32 for p in engine.clip.transformer.parameters())
     # text features in float32, equal to the fp32 engine's (same seeded random weights)
     assert engine.text_features.dtype == torch.float32
-    torch.testing.assert_close(engine.text_features, small_engine.text_features,
+    torch.testing.assert_close(engine.text_features, fp32_engine.text_features,
                                rtol=0, atol=0)
 
     image = picture()
@@ -236,16 +244,16 @@ def test_bf16_trunk_with_a_float32_text_tower_and_head(bf16_engine, small_engine
     # the head by hand, in float32 from the bf16 tokens
     x = tokens.float().flatten(2).transpose(1, 2)
     x = (x / x.norm(dim=-1, keepdim=True))[..., ::2]
-    expected = torch.softmax(100.0 * (x @ small_engine.text_features) / 0.1, dim=-1)
+    expected = torch.softmax(100.0 * (x @ fp32_engine.text_features) / 0.1, dim=-1)
     torch.testing.assert_close(weights, expected, rtol=1e-5, atol=1e-6)
     assert prediction.depth.dtype == np.float32 and prediction.sigma.dtype == np.float32
 
 
 @needs_bf16
-def test_bf16_depth_is_within_a_percent_of_fp32(bf16_engine, small_engine):
+def test_bf16_depth_is_within_a_percent_of_fp32(bf16_engine, fp32_engine):
     images = np.stack([picture(48, 80, seed) for seed in range(3)])
     cameras = camera(48, 80)
-    reference = small_engine.infer(images, cameras, uncertainty=True)
+    reference = fp32_engine.infer(images, cameras, uncertainty=True)
     fast = bf16_engine.infer(images, cameras, uncertainty=True)
     deviation = relative_deviation(fast.depth, reference.depth)
     # measured on these frames: median ~0.2%, p99 ~0.6%
@@ -275,7 +283,7 @@ def test_bf16_depth_on_a_real_frame_at_the_default_size(engine):
 
 
 @needs_bf16
-def test_referring_and_scenes_run_on_the_bf16_engine(bf16_engine, small_engine):
+def test_referring_and_scenes_run_on_the_bf16_engine(bf16_engine, fp32_engine):
     from depthclip_ros.objects.referring import ReferringCLIP
     rgb = picture(64, 96, seed=3)
     masks = np.zeros((2, 64, 96), bool)
@@ -283,7 +291,7 @@ def test_referring_and_scenes_run_on_the_bf16_engine(bf16_engine, small_engine):
     masks[1, :, 48:] = True
     cameras = camera(64, 96)
     scores = {}
-    for name, engine in (('bf16', bf16_engine), ('fp32', small_engine)):
+    for name, engine in (('bf16', bf16_engine), ('fp32', fp32_engine)):
         tokens = engine.infer(rgb, cameras).tokens
         referring = ReferringCLIP(engine)
         [node] = referring.refer(rgb, masks, [1, 2], ['the left half'], ['the half'],

@@ -1,4 +1,5 @@
-"""The command-line tools end to end (CPU, random weights)."""
+"""The command-line tools end to end (CPU, random weights: in this process the tests' tiny
+model; the processes of ``run_cli``, started as a user starts them, RN50)."""
 
 import json
 import os
@@ -18,9 +19,10 @@ from depthclip_ros.io.visualize import read_ply
 from depthclip_ros.tools.cli import main
 from depthclip_ros.tools.demo import render_corridor
 
-from conftest import shared_data
+from conftest import shared_data, TINY_MODEL
 
-FAST = ['--pretrained', 'none', '--device', 'cpu']
+FAST = ['--model', TINY_MODEL, '--pretrained', 'none', '--device', 'cpu']
+pytestmark = pytest.mark.usefixtures('tiny_model')  # FAST's model, in this process
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -91,8 +93,9 @@ def test_infer_needs_intrinsics_or_fov(tmp_path):
 
 
 def test_bench_prints_every_stage_and_the_device(capsys):
-    assert main(['bench', '--device', 'cpu', '--warmup', '0', '--repeat', '1',
-                 '--image-size', '120', '160', '--input-size', '96', '128']) == 0
+    assert main(['bench', '--model', TINY_MODEL, '--device', 'cpu', '--warmup', '0',
+                 '--repeat', '1', '--image-size', '120', '160', '--input-size', '96',
+                 '128']) == 0
     text = capsys.readouterr().out
     for stage in ('preprocess', 'network', 'head', 'upsample', 'backproject', 'total'):
         assert f'\n{stage}' in text
@@ -101,9 +104,9 @@ def test_bench_prints_every_stage_and_the_device(capsys):
 
 def test_bench_times_the_object_step_per_query(tmp_path, capsys):
     out = tmp_path / 'bench.json'
-    assert main(['bench', '--device', 'cpu', '--warmup', '0', '--repeat', '1',
-                 '--image-size', '60', '80', '--input-size', '64', '96', '--queries', '3',
-                 '--max-masks', '4', '--json', str(out)]) == 0
+    assert main(['bench', '--model', TINY_MODEL, '--device', 'cpu', '--warmup', '0',
+                 '--repeat', '1', '--image-size', '60', '80', '--input-size', '64', '96',
+                 '--queries', '3', '--max-masks', '4', '--json', str(out)]) == 0
     text = capsys.readouterr().out
     for stage in ('proposals', 'referring', 'locate'):
         assert f'\n{stage}' in text
@@ -199,13 +202,14 @@ def test_bench_bag_prints_both_timings_and_the_overhead(capsys):
 
 
 def test_demo_falls_back_to_labelled_random_weights(tmp_path, capsys):
-    assert main(['demo', '--output', str(tmp_path), '--pretrained', str(tmp_path / 'no.pt'),
-                 '--fallback-random', '--device', 'cpu', '--input-size', '224', '288']) == 0
+    assert main(['demo', '--output', str(tmp_path), '--model', TINY_MODEL, '--pretrained',
+                 str(tmp_path / 'no.pt'), '--fallback-random', '--device', 'cpu',
+                 '--input-size', '224', '288']) == 0
     captured = capsys.readouterr()
     assert captured.err.count('Supply weights') == 1 and '--pretrained none' in captured.err
     assert '--fallback-random: going on with random weights' in captured.err
     assert captured.err.count(RANDOM_WEIGHTS_BANNER) == 1  # once, at load
-    assert 'engine: RN50 (none)' in captured.out and 'RANDOM WEIGHTS' in captured.out
+    assert f'engine: {TINY_MODEL} (none)' in captured.out and 'RANDOM WEIGHTS' in captured.out
 
 
 def run_cli(args, tmp_path, **env):

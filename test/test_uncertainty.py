@@ -3,7 +3,8 @@ computation from the softmax weights of the authors' re-stated pipeline.
 
 Random weights throughout: these tests check the computation, not accuracy (at the
 paper's temperature their bin distributions are spread: sigma 0.3-1 m, so the comparisons
-mean something).
+mean something). The comparisons with the reference run on RN50 (``engine``); per-call
+bins, batches and the option of sigma on the tests' tiny model (``tiny_engine``).
 """
 
 import numpy as np
@@ -81,14 +82,14 @@ def test_with_flip_averaging_sigma_is_that_of_the_mixed_distributions(paper):
     np.testing.assert_allclose(prediction.depth, paper.predict(rgb, NYU_CROP), rtol=1e-6)
 
 
-def test_sigma_only_when_asked_and_the_depth_is_the_same_either_way(paper):
+def test_sigma_only_when_asked_and_the_depth_is_the_same_either_way(tiny_engine):
     rgb = image(seed=4)
-    plain = paper.infer(rgb, NYU_CROP)
+    plain = tiny_engine.infer(rgb, NYU_CROP)
     assert plain.sigma is None
-    asked = paper.infer(rgb, NYU_CROP, uncertainty=True, output_size=(100, 120))
+    asked = tiny_engine.infer(rgb, NYU_CROP, uncertainty=True, output_size=(100, 120))
     assert asked.sigma.shape == (100, 120)
-    np.testing.assert_array_equal(plain.depth, paper.infer(rgb, NYU_CROP,
-                                                          uncertainty=True).depth)
+    np.testing.assert_array_equal(plain.depth,
+                                  tiny_engine.infer(rgb, NYU_CROP, uncertainty=True).depth)
     assert plain.sigma_median_m == asked.sigma_median_m
 
 
@@ -107,27 +108,27 @@ def test_a_certain_pixel_has_zero_sigma(engine):
     assert np.all(prediction.sigma[on_bins] < 1e-3)
 
 
-def test_per_call_bins_equal_a_head_with_those_bins(paper):
+def test_per_call_bins_equal_a_head_with_those_bins(tiny_engine):
     rgb = image(seed=6)
     other = (1.0, 1.25, 1.5, 1.75, 2.0, 2.25, 2.5)
-    called = paper.infer(rgb, NYU_CROP, uncertainty=True, bins_m=other)
-    before = paper.head
-    paper.set_head(head_with(before, depth_bins_m=other))
+    called = tiny_engine.infer(rgb, NYU_CROP, uncertainty=True, bins_m=other)
+    before = tiny_engine.head
+    tiny_engine.set_head(head_with(before, depth_bins_m=other))
     try:
-        expected = paper.infer(rgb, NYU_CROP, uncertainty=True)
+        expected = tiny_engine.infer(rgb, NYU_CROP, uncertainty=True)
     finally:
-        paper.set_head(before)
+        tiny_engine.set_head(before)
     np.testing.assert_allclose(called.depth, expected.depth, rtol=1e-6)
     np.testing.assert_allclose(called.sigma, expected.sigma, rtol=1e-5, atol=1e-6)
-    assert not np.allclose(called.depth, paper.predict(rgb, NYU_CROP))
+    assert not np.allclose(called.depth, tiny_engine.predict(rgb, NYU_CROP))
 
 
-def test_one_bin_set_per_image_of_a_batch(paper):
+def test_one_bin_set_per_image_of_a_batch(tiny_engine):
     frames = np.stack([image(seed=7), image(seed=8)])
     sets = np.array([PAPER_DEPTH_BINS_M, [2 * b for b in PAPER_DEPTH_BINS_M]])
-    batch = paper.infer(frames, NYU_CROP, uncertainty=True, bins_m=sets)
+    batch = tiny_engine.infer(frames, NYU_CROP, uncertainty=True, bins_m=sets)
     for frame, bins, depth, sigma in zip(frames, sets, batch.depth, batch.sigma):
-        alone = paper.infer(frame, NYU_CROP, uncertainty=True, bins_m=bins)
+        alone = tiny_engine.infer(frame, NYU_CROP, uncertainty=True, bins_m=bins)
         np.testing.assert_allclose(depth, alone.depth, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(sigma, alone.sigma, rtol=1e-4, atol=1e-5)
     assert len(batch.sigma_median_m) == 2
@@ -139,6 +140,6 @@ def test_one_bin_set_per_image_of_a_batch(paper):
     ((0.0, 1.5, 2.0, 2.25, 2.5, 2.75, 3.0), '> 0'),
     ((1.0, 1.5, 2.0, 2.25, 2.5, 2.75, float('nan')), 'finite'),
 ])
-def test_bad_per_call_bins_are_refused(engine, bins, problem):
+def test_bad_per_call_bins_are_refused(tiny_engine, bins, problem):
     with pytest.raises(ValueError, match=problem):
-        engine.infer(image(64, 96), NYU_CROP.resized(64, 96), bins_m=bins)
+        tiny_engine.infer(image(64, 96), NYU_CROP.resized(64, 96), bins_m=bins)

@@ -17,7 +17,7 @@ import torchvision.transforms.functional as TF
 from depthclip_ros.engine.depthclip import TEXT_CACHE
 from depthclip_ros.geometry import Intrinsics
 from depthclip_ros.objects.queries import check_queries, MAX_QUERIES
-from depthclip_ros.objects.referring import attention_pool, ReferringCLIP
+from depthclip_ros.objects.referring import attention_pool, masked_attention_pool, ReferringCLIP
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
@@ -156,6 +156,28 @@ def test_attention_pool_at_another_grid_resizes_the_positional_embedding(engine)
     with torch.no_grad():
         torch.testing.assert_close(attention_pool(pool, x), resized_pool(pool, (13, 17))(x),
                                    rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('grid', [(7, 7), (13, 17), (13, 17), (4, 6)])
+def test_all_masks_pooled_at_once_equal_each_masked_map_through_the_pool(engine, grid):
+    """masked_attention_pool (the keys and values projected once per image) against the
+    pool run on each masked map: the same numbers, at the trained grid and others (the
+    repeated grid reads the remembered position projections); a mask of zeros and one of
+    ones included. The positional table is amplified so that it weighs in the output."""
+    pool = copy.deepcopy(engine.clip.visual.attnpool)
+    pool.positional_embedding.data *= 20.0
+    generator = torch.Generator().manual_seed(grid[0] * grid[1])
+    x = F.normalize(torch.randn(pool.k_proj.in_features, *grid, generator=generator), dim=0)
+    cells = torch.rand(5, *grid, generator=generator)
+    cells[1] = 0.0
+    cells[2] = 1.0
+    cells[3] *= cells[3] > 0.5
+    with torch.no_grad():
+        expected = attention_pool(pool, x[None] * cells[:, None])
+        got = masked_attention_pool(pool, x, cells)
+    assert got.shape == expected.shape and got.dtype == torch.float32
+    scale = expected.abs().max()  # random weights give small outputs: relative to them
+    torch.testing.assert_close(got / scale, expected / scale, rtol=1e-5, atol=1e-6)
 
 
 def test_the_text_feature_mixes_sentence_and_noun_phrase(engine):

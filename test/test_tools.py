@@ -4,6 +4,7 @@ model; the processes of ``run_cli``, started as a user starts them, RN50)."""
 import json
 import os
 from pathlib import Path
+import re
 import socket
 import subprocess
 import sys
@@ -111,9 +112,14 @@ def test_bench_times_the_object_step_per_query(tmp_path, capsys):
     for stage in ('proposals', 'referring', 'locate'):
         assert f'\n{stage}' in text
     assert '1q ms' in text and '3q ms' in text and 'per added query' in text
+    assert re.search(r'referring with \d masks: .* GFLOP, need .* ms at the fp32 peak', text)
     import json
-    figures = json.loads(out.read_text())['objects_median_ms']
+    document = json.loads(out.read_text())
+    figures = document['objects_median_ms']
     assert set(figures) == {'1', '3'} and figures['3']['total'] > 0
+    # the FLOPs, counted on the tiny model: its encoder on each crop, and the global features
+    flops = document['referring_flops']
+    assert 1 <= flops['masks'] <= 4 and flops['GFLOP'] > 0 and flops['peak_GFLOP/s'] > 0
     assert main(['bench', '--queries', '17']) == 2
 
 

@@ -101,7 +101,13 @@ def run(args: argparse.Namespace) -> int:
 
     from depthclip_ros.tools.bench.batch import print_batching, time_batching
     from depthclip_ros.tools.bench.common import device_description
-    from depthclip_ros.tools.bench.objects import print_objects, time_objects
+    from depthclip_ros.tools.bench.objects import (
+        fp32_peak_gflops,
+        print_flops,
+        print_objects,
+        referring_flops,
+        time_objects,
+    )
     from depthclip_ros.tools.bench.precision import run_compare_precision
     from depthclip_ros.tools.bench.scenes import print_scene, time_scene
     from depthclip_ros.tools.bench.stages import print_stages, time_engine
@@ -159,12 +165,17 @@ def run(args: argparse.Namespace) -> int:
     stages.start('one scene classification')
     scene = time_scene(engine, height, width, args.warmup, args.repeat)
     print_scene(scene, height, width)
-    objects = {}
+    objects, referring = {}, None
     if args.queries:
         stages.start(f'the object step, {args.queries} queries')
         objects = time_objects(engine, height, width, args.queries, args.max_masks,
                                repeat=max(1, args.repeat // 2))
         print_objects(objects)
+        if engine.device.type == 'cpu':  # the object step against the FLOPs it needs
+            flops = referring_flops(engine, height, width, args.max_masks)
+            peak = fp32_peak_gflops()
+            print_flops(objects, flops, peak)
+            referring = {**flops, 'peak_GFLOP/s': peak}
     stages.finish()
     if args.json:
         args.json.write_text(json.dumps({'device': device, 'batch': args.batch,
@@ -174,6 +185,7 @@ def run(args: argparse.Namespace) -> int:
                                          'uncertainty_ms': uncertainty,
                                          'scene_ms': scene,
                                          'batching': batching,
-                                         'objects_median_ms': objects}, indent=2))
+                                         'objects_median_ms': objects,
+                                         'referring_flops': referring}, indent=2))
     return 0
 

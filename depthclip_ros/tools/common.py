@@ -226,9 +226,12 @@ def option_problem(error: ValueError, args: argparse.Namespace) -> str:
 def describe_model(model: ModelConfig) -> str:
     """``CLIP RN50 (random weights) on cpu``: what is about to be loaded."""
     weights = 'random weights' if model.random_weights else f'weights {model.pretrained}'
-    device = 'the CPU' if model.device == 'cpu' else \
+    openvino = model.backend == 'openvino' or model.precision == 'int8'
+    device = 'the CPU' if model.device == 'cpu' or openvino else \
         'CUDA if available, else the CPU' if model.device == 'auto' else model.device
-    return f'CLIP {model.model} ({weights}) on {device}'
+    runtime = f' with OpenVINO {model.precision if model.precision == "int8" else "fp32"}' \
+        if openvino else ''
+    return f'CLIP {model.model} ({weights}) on {device}{runtime}'
 
 
 def announce(prog: str, text: str) -> None:

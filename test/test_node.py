@@ -439,3 +439,23 @@ def test_backend_openvino_gives_the_depth_of_the_torch_backend(ros):
     finally:
         spinner.stop()
         h.close()
+
+
+def test_backend_openvino_int8_calibrated_on_a_folder_gives_depth(ros):
+    """``precision: int8`` with ``calibration``: the node calibrates at load (NNCF, on the
+    shared NYU frames) and publishes finite, positive depth over the whole image."""
+    pytest.importorskip('nncf')
+    from conftest import shared_data
+    h = Harness(ros, 'int8', [Parameter('backend', value='openvino'),
+                              Parameter('precision', value='int8'),
+                              Parameter('calibration', value=str(
+                                  shared_data('nyu_v2_eigen_test_sg10', 'rgb')))])
+    assert h.node.engine.describe_device() == 'cpu float32, openvino int8'
+    spinner = Spinner(ros, h.node, h.peer)
+    try:
+        assert h.connected()
+        depth = depth_from_image(h.output_for(101)['depth/image'])
+        assert depth.shape == (H, W) and np.isfinite(depth).all() and (depth > 0).all()
+    finally:
+        spinner.stop()
+        h.close()

@@ -86,7 +86,7 @@ TIERS = {
     'test_conventions.py': ('ros', set()),
     'test_evaluate_baselines.py': ('unit', set()),
     'test_fuzz.py': ('unit', set()),
-    'test_export.py': ('unit', True),  # exports and runs RN50 networks
+    'test_export.py': ('unit', set()),
     'test_geometry.py': ('unit', set()),
     'test_gpu_check.py': ('unit', {  # a random engine run, a whole quick check
         'test_the_wheels_cover_every_module_a_random_engine_run_imports',

@@ -9,6 +9,7 @@ the user's cache.
 
 from dataclasses import replace
 import logging
+import os
 import shutil
 import types
 
@@ -311,13 +312,13 @@ def test_the_key_changes_with_size_precision_network_and_weights(openvino_engine
 @needs_openvino
 def test_int8_runs_close_to_fp32_and_its_key_holds_the_calibration(
         torch_engine, openvino_engine, monkeypatch):
-    import openvino as ov
+    from depthclip_ros.engine.openvino_core import core
     calibration = shared_data('nyu_v2_eigen_test_sg10')
     int8 = load(backend='openvino', precision='int8', calibration=str(calibration))
     assert int8.describe_device() == 'cpu float32, openvino int8'
     # quantized for real: the cached network holds NNCF's FakeQuantize operations
     [entry] = [p for p in int8._backend.cache.root.iterdir() if '-int8-' in p.name]
-    model = ov.Core().read_model(str(entry / 'model.xml'))
+    model = core().read_model(str(entry / 'model.xml'))
     assert sum(op.get_type_name() == 'FakeQuantize' for op in model.get_ops()) > 20
     deviations, token_deviations = [], []
     lowest, highest = min(int8.head.depth_bins_m), max(int8.head.depth_bins_m)
@@ -491,3 +492,40 @@ def test_evaluate_locate_and_bag_run_on_openvino(tmp_path, capsys, openvino_engi
         captured = capsys.readouterr()
         assert 'openvino fp32' in captured.err
         assert 'done: 1 of 1 frames with depth' in captured.out
+
+
+ENGINES_THEN_A_SIGNAL = """
+import gc, os, signal, sys, time
+import open_clip
+open_clip.add_model_config(sys.argv[1])
+from depthclip_ros.engine.config import ModelConfig
+from depthclip_ros.engine.depthclip import DepthCLIP
+config = ModelConfig(model=sys.argv[2], pretrained='none', device='cpu', backend='openvino',
+                     input_size=(64, 96))
+first, second = DepthCLIP(config).load(), DepthCLIP(config).load()
+first.release(); del first; gc.collect()  # released in the order they were made
+second.release(); del second; gc.collect()
+handled = []
+signal.signal(signal.SIGINT, lambda *_: handled.append(True))
+os.kill(os.getpid(), signal.SIGINT)
+time.sleep(0.2)
+print('handled' if handled else 'not handled')
+"""
+
+
+@needs_openvino
+def test_engines_released_in_any_order_leave_signals_working(tmp_path):
+    """OpenVINO's CPU plugin gives the main thread an alternate signal stack per Core and
+    puts the previous one back when that Core goes: Cores released in the order they were
+    made left the first one's freed stack, and the next Ctrl-C crashed the process (SIGSEGV)
+    instead of running its handler. The engine uses the process's one Core
+    (engine/openvino_core.py); this runs two engines and a signal in a process of its own."""
+    import subprocess
+    import sys
+
+    from conftest import REPO, TINY_CONFIG_FILE, TINY_MODEL
+    done = subprocess.run([sys.executable, '-c', ENGINES_THEN_A_SIGNAL, str(TINY_CONFIG_FILE),
+                           TINY_MODEL], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, 'DEPTHCLIP_CACHE_DIR': str(tmp_path)})
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert done.stdout.strip().endswith('handled') and 'not handled' not in done.stdout

@@ -16,13 +16,18 @@ from test_tools_help import heavy_in, imported_modules
 from depthclip_ros.tools import export
 from depthclip_ros.tools.cli import main
 
+from conftest import TINY_MODEL
+
+pytestmark = pytest.mark.usefixtures('tiny_model')  # small_engine's model, in this process
+
 SIZE = (64, 96)
 BATCH = 2
 RELATIVE = 1e-5  # ||runtime - torch|| / ||torch||
 
 
 def export_args(output, fmt='onnx', *more):
-    return ['export', '--format', fmt, '--output', str(output), '--pretrained', 'none',
+    return ['export', '--format', fmt, '--output', str(output), '--model', TINY_MODEL,
+            '--pretrained', 'none',
             '--input-size', *map(str, SIZE), '--batch', str(BATCH), *more]
 
 
@@ -47,6 +52,12 @@ def assert_reproduces(got: np.ndarray, want: np.ndarray) -> None:
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * np.abs(want).max())
 
 
+def widths(engine) -> tuple[int, int]:
+    """The trunk's channels and the embedding's width of ``engine``'s model."""
+    pool = engine.clip.visual.attnpool
+    return pool.k_proj.in_features, pool.c_proj.out_features
+
+
 def read_contracts(folder) -> dict:
     return {name: json.loads((folder / f'{name}.json').read_text()) for name in
             export.NETWORKS}
@@ -55,8 +66,8 @@ def read_contracts(folder) -> dict:
 def run_openvino(path, x: np.ndarray, contract: dict) -> np.ndarray:
     """``path`` (ONNX or IR) compiled by OpenVINO on the CPU in float32, checked against
     its contract's names and shapes, run on ``x``."""
-    import openvino as ov
-    compiled = ov.Core().compile_model(str(path), 'CPU', {'INFERENCE_PRECISION_HINT': 'f32'})
+    from depthclip_ros.engine.openvino_core import core
+    compiled = core().compile_model(str(path), 'CPU', {'INFERENCE_PRECISION_HINT': 'f32'})
     assert compiled.input(0).get_any_name() == contract['input']['name']
     assert list(compiled.input(0).shape) == contract['input']['shape']
     assert compiled.output(0).get_any_name() == contract['output']['name']
@@ -89,13 +100,14 @@ def test_the_contracts_say_what_the_files_take_and_give(exported_onnx, small_eng
     contracts = read_contracts(exported_onnx)
     trunk, encoder = contracts['trunk'], contracts['encoder']
     assert trunk['input']['shape'] == [BATCH, 3, *SIZE]
-    assert trunk['output']['shape'] == [BATCH, 2048, SIZE[0] // 32, SIZE[1] // 32]
+    channels, dim = widths(small_engine)
+    assert trunk['output']['shape'] == [BATCH, channels, SIZE[0] // 32, SIZE[1] // 32]
     assert encoder['input']['shape'] == [BATCH, 3, 224, 224]
-    assert encoder['output']['shape'] == [BATCH, 1024]
+    assert encoder['output']['shape'] == [BATCH, dim]
     for name, contract in contracts.items():
         assert contract['network'] == name and contract['format'] == 'onnx'
         assert contract['files'] == [f'{name}.onnx']
-        assert contract['model'] == 'RN50' and contract['pretrained'] == 'none'
+        assert contract['model'] == TINY_MODEL and contract['pretrained'] == 'none'
         assert contract['random_weights'] is True and 'RANDOM WEIGHTS' in contract['note']
         assert contract['input']['dtype'] == 'float32' and contract['input']['layout'] == \
             'NCHW' and contract['input']['colour'] == 'RGB'
@@ -174,7 +186,8 @@ def test_overwrite_replaces_them_and_the_summary_names_files_and_tensorrt_line(
     assert '--overwrite: replacing 1 existing file' in out
     assert json.loads((tmp_path / 'trunk.json').read_text())['network'] == 'trunk'
     assert 'trunk: trunk.onnx, trunk.json  input image 2x3x64x96' in out
-    assert 'output tokens 2x2048x2x3' in out and 'output embedding 2x1024' in out
+    channels, dim = widths(small_engine)
+    assert f'output tokens 2x{channels}x2x3' in out and f'output embedding 2x{dim}' in out
     assert f'trtexec --onnx={tmp_path}/trunk.onnx --fp16 --saveEngine=' in out
     assert 'static shape 2x3x64x96; not run by this project' in out
 

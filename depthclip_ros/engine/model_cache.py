@@ -132,9 +132,9 @@ class ModelCache:
                 return None, f'{name}: {error}'
             if facts != manifest.get('files', {}).get(name):
                 return None, f'{name} does not match its manifest (corrupt)'
-        import openvino as ov
+        from depthclip_ros.engine.openvino_core import core
         try:
-            return ov.Core().read_model(str(folder / 'model.xml')), None
+            return core().read_model(str(folder / 'model.xml')), None
         except Exception as error:  # noqa: BLE001 - OpenVINO raises RuntimeError and others
             return None, f'OpenVINO cannot read it: {str(error).splitlines()[0]}'
 

@@ -26,6 +26,7 @@ import torch
 
 from depthclip_ros.engine.export import NETWORKS, to_openvino, without_cuda_home_notice
 from depthclip_ros.engine.model_cache import arrays_hash, ModelCache, tensors_hash
+from depthclip_ros.engine.openvino_core import core
 
 LOG = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ class OpenVINONetworks:
         self.engine = engine
         self.precision = 'int8' if engine.config.precision == 'int8' else 'fp32'
         self.cache = cache or ModelCache()
-        self._core = ov.Core()
+        self._core = core()  # the process's one (engine/openvino_core.py)
         self._requests: dict[tuple[str, tuple[int, ...]], object] = {}
         self._lock = threading.Lock()  # one inference at a time per request
         self._weights_hash: str | None = None

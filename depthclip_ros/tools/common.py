@@ -72,14 +72,19 @@ def node_range(name: str) -> str:
     return f'{low:g}..{high:g}'
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group('model (same meaning as the node parameters)')
+def add_weights_arguments(group) -> None:
+    """``--model`` and ``--pretrained``: which CLIP and its weights."""
     group.add_argument('--model', default=DEFAULTS['model'],
                        help=f'open_clip ResNet CLIP: RN50, RN101, RN50x4, ... (default '
                             f"{DEFAULTS['model']})")
     group.add_argument('--pretrained', default=DEFAULTS['pretrained'],
                        help='open_clip tag, local weights file (.pt/.bin/.safetensors or '
                             "OpenAI's TorchScript RN50.pt), or 'none' for random weights")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group('model (same meaning as the node parameters)')
+    add_weights_arguments(group)
     group.add_argument('--device', default=DEFAULTS['device'],
                        help='auto | cpu | cuda | cuda:N; a CUDA device that is not there is '
                             'refused (exit status 2)')

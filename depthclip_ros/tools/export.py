@@ -54,6 +54,7 @@ from depthclip_ros.io.outputs import (
 )
 from depthclip_ros.ros.parameters import DEFAULTS
 from depthclip_ros.tools.common import (
+    add_weights_arguments,
     announce,
     configs_from_args,
     load_engine,
@@ -85,12 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--overwrite', action='store_true', help=OVERWRITE_HELP)
     group = parser.add_argument_group('model (same meaning as the node parameters; loaded '
                                       'on the CPU in float32)')
-    group.add_argument('--model', default=DEFAULTS['model'],
-                       help=f'open_clip ResNet CLIP: RN50, RN101, RN50x4, ... (default '
-                            f"{DEFAULTS['model']})")
-    group.add_argument('--pretrained', default=DEFAULTS['pretrained'],
-                       help='open_clip tag, local weights file (.pt/.bin/.safetensors or '
-                            "OpenAI's TorchScript RN50.pt), or 'none' for random weights")
+    add_weights_arguments(group)
     group.add_argument('--input-size', type=int, nargs=2, metavar=('H', 'W'),
                        default=tuple(DEFAULTS['input_size']),
                        help="the trunk's input size, multiples of 32, at least 32 (default "

@@ -21,16 +21,15 @@ import torch
 
 from depthclip_ros.engine.depthclip import DepthCLIP
 from depthclip_ros.engine.weights import WeightsError
-from depthclip_ros.tools.bench.common import device_description
 from depthclip_ros.tools.bench.options import BACKEND_VARIANTS
 from depthclip_ros.tools.bench.precision import (
     deviation_images,
     precision_deviation,
     print_precisions,
-    same_weights,
+    start_comparison,
     time_precisions,
 )
-from depthclip_ros.tools.common import configs_from_args, warn_random_weights
+from depthclip_ros.tools.common import configs_from_args
 
 
 def plan_backends(asked: list[str], args: argparse.Namespace
@@ -91,13 +90,7 @@ def run_compare_backends(args: argparse.Namespace) -> int:
         print(f'depthclip-ros bench: {error}')
         return 2
     engines = build_backends(plan, args)
-    labels = list(engines)
-    reference = engines[labels[0]]
-    if reference.random_weights:
-        warn_random_weights()
-    checks = {label: same_weights(reference, engine) for label, engine in engines.items()}
-    differ = [label for label, (equal, _) in checks.items() if not equal]
-    device = device_description(reference, dtype=False)
+    labels, reference, _, differ, device = start_comparison(engines)
     versions = f'torch {torch.__version__}'
     if any(engine.config.backend != 'torch' for engine in engines.values()):
         import openvino

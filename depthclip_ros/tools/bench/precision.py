@@ -236,6 +236,20 @@ def print_precisions(figures: dict, deviation: dict | None, missing: list[tuple[
                                           for k in ('median', 'p99', 'max')))
 
 
+def start_comparison(engines: dict[str, DepthCLIP]):
+    """What a side-by-side comparison of loaded ``engines`` starts with (the first is the
+    reference; the random-weights warning printed): ``(labels, reference, checks, differ,
+    device)``, ``checks`` each engine's :func:`same_weights` against the reference and
+    ``differ`` the labels whose trunk weights differ from it."""
+    labels = list(engines)
+    reference = engines[labels[0]]
+    if reference.random_weights:
+        warn_random_weights()
+    checks = {label: same_weights(reference, engine) for label, engine in engines.items()}
+    differ = [label for label, (equal, _) in checks.items() if not equal]
+    return labels, reference, checks, differ, device_description(reference, dtype=False)
+
+
 def run_compare_precision(args: argparse.Namespace) -> int:
     height, width = args.image_size
     try:
@@ -250,13 +264,7 @@ def run_compare_precision(args: argparse.Namespace) -> int:
         print('depthclip-ros bench: no precision of --compare-precision can run here')
         return 2
     engines = build_variants(args, plan)
-    labels = list(engines)
-    reference = engines[labels[0]]
-    if reference.random_weights:
-        warn_random_weights()
-    checks = {label: same_weights(reference, engine) for label, engine in engines.items()}
-    differ = [label for label, (equal, _) in checks.items() if not equal]
-    device = device_description(reference, dtype=False)
+    labels, reference, checks, differ, device = start_comparison(engines)
     bf16 = 'yes' if reference.device.type != 'cpu' or cpu_bf16_native() else 'no'
     print(f'device: {device}; torch {torch.__version__}; {reference.config.model} '
           f'{reference.config.feature_mode} mode; input {height}x{width} -> network '

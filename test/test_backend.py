@@ -436,7 +436,8 @@ def test_the_node_s_parameters_give_an_openvino_engine_whose_pipeline_gives_dept
 
 
 @needs_openvino
-def test_infer_tool_with_backend_openvino(tmp_path, capsys, openvino_engine):
+def test_infer_tool_with_backend_openvino(tmp_path, capsys, tiny_model):
+    """The tools' plumbing, on the tests' tiny model (its own networks converted: small)."""
     import cv2
 
     from depthclip_ros.tools.cli import main
@@ -445,7 +446,7 @@ def test_infer_tool_with_backend_openvino(tmp_path, capsys, openvino_engine):
     k = frame.intrinsics
     common = ['--intrinsics', str(k.fx), str(k.fy), str(k.cx), str(k.cy), '--pretrained',
               'none', '--device', 'cpu', '--precision', 'fp32', '--input-size',
-              *map(str, SMALL)]
+              *map(str, SMALL), '--model', tiny_model]
     depths = {}
     with random_models_shared():
         for backend in ('torch', 'openvino'):
@@ -463,14 +464,16 @@ def test_infer_tool_with_backend_openvino(tmp_path, capsys, openvino_engine):
 
 
 @needs_openvino
-def test_evaluate_locate_and_bag_run_on_openvino(tmp_path, capsys, openvino_engine):
+def test_evaluate_locate_and_bag_run_on_openvino(tmp_path, capsys, tiny_model):
     """The other tools that load the model take the backend too: ``evaluate`` (INT8,
     calibrated on a folder), ``locate`` (its object step's crops through the OpenVINO
-    encoder) and ``bag`` (a real RealSense recording), each naming it."""
+    encoder) and ``bag`` (a real RealSense recording), each naming it. On the tests' tiny
+    model (the tools' plumbing; its networks are small)."""
     import cv2
 
     from depthclip_ros.tools.cli import main
-    common = ['--pretrained', 'none', '--device', 'cpu', '--input-size', *map(str, SMALL)]
+    common = ['--model', tiny_model, '--pretrained', 'none', '--device', 'cpu',
+              '--input-size', *map(str, SMALL)]
     calibration = shared_data('nyu_v2_eigen_test_sg10', 'rgb')
     with random_models_shared():
         assert main(['evaluate', str(shared_data('kitti_raw_metric3d3')), '--backend',

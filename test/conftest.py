@@ -331,8 +331,6 @@ def random_models_shared():
     way (device, precision, layout, prompts). The input size changes no weight. An engine
     of :data:`TINY_MODEL` registers it first. Weights loading itself is tested without this
     (test_weights.py, test_model.py)."""
-    from dataclasses import fields
-
     from depthclip_ros.engine import depthclip
     real = depthclip.build_clip
 
@@ -341,11 +339,14 @@ def random_models_shared():
             register_tiny_model()
         if not config.random_weights:
             return real(config)
-        # neither the input size nor the backend changes a weight, nor how load() casts
-        # the model (int8 keeps its torch side in float32, as fp32 does)
-        key = repr([(f.name, 'fp32' if getattr(config, f.name) == 'int8'
-                     else getattr(config, f.name)) for f in fields(config)
-                    if f.name not in ('input_size', 'backend', 'calibration')])
+        # what load() makes of the model: its weights (model, pretrained) cast to the
+        # device, dtype and layout it resolves to ('auto' and 'fp32' on the CPU are one
+        # model; int8 keeps its torch side in float32). Input size, backend, feature mode
+        # and CUDA graphs change no weight.
+        from depthclip_ros.engine.runtime import resolve_runtime, trunk_memory_format
+        device, dtype = resolve_runtime(config)
+        key = repr((config.model, config.pretrained, str(device), str(dtype),
+                    str(trunk_memory_format(device, dtype, config.memory_format))))
         if key not in _RANDOM_MODELS:
             _RANDOM_MODELS[key] = real(config)
         return _RANDOM_MODELS[key]

@@ -37,7 +37,7 @@ def choose_backend(engine):
         return None
     from depthclip_ros.engine.openvino_trunk import OpenVINONetworks
     trunk_shape = (1, 3, *config.input_size)
-    if config.backend == 'openvino' or config.precision == 'int8':
+    if config.openvino_required:
         networks = OpenVINONetworks(engine)
         # converted (or read) and compiled now, and its first run's set-up paid: not by
         # the first frame

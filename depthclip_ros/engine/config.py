@@ -105,6 +105,13 @@ class ModelConfig:
     def random_weights(self) -> bool:
         return self.pretrained.lower() == 'none'
 
+    @property
+    def openvino_required(self) -> bool:
+        """Whether the image networks run on OpenVINO whatever a measurement says: backend
+        openvino, or precision int8 (only OpenVINO runs it). Then device auto means the
+        CPU. ``auto`` in fp32 may choose OpenVINO too, at load (engine/backend.py)."""
+        return self.backend == 'openvino' or self.precision == 'int8'
+
 
 @dataclass(frozen=True)
 class HeadConfig:

@@ -65,6 +65,7 @@ class DepthCLIP:
         self.device: torch.device | None = None
         self.dtype: torch.dtype | None = None
         self._clip = None
+        self._trunk_net: Trunk | None = None  # the trunk of self._clip (set by load)
         self._text_key = None
         self._text_features = None  # (D, K) float32, unit columns
         self.memory_format = torch.contiguous_format  # the trunk's layout (set by load)
@@ -109,6 +110,7 @@ class DepthCLIP:
         for parameter in clip.parameters():
             parameter.requires_grad_(False)
         self._clip, self.device, self.dtype = clip, device, dtype
+        self._trunk_net = Trunk(clip.visual)  # the one definition (engine/export.py)
         self.memory_format = memory_format
         self.trunk_batch = CPU_TRUNK_BATCH if device.type == 'cpu' else None
         if self.config.cuda_graphs:
@@ -177,7 +179,8 @@ class DepthCLIP:
         """Forget the model, its text cache and (on CUDA) its cached GPU memory; the
         engine can be loaded again with :meth:`load`."""
         device = self.device
-        self._clip = self._graphs = self._uploads = self._scenes = self._backend = None
+        self._clip = self._trunk_net = None
+        self._graphs = self._uploads = self._scenes = self._backend = None
         self._text_features = self._text_key = self._bins = None
         self._text_cache.clear()
         gc.collect()
@@ -319,7 +322,7 @@ class DepthCLIP:
         return self._trunk(x)
 
     def _trunk(self, x: torch.Tensor) -> torch.Tensor:
-        return Trunk(self._clip.visual)(x)  # the one definition (engine/export.py)
+        return self._trunk_net(x)
 
     def token_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:
         """``(B, C, h, w)`` trunk output -> ``(B, h*w, D)`` tokens comparable with text."""

@@ -86,7 +86,7 @@ def resolve_runtime(config: ModelConfig) -> tuple[torch.device, torch.dtype]:
     """The device and trunk dtype of ``config`` on this machine, or ``ValueError`` with
     the reason (CUDA absent, a precision the device cannot run, cuda_graphs without
     CUDA). Loads nothing."""
-    openvino = config.backend == 'openvino' or config.precision == 'int8'
+    openvino = config.openvino_required
     # OpenVINO runs on the CPU here: device auto means the CPU with it
     device = resolve_device('cpu' if openvino and config.device == 'auto' else config.device)
     dtype = resolve_dtype(config.precision, device)

@@ -153,6 +153,16 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                              f'{SCENE_PROMPT_TEMPLATE!r})')
 
 
+def model_parameters(args: argparse.Namespace) -> dict:
+    """The node's model parameters (:data:`MODEL_PARAMETERS`) from the shared model
+    options, as ROS parameter values (lists, not tuples): what a tool that starts a node
+    gives it, so that the node loads the model the tool's own engine loads."""
+    values = {name: getattr(args, name) for name in MODEL_PARAMETERS
+              if getattr(args, name, None) is not None}
+    return {name: list(value) if isinstance(value, tuple) else value
+            for name, value in values.items()}
+
+
 def configs_from_args(args: argparse.Namespace) -> tuple[ModelConfig, HeadConfig]:
     """The engine's configurations from the options: the node's parameter table and its one
     mapping (:mod:`depthclip_ros.ros.configs`), options named as the parameters; a
@@ -231,7 +241,7 @@ def option_problem(error: ValueError, args: argparse.Namespace) -> str:
 def describe_model(model: ModelConfig) -> str:
     """``CLIP RN50 (random weights) on cpu``: what is about to be loaded."""
     weights = 'random weights' if model.random_weights else f'weights {model.pretrained}'
-    openvino = model.backend == 'openvino' or model.precision == 'int8'
+    openvino = model.openvino_required
     device = 'the CPU' if model.device == 'cpu' or openvino else \
         'CUDA if available, else the CPU' if model.device == 'auto' else model.device
     runtime = f' with OpenVINO {model.precision if model.precision == "int8" else "fp32"}' \

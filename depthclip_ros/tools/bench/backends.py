@@ -23,7 +23,7 @@ from depthclip_ros.engine.depthclip import DepthCLIP
 from depthclip_ros.engine.weights import WeightsError
 from depthclip_ros.tools.bench.options import BACKEND_VARIANTS
 from depthclip_ros.tools.bench.precision import (
-    deviation_images,
+    images_or_report,
     precision_deviation,
     print_precisions,
     start_comparison,
@@ -79,10 +79,8 @@ def network_speedups(figures: dict) -> dict[str, float]:
 
 def run_compare_backends(args: argparse.Namespace) -> int:
     height, width = args.image_size
-    try:
-        images = deviation_images(args)
-    except ValueError as error:  # DatasetError, ImageFormatError
-        print(f'depthclip-ros bench: {error}')
+    images = images_or_report(args)
+    if images is None:
         return 2
     try:
         plan, missing = plan_backends(args.compare_backends, args)

@@ -35,6 +35,7 @@ from depthclip_ros.tools.common import (
     add_model_arguments,
     announce,
     check_model_options,
+    model_parameters,
     option_problem,
     scene_settings,
 )
@@ -96,11 +97,7 @@ def _problem(args: argparse.Namespace) -> str | None:
 
 def node_parameters(args: argparse.Namespace, cameras: list[str]) -> dict:
     """The node's parameters: the cameras and the model and head options."""
-    parameters = {'pretrained': args.pretrained, 'device': args.device, 'model': args.model,
-                  'precision': args.precision, 'backend': args.backend,
-                  'calibration': args.calibration, 'feature_mode': args.feature_mode,
-                  'input_size': list(args.input_size), 'cuda_graphs': args.cuda_graphs,
-                  'flip_average': args.flip_average,
+    parameters = {**model_parameters(args), 'flip_average': args.flip_average,
                   'canonical_focal_px': args.canonical_focal_px,
                   'depth_bins_m': list(args.depth_bins_m),
                   'distance_prompts': list(args.distance_prompts),

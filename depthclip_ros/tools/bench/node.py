@@ -24,7 +24,12 @@ import time
 
 import numpy as np
 
-from depthclip_ros.tools.common import add_model_arguments, announce, load_engine
+from depthclip_ros.tools.common import (
+    add_model_arguments,
+    announce,
+    load_engine,
+    model_parameters,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,11 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from depthclip_ros.ros.messages import camera_info_for, rgb_image
 
     namespace = private_namespace('bench_node')
-    node = start_node({'pretrained': args.pretrained, 'device': args.device,
-                       'model': args.model, 'precision': args.precision,
-                       'backend': args.backend, 'calibration': args.calibration,
-                       'feature_mode': args.feature_mode,
-                       'input_size': list(args.input_size)}, namespace)
+    node = start_node(model_parameters(args), namespace)
     rclpy.init()
     peer = rclpy.create_node('bench_node_peer', namespace=namespace)
     arrived: dict[int, dict[str, float]] = {}

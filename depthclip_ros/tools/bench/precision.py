@@ -250,12 +250,20 @@ def start_comparison(engines: dict[str, DepthCLIP]):
     return labels, reference, checks, differ, device_description(reference, dtype=False)
 
 
-def run_compare_precision(args: argparse.Namespace) -> int:
-    height, width = args.image_size
+def images_or_report(args: argparse.Namespace) -> list | None:
+    """:func:`deviation_images`, or ``None`` after printing why they cannot be read (the
+    comparison then exits 2)."""
     try:
-        images = deviation_images(args)
+        return deviation_images(args)
     except ValueError as error:  # DatasetError, ImageFormatError
         print(f'depthclip-ros bench: {error}')
+        return None
+
+
+def run_compare_precision(args: argparse.Namespace) -> int:
+    height, width = args.image_size
+    images = images_or_report(args)
+    if images is None:
         return 2
     plan, missing = plan_variants(args.compare_precision, args)
     if not plan:

@@ -381,7 +381,26 @@ def test_a_benchmark_refuses_to_replace_its_json_before_it_starts(tmp_path, caps
     assert main([tool, '--json', str(report)]) == 2
     assert report.read_text() == '{"kept": true}\n'
     out, err = capsys.readouterr()
-    assert 'figures.json' in out + err and '--overwrite' in out + err
+    assert 'figures.json' in err and '--overwrite' in err
+
+
+@pytest.mark.parametrize('variant', [[], ['--compare-backends', 'openvino'],
+                                     ['--compare-precision', 'fp32']])
+@pytest.mark.parametrize('where', ['missing folder', 'a folder', 'under a file'])
+def test_bench_refuses_a_json_it_could_not_write_before_the_model(tmp_path, capsys,
+                                                                  monkeypatch, variant,
+                                                                  where):
+    """A ``--json`` that cannot be written is said up front (exit 2), not after the whole
+    benchmark as a traceback."""
+    from depthclip_ros.engine.depthclip import DepthCLIP
+    monkeypatch.setattr(DepthCLIP, 'load', lambda self: pytest.fail('the model was built'))
+    report = {'missing folder': tmp_path / 'nowhere' / 'figures.json',
+              'a folder': tmp_path,
+              'under a file': tmp_path / 'notes.txt' / 'figures.json'}[where]
+    (tmp_path / 'notes.txt').write_text('mine')
+    assert main(['bench', *variant, '--device', 'cpu', '--json', str(report)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith('depthclip-ros bench: output ') and str(report) in err[-1]
 
 
 # ---------------------------------------------------------------------------------------

@@ -16,11 +16,13 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 import json
+import sys
 
 import torch
 
 from depthclip_ros.engine.depthclip import DepthCLIP
 from depthclip_ros.engine.weights import WeightsError
+from depthclip_ros.io.outputs import write_text_whole
 from depthclip_ros.tools.bench.options import BACKEND_VARIANTS
 from depthclip_ros.tools.bench.precision import (
     images_or_report,
@@ -85,7 +87,7 @@ def run_compare_backends(args: argparse.Namespace) -> int:
     try:
         plan, missing = plan_backends(args.compare_backends, args)
     except ValueError as error:
-        print(f'depthclip-ros bench: {error}')
+        print(f'depthclip-ros bench: {error}', file=sys.stderr)
         return 2
     engines = build_backends(plan, args)
     labels, reference, _, differ, device = start_comparison(engines)
@@ -109,7 +111,7 @@ def run_compare_backends(args: argparse.Namespace) -> int:
     print_precisions(figures, deviation, missing, len(images),
                      ('network', network, f'{labels[0]} network median / its own'))
     if args.json:
-        args.json.write_text(json.dumps({
+        write_text_whole(args.json, json.dumps({
             'device': device, 'versions': versions, 'image_size': [height, width],
             'batch': args.batch, 'input_size': list(reference.config.input_size),
             'reference': labels[0], 'backend_ms': figures, 'network_speedup': network,

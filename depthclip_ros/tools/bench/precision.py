@@ -15,6 +15,7 @@ import functools
 import glob
 import json
 import statistics
+import sys
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ from depthclip_ros.engine.runtime import cpu_bf16_native, resolve_runtime
 from depthclip_ros.engine.weights import WeightsError
 from depthclip_ros.geometry import Intrinsics
 from depthclip_ros.io.dataset import DatasetError, read_rgb
+from depthclip_ros.io.outputs import write_text_whole
 from depthclip_ros.timing import StageTimer
 from depthclip_ros.tools.bench.batch import BATCH_STAGES, bench_frames
 from depthclip_ros.tools.bench.common import (
@@ -256,7 +258,7 @@ def images_or_report(args: argparse.Namespace) -> list | None:
     try:
         return deviation_images(args)
     except ValueError as error:  # DatasetError, ImageFormatError
-        print(f'depthclip-ros bench: {error}')
+        print(f'depthclip-ros bench: {error}', file=sys.stderr)
         return None
 
 
@@ -269,7 +271,8 @@ def run_compare_precision(args: argparse.Namespace) -> int:
     if not plan:
         for label, reason in missing:
             print(f'{label}: not available: {reason}')
-        print('depthclip-ros bench: no precision of --compare-precision can run here')
+        print('depthclip-ros bench: no precision of --compare-precision can run here',
+              file=sys.stderr)
         return 2
     engines = build_variants(args, plan)
     labels, reference, checks, differ, device = start_comparison(engines)
@@ -292,7 +295,7 @@ def run_compare_precision(args: argparse.Namespace) -> int:
     deviation = precision_deviation(engines, images) if images else None
     print_precisions(figures, deviation, missing, len(images))
     if args.json:
-        args.json.write_text(json.dumps({
+        write_text_whole(args.json, json.dumps({
             'device': device, 'image_size': [height, width], 'batch': args.batch,
             'input_size': list(reference.config.input_size), 'reference': labels[0],
             'precision_ms': figures, 'deviation': deviation, 'images': len(images),

@@ -532,3 +532,51 @@ def test_engines_released_in_any_order_leave_signals_working(tmp_path):
                           env={**os.environ, 'DEPTHCLIP_CACHE_DIR': str(tmp_path)})
     assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
     assert done.stdout.strip().endswith('handled') and 'not handled' not in done.stdout
+
+
+# -------------------------------------------- damaged calibration frames: exit 1, counted
+def _calibration_with_damage(folder, good: int, bad: int):
+    import cv2
+    folder.mkdir()
+    for i in range(good):
+        cv2.imwrite(str(folder / f'{i:02d}.png'),
+                    np.random.default_rng(i).integers(0, 256, (40, 56, 3), np.uint8))
+    for i in range(bad):
+        (folder / f'{good + i:02d}.png').write_bytes(b'\x89PNG\r\n\x1a\n broken')
+    return folder
+
+
+@pytest.mark.parametrize('good, bad', [(2, 1), (1, 2), (3, 3)])
+def test_damaged_calibration_images_are_counted_not_dropped(tmp_path, good, bad):
+    from depthclip_ros.io.calibration import calibration_frames, CalibrationUnreadable
+    folder = _calibration_with_damage(tmp_path / 'cal', good, bad)
+    with pytest.raises(CalibrationUnreadable) as caught:
+        calibration_frames(folder)
+    assert (caught.value.count, caught.value.total) == (bad, good + bad)
+    assert f'{bad} of {good + bad} images' in str(caught.value)
+    assert f'{good:02d}.png' in str(caught.value)  # the first damaged one named
+
+
+@needs_openvino
+@pytest.mark.parametrize('tool', ['infer', 'evaluate', 'bench-compare'])
+def test_a_tool_ends_with_status_1_and_the_count_on_damaged_calibration(tmp_path, capsys,
+                                                                        tiny_model, tool):
+    import cv2
+
+    from depthclip_ros.tools.cli import main
+    calibration = _calibration_with_damage(tmp_path / 'cal', 2, 1)
+    image = tmp_path / 'a.png'
+    cv2.imwrite(str(image), np.zeros((40, 56, 3), np.uint8))
+    common = ['--pretrained', 'none', '--device', 'cpu', '--input-size', *map(str, SMALL),
+              '--model', tiny_model, '--calibration', str(calibration)]
+    int8 = ['--backend', 'openvino', '--precision', 'int8']
+    argv = {'infer': ['infer', str(image), '--hfov-deg', '60', '-o', str(tmp_path / 'out'),
+                      *int8],
+            'evaluate': ['evaluate', str(shared_data('nyu_v2_eigen_test_sg10')), *int8],
+            'bench-compare': ['bench', '--compare-backends', 'openvino-int8', '--warmup',
+                              '0', '--repeat', '1', '--image-size', '40', '56']}[tool]
+    with random_models_shared():
+        assert main([*argv, *common]) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f'depthclip-ros {argv[0]}: ') and '1 of 3 images' in last
+    assert not (tmp_path / 'out').exists()

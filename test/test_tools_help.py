@@ -259,3 +259,59 @@ def test_an_absent_cuda_device_is_exit_status_2_in_every_tool(tmp_path, capsys, 
     assert main([*args, '--device', 'cuda', '--pretrained', 'none']) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith(f'depthclip-ros {args[0]}: ') and 'CUDA is not available' in last
+
+
+# ---------------------------------------------------------------------------------------
+# the same mistake, the same exit status: a --calibration that is not there is an option
+# error (2), said before the model loads, in every tool that takes it
+
+
+def _shared_bag() -> Path:
+    from conftest import shared_data
+    return shared_data('bags', 'realsense_d435_single_frame_ros2')
+
+
+@pytest.mark.parametrize('args', [
+    ['infer', '{image}', '--hfov-deg', '60', '-o', '{tmp}/out'],
+    ['locate', '{image}', '-q', 'a box', '--intrinsics', '50', '50', '26', '18', '-o',
+     '{tmp}/out'],
+    ['evaluate', '{dataset}'],
+    ['bag', '{bag}', '{tmp}/out'],
+    ['demo', '--output', '{tmp}/out'],
+    ['bench', '--warmup', '0', '--repeat', '1'],
+    ['bench', '--compare-backends', 'openvino-int8', '--warmup', '0', '--repeat', '1'],
+    ['bench-bag', '--frames', '2'],
+    ['bench-node', '--frames', '1'],
+    ['bench-cameras', '--cameras', '1'],
+])
+@pytest.mark.parametrize('where', ['nowhere', 'an empty folder', 'a text file'])
+def test_a_calibration_that_is_not_there_is_exit_status_2_in_every_tool(
+        tmp_path, capsys, monkeypatch, args, where):
+    from depthclip_ros.engine.depthclip import DepthCLIP
+    monkeypatch.setattr(DepthCLIP, 'load', lambda self: pytest.fail('the model was built'))
+    import cv2
+    import numpy as np
+    image = tmp_path / 'a.png'
+    cv2.imwrite(str(image), np.zeros((36, 52, 3), np.uint8))
+    dataset = tmp_path / 'ds'
+    (dataset / 'rgb').mkdir(parents=True)
+    (dataset / 'depth').mkdir()
+    cv2.imwrite(str(dataset / 'rgb' / '0.png'), np.zeros((36, 52, 3), np.uint8))
+    cv2.imwrite(str(dataset / 'depth' / '0.png'), np.ones((36, 52), np.uint16))
+    (dataset / 'intrinsics.json').write_text(
+        '{"fx": 50, "fy": 50, "cx": 26, "cy": 18, "width": 52, "height": 36}')
+    calibration = {'nowhere': tmp_path / 'no' / 'frames',
+                   'an empty folder': tmp_path / 'empty',
+                   'a text file': tmp_path / 'notes.txt'}[where]
+    (tmp_path / 'empty').mkdir()
+    (tmp_path / 'notes.txt').write_text('not frames')
+    args = [a.format(image=image, tmp=tmp_path, dataset=dataset, bag=_shared_bag())
+            for a in args]
+    int8 = [] if '--compare-backends' in args else ['--backend', 'openvino', '--precision',
+                                                    'int8']
+    assert main([*args, *int8, '--calibration', str(calibration), '--device', 'cpu',
+                 '--pretrained', 'none']) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f'depthclip-ros {args[0]}: ') and str(calibration) in err[-1]
+    assert '--calibration' in err[-1]
+    assert not (tmp_path / 'out').exists()

@@ -173,7 +173,22 @@ def configs_from_args(args: argparse.Namespace) -> tuple[ModelConfig, HeadConfig
               if getattr(args, name, None) is not None}
     model = model_from_parameters(values)
     head = head_from_parameters({**values, **scene_settings(args)})
+    check_calibration(model)
     return model, head
+
+
+def check_calibration(model: ModelConfig) -> None:
+    """With ``precision int8``, ``--calibration`` must name something that exists: a
+    folder of images or a recording (checked without decoding anything, before the model
+    loads: exit status 2 in every tool, like any refused option). Frames that exist but
+    cannot be decoded are found at load: exit status 1 (:func:`build_engine`)."""
+    if model.precision != 'int8':
+        return
+    from depthclip_ros.io.calibration import check_calibration_source
+    try:
+        check_calibration_source(model.calibration)
+    except ValueError as error:
+        raise ValueError(f'--{error}') from None
 
 SCENE_OPTIONS = ('bins_mode', 'scene_names', 'scene_bins_m', 'scene_prompt_template')
 
@@ -271,8 +286,11 @@ def build_engine(model: ModelConfig, head: HeadConfig, prog: str):
         resolve_runtime(model)
     except ValueError as error:
         raise ToolExit(f'{prog}: {error}', 2) from None
+    from depthclip_ros.io.calibration import CalibrationUnreadable
     try:
         engine = DepthCLIP(model, head).load()
+    except CalibrationUnreadable as error:  # damaged input: exit 1, with the count
+        raise ToolExit(f'{prog}: {error}', 1) from None
     except ValueError as error:  # a prompt set the tokenizer refuses
         raise ToolExit(f'{prog}: {error}', 2) from None
     announce(prog, f'model ready in {time.monotonic() - started:.1f} s '

@@ -22,6 +22,7 @@ import torch
 
 from depthclip_ros.engine.depthclip import DepthCLIP
 from depthclip_ros.engine.weights import WeightsError
+from depthclip_ros.io.calibration import CalibrationUnreadable
 from depthclip_ros.io.outputs import write_text_whole
 from depthclip_ros.tools.bench.options import BACKEND_VARIANTS
 from depthclip_ros.tools.bench.precision import (
@@ -31,7 +32,7 @@ from depthclip_ros.tools.bench.precision import (
     start_comparison,
     time_precisions,
 )
-from depthclip_ros.tools.common import configs_from_args
+from depthclip_ros.tools.common import check_calibration, configs_from_args, ToolExit
 
 
 def plan_backends(asked: list[str], args: argparse.Namespace
@@ -48,6 +49,7 @@ def plan_backends(asked: list[str], args: argparse.Namespace
         except ValueError as error:  # int8 without --calibration, say
             missing.append((label, str(error)))
             continue
+        check_calibration(config)  # a --calibration that is not there: refused (exit 2)
         if backend == 'openvino':
             try:
                 import openvino  # noqa: F401 - only whether it is there
@@ -66,8 +68,11 @@ def build_backends(plan: list[tuple[str, object]], args: argparse.Namespace
     for label, config in plan:
         try:
             engines[label] = DepthCLIP(config, head).load()
-        except (ValueError, WeightsError, RuntimeError) as error:
-            raise SystemExit(f'depthclip-ros bench: {label}: {error}') from None
+        except (CalibrationUnreadable, WeightsError, RuntimeError) as error:
+            # what the run needs could not be had (damaged calibration frames, weights)
+            raise ToolExit(f'depthclip-ros bench: {label}: {error}', 1) from None
+        except ValueError as error:  # an option this engine refuses
+            raise ToolExit(f'depthclip-ros bench: {label}: {error}', 2) from None
     return engines
 
 

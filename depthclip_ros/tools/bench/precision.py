@@ -36,7 +36,7 @@ from depthclip_ros.tools.bench.common import (
     timed,
 )
 from depthclip_ros.tools.bench.options import LAYOUTS
-from depthclip_ros.tools.common import configs_from_args, warn_random_weights
+from depthclip_ros.tools.common import configs_from_args, ToolExit, warn_random_weights
 
 DTYPE_NAMES = {torch.float32: 'fp32', torch.bfloat16: 'bf16', torch.float16: 'fp16'}
 
@@ -102,8 +102,10 @@ def build_variants(args: argparse.Namespace, plan: list[tuple[str, str, str]]
         try:
             engine = DepthCLIP(replace(model, precision=precision,
                                        memory_format=LAYOUTS[layout]), head).load()
-        except (ValueError, WeightsError) as error:
-            raise SystemExit(f'depthclip-ros bench: {label}: {error}') from None
+        except WeightsError as error:  # what the run needs could not be had
+            raise ToolExit(f'depthclip-ros bench: {label}: {error}', 1) from None
+        except ValueError as error:  # an option this engine refuses
+            raise ToolExit(f'depthclip-ros bench: {label}: {error}', 2) from None
         engines[label] = engine
     return engines
 

@@ -49,14 +49,19 @@ from pathlib import Path
 from depthclip_ros.io.outputs import check_report_file, write_text_whole
 from depthclip_ros.objects.proposals import MAX_MASKS
 from depthclip_ros.objects.queries import MAX_QUERIES
-from depthclip_ros.tools.bench.options import BACKEND_VARIANTS, precision_variant
+from depthclip_ros.tools.bench.options import (
+    BACKEND_VARIANTS,
+    IMAGE_SIZE_HELP,
+    image_size_problem,
+    precision_variant,
+)
 from depthclip_ros.tools.common import add_model_arguments, load_engine, ToolExit
 from depthclip_ros.tools.progress import Stages
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--image-size', type=int, nargs=2, default=(480, 640),
-                        metavar=('H', 'W'), help='camera image size (default 480 640)')
+                        metavar=('H', 'W'), help=IMAGE_SIZE_HELP)
     parser.add_argument('--batch', type=int, default=1,
                         help='frames per forward pass; above 1 also compares N frames one by '
                              'one against one batched call (infer_frames)')
@@ -101,6 +106,9 @@ def options_problem(args: argparse.Namespace) -> str | None:
     """What is wrong with the options (``--json`` included: its folder, and an existing
     file without ``--overwrite``), found before anything is loaded; ``None`` when nothing
     is."""
+    size = image_size_problem(args.image_size)
+    if size:
+        return size
     if not 0 <= args.queries <= MAX_QUERIES:
         return f'--queries must be in 0..{MAX_QUERIES}, got {args.queries}'
     if not 1 <= args.max_masks <= 64:

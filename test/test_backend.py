@@ -580,3 +580,81 @@ def test_a_tool_ends_with_status_1_and_the_count_on_damaged_calibration(tmp_path
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith(f'depthclip-ros {argv[0]}: ') and '1 of 3 images' in last
     assert not (tmp_path / 'out').exists()
+
+
+# --------------------------------- the cache removes only what it wrote (wherever it points)
+def _small_ov_model():
+    import openvino as ov
+    import openvino.opset13 as ops
+    x = ops.parameter([1, 4], np.float32, name='x')
+    return ov.Model([ops.relu(x)], [x], 'small')
+
+
+def _old(path, days: float = 2) -> None:
+    stamp = os.stat(path).st_mtime - days * 86400
+    os.utime(path, (stamp, stamp), follow_symlinks=False)
+
+
+@needs_openvino
+@pytest.mark.parametrize('foreign', ['a user folder named like a temporary one',
+                                     'a link named like a temporary one',
+                                     'an aside folder holding user files'])
+def test_the_cache_never_removes_what_it_did_not_write(tmp_path, foreign):
+    from depthclip_ros.engine.model_cache import ModelCache
+    root = tmp_path / 'openvino'
+    root.mkdir()
+    mine = tmp_path / 'mine'
+    mine.mkdir()
+    (mine / 'thesis.tex').write_text('years of work')
+    if foreign == 'a user folder named like a temporary one':
+        kept = root / '.tmp-notes'
+        kept.mkdir()
+        (kept / 'model.xml').write_text('my own model')
+        (kept / 'todo.txt').write_text('mine')
+    elif foreign == 'a link named like a temporary one':
+        kept = root / '.tmp-link'
+        kept.symlink_to(mine, target_is_directory=True)
+    else:
+        kept = root / '.old-backup'
+        (kept / 'entry').mkdir(parents=True)
+        (kept / 'entry' / 'diary.txt').write_text('mine')
+    _old(kept)
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob('*'))
+    cache = ModelCache(root)
+    cache.load_or_build({'network': 'trunk', 'model': 'm', 'shape': [1, 4],
+                         'precision': 'fp32'}, _small_ov_model, 'a small network')
+    after = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob('*'))
+    assert set(before) <= set(after)  # nothing of theirs is gone
+    assert (mine / 'thesis.tex').read_text() == 'years of work'
+
+
+@needs_openvino
+def test_the_cache_removes_its_own_stale_temporary_folders(tmp_path):
+    from depthclip_ros.engine.model_cache import MARKER, ModelCache
+    root = tmp_path / 'openvino'
+    stale = root / '.tmp-killed'
+    stale.mkdir(parents=True)
+    (stale / MARKER).write_text('written by depthclip_ros')
+    (stale / 'model.xml').write_text('half')
+    _old(stale)
+    fresh = root / '.tmp-running'  # another process's build in progress: kept
+    fresh.mkdir()
+    (fresh / MARKER).write_text('written by depthclip_ros')
+    ModelCache(root).load_or_build({'network': 'trunk', 'model': 'm', 'shape': [1, 4],
+                                    'precision': 'fp32'}, _small_ov_model, 'small')
+    assert not stale.exists() and fresh.exists()
+
+
+@needs_openvino
+def test_an_entry_holding_foreign_files_is_used_uncached_and_left_alone(tmp_path, caplog):
+    from depthclip_ros.engine.model_cache import entry_name, ModelCache
+    root = tmp_path / 'openvino'
+    key = {'network': 'trunk', 'model': 'm', 'shape': [1, 4], 'precision': 'fp32'}
+    from depthclip_ros.engine.model_cache import CACHE_FORMAT
+    squatted = root / entry_name({**key, 'cache_format': CACHE_FORMAT})
+    squatted.mkdir(parents=True)
+    (squatted / 'photo.jpg').write_bytes(b'mine')
+    with caplog.at_level(logging.WARNING, logger='depthclip_ros.engine.model_cache'):
+        model = ModelCache(root).load_or_build(key, _small_ov_model, 'small')
+    assert model is not None and (squatted / 'photo.jpg').read_bytes() == b'mine'
+    assert 'not cached' in caplog.text and 'did not write' in caplog.text

@@ -10,6 +10,7 @@ the user's cache.
 from dataclasses import replace
 import logging
 import os
+import re
 import shutil
 import types
 
@@ -658,3 +659,66 @@ def test_an_entry_holding_foreign_files_is_used_uncached_and_left_alone(tmp_path
         model = ModelCache(root).load_or_build(key, _small_ov_model, 'small')
     assert model is not None and (squatted / 'photo.jpg').read_bytes() == b'mine'
     assert 'not cached' in caplog.text and 'did not write' in caplog.text
+
+
+# ------------------------------------- no silent conversion: said, counted, once (class 8)
+@needs_openvino
+def test_a_first_conversion_and_int8_calibration_are_said_and_counted(tmp_path, capsys,
+                                                                       tiny_model,
+                                                                       monkeypatch):
+    import cv2
+
+    from depthclip_ros.tools.cli import main
+    monkeypatch.setenv('DEPTHCLIP_CACHE_DIR', str(tmp_path / 'cache'))
+    calibration = _calibration_with_damage(tmp_path / 'cal', 5, 0)
+    cv2.imwrite(str(tmp_path / 'a.png'), np.zeros((40, 56, 3), np.uint8))
+    argv = ['infer', str(tmp_path / 'a.png'), '--hfov-deg', '60', '--pretrained', 'none',
+            '--device', 'cpu', '--input-size', *map(str, SMALL), '--model', tiny_model,
+            '--calibration', str(calibration)]
+    with random_models_shared():
+        for run, precision in enumerate(('int8', 'int8', 'fp32')):
+            assert main([*argv, '-o', str(tmp_path / f'out{run}'), '--backend', 'openvino',
+                         '--precision', precision]) == 0
+            lines = capsys.readouterr().err.splitlines()
+            said = [i for i, line in enumerate(lines) if line.startswith(
+                f'infer: converting the OpenVINO {precision} trunk')]
+            ready = next(i for i, line in enumerate(lines)
+                         if line.startswith('infer: model ready'))
+            if run == 1:  # read from the cache: nothing to say
+                assert said == [] and not any('calibration' in line for line in lines)
+                continue
+            assert len(said) == 1 and 'once' in lines[said[0]] and \
+                str(tmp_path / 'cache') in lines[said[0]]
+            counts = [i for i, line in enumerate(lines)
+                      if line.startswith('infer: INT8 calibration: frame ')]
+            converted = next(i for i, line in enumerate(lines) if 'converted in' in line)
+            if precision == 'int8':
+                assert lines[counts[0]].startswith('infer: INT8 calibration: frame 0/5')
+                assert lines[counts[-1]].startswith('infer: INT8 calibration: frame 5/5')
+                assert said[0] < counts[0] < counts[-1] < converted < ready
+            else:
+                assert counts == [] and said[0] < converted < ready
+
+
+@needs_openvino
+@pytest.mark.parametrize('comparison', [['--compare-backends', 'openvino'],
+                                        ['--compare-precision', 'fp32']])
+def test_a_comparison_says_each_engine_as_it_loads(tmp_path, capsys, tiny_model, monkeypatch,
+                                                   comparison):
+    from depthclip_ros.tools.cli import main
+    monkeypatch.setenv('DEPTHCLIP_CACHE_DIR', str(tmp_path / 'cache'))
+    with random_models_shared():
+        assert main(['bench', *comparison, '--pretrained', 'none', '--device', 'cpu',
+                     '--input-size', *map(str, SMALL), '--model', tiny_model, '--warmup',
+                     '0', '--repeat', '1', '--image-size', '40', '56']) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith('bench: starting torch')  # before torch is imported
+    stages = [line for line in lines if re.match(r'bench: \[\d/\d\] ', line)]
+    assert [s.split('] ')[1].split('...')[0] for s in stages] == [
+        *(f'loading the {label} engine' for label in (
+            ('torch', 'openvino') if comparison[0] == '--compare-backends'
+            else [line.split('loading the ')[1].split(' engine')[0] for line in stages[:-1]])),
+        f'timing {len(stages) - 1} engines: 0 warm-up + 1 rounds each']
+    if comparison[0] == '--compare-backends':
+        loading = lines.index(stages[1])
+        assert lines[loading + 2].startswith('bench: converting the OpenVINO fp32 trunk')

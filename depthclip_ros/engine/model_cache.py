@@ -108,6 +108,23 @@ def _file_facts(path: Path) -> dict:
     return {'size': path.stat().st_size, 'sha256': digest.hexdigest()}
 
 
+# What a program shows while a network is converted (seconds to a minute, once): the tools
+# set this to a function that prints; ``None`` (the node): the log only. Called with an
+# event and its facts: ('build', what, root) before a conversion, ('built', what, seconds)
+# after it, ('calibrate', what, done, total) as INT8 calibration reads its frames.
+build_listener: Callable[..., None] | None = None
+
+
+def tell(event: str, *facts) -> None:
+    """Pass an event to :data:`build_listener`, if one is set (never raises)."""
+    listener = build_listener
+    if listener is not None:
+        try:
+            listener(event, *facts)
+        except Exception:  # noqa: BLE001 - showing progress must never fail a build
+            LOG.debug('build listener failed', exc_info=True)
+
+
 class ModelCache:
     """OpenVINO models on disk under ``root`` (default :func:`cache_dir` ``/ 'openvino'``).
     ``built`` counts the networks this cache converted (tests, logs)."""
@@ -130,9 +147,11 @@ class ModelCache:
             LOG.warning('the cached %s in %s is unusable (%s): rebuilding it', what, folder,
                         problem)
         started = time.monotonic()
+        tell('build', what, self.root)
         model = build()
         self.built += 1
         seconds = time.monotonic() - started
+        tell('built', what, seconds)
         try:
             self._write(folder, key, model)
             LOG.info('%s built in %.1f s and cached in %s (a one-off start-up cost)', what,

@@ -272,6 +272,40 @@ def announce(prog: str, text: str) -> None:
     print(f'{label}: {text}', file=sys.stderr, flush=True)
 
 
+CONVERSION_HINT = 'about 15 s for a network, INT8 calibration about 30 s more'
+
+
+def show_conversions(prog: str) -> None:
+    """Have the OpenVINO model cache say, on this tool's stderr, when it converts a network
+    (the first use of a model, input size and precision; seconds to a minute), how long
+    that took, and the INT8 calibration's progress with counts (engine/model_cache.py
+    ``build_listener``; the node leaves it unset and logs instead)."""
+    from depthclip_ros.engine import model_cache
+    from depthclip_ros.tools.progress import Progress
+    stream = sys.stderr  # now: NNCF's run redirects sys.stderr while it calibrates
+    label = prog.removeprefix('depthclip-ros ')
+    passes: dict[str, Progress] = {}
+
+    def listener(event: str, what: str, *facts) -> None:
+        if event == 'build':
+            print(f'{label}: converting the {what} with OpenVINO, once ({CONVERSION_HINT}; '
+                  f'kept in {facts[0]} for later runs)', file=stream, flush=True)
+        elif event == 'built':
+            passes.pop(what, None)
+            print(f'{label}: {what} converted in {facts[0]:.1f} s', file=stream, flush=True)
+        elif event == 'calibrate':
+            done, total = facts
+            progress = passes.get(what)
+            if progress is None or done <= progress.done:  # NNCF's next pass over them
+                progress = passes[what] = Progress(f'{label}: INT8 calibration', 'frame',
+                                                   total, stream=stream)
+                progress.update(0)  # said at once; the rate counts from here
+            progress.update(done)
+            if done == total:
+                progress.close()
+    model_cache.build_listener = listener
+
+
 def build_engine(model: ModelConfig, head: HeadConfig, prog: str):
     """Say what is loading, check the device (``ToolExit`` 2 when it is refused), build
     and load the engine, and say how long it took. ``WeightsError`` propagates."""
@@ -287,6 +321,7 @@ def build_engine(model: ModelConfig, head: HeadConfig, prog: str):
     except ValueError as error:
         raise ToolExit(f'{prog}: {error}', 2) from None
     from depthclip_ros.io.calibration import CalibrationUnreadable
+    show_conversions(prog)
     try:
         engine = DepthCLIP(model, head).load()
     except CalibrationUnreadable as error:  # damaged input: exit 1, with the count

@@ -32,7 +32,18 @@ from depthclip_ros.tools.bench.precision import (
     start_comparison,
     time_precisions,
 )
-from depthclip_ros.tools.common import check_calibration, configs_from_args, ToolExit
+from depthclip_ros.tools.common import (
+    announce,
+    check_calibration,
+    configs_from_args,
+    describe_model,
+    LOAD_TIME_HINT,
+    show_conversions,
+    ToolExit,
+)
+from depthclip_ros.tools.progress import Stages
+
+PROG = 'depthclip-ros bench'
 
 
 def plan_backends(asked: list[str], args: argparse.Namespace
@@ -61,11 +72,16 @@ def plan_backends(asked: list[str], args: argparse.Namespace
     return plan, missing
 
 
-def build_backends(plan: list[tuple[str, object]], args: argparse.Namespace
-                   ) -> dict[str, DepthCLIP]:
+def build_backends(plan: list[tuple[str, object]], args: argparse.Namespace,
+                   stages: Stages) -> dict[str, DepthCLIP]:
     _, head = configs_from_args(args)
     engines = {}
+    show_conversions(PROG)
     for label, config in plan:
+        stages.start(f'loading the {label} engine')
+        announce(PROG, f'{describe_model(config)}, {LOAD_TIME_HINT}'
+                       + (', converted with OpenVINO on first use'
+                          if config.openvino_required else ''))
         try:
             engines[label] = DepthCLIP(config, head).load()
         except (CalibrationUnreadable, WeightsError, RuntimeError) as error:
@@ -94,7 +110,8 @@ def run_compare_backends(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f'depthclip-ros bench: {error}', file=sys.stderr)
         return 2
-    engines = build_backends(plan, args)
+    stages = Stages('bench', len(plan) + 1 + bool(images))
+    engines = build_backends(plan, args, stages)
     labels, reference, _, differ, device = start_comparison(engines)
     versions = f'torch {torch.__version__}'
     if any(engine.config.backend != 'torch' for engine in engines.values()):
@@ -110,9 +127,14 @@ def run_compare_backends(args: argparse.Namespace) -> int:
     if differ:
         print('weights: DIFFERENT in ' + ', '.join(differ))
         return 1
+    stages.start(f'timing {len(engines)} engines: {args.warmup} warm-up + {args.repeat} '
+                 f'rounds each')
     figures = time_precisions(engines, height, width, args.batch, args.warmup, args.repeat)
     network = network_speedups(figures)
+    if images:
+        stages.start(f'the depth deviation on {len(images)} images')
     deviation = precision_deviation(engines, images) if images else None
+    stages.finish()
     print_precisions(figures, deviation, missing, len(images),
                      ('network', network, f'{labels[0]} network median / its own'))
     if args.json:

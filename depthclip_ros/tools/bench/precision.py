@@ -36,7 +36,15 @@ from depthclip_ros.tools.bench.common import (
     timed,
 )
 from depthclip_ros.tools.bench.options import LAYOUTS
-from depthclip_ros.tools.common import configs_from_args, ToolExit, warn_random_weights
+from depthclip_ros.tools.common import (
+    announce,
+    configs_from_args,
+    describe_model,
+    LOAD_TIME_HINT,
+    ToolExit,
+    warn_random_weights,
+)
+from depthclip_ros.tools.progress import Stages
 
 DTYPE_NAMES = {torch.float32: 'fp32', torch.bfloat16: 'bf16', torch.float16: 'fp16'}
 
@@ -92,13 +100,16 @@ def same_weights(reference: DepthCLIP, engine: DepthCLIP) -> tuple[bool, float]:
     return equal, text
 
 
-def build_variants(args: argparse.Namespace, plan: list[tuple[str, str, str]]
-                   ) -> dict[str, DepthCLIP]:
+def build_variants(args: argparse.Namespace, plan: list[tuple[str, str, str]],
+                   stages: Stages | None = None) -> dict[str, DepthCLIP]:
     """One loaded engine per planned variant, from the tool's options with the variant's
     precision and layout; exits with the reason when weights cannot be loaded."""
     model, head = configs_from_args(args)
     engines = {}
     for label, precision, layout in plan:
+        if stages is not None:
+            stages.start(f'loading the {label} engine')
+            announce('depthclip-ros bench', f'{describe_model(model)}, {LOAD_TIME_HINT}')
         try:
             engine = DepthCLIP(replace(model, precision=precision,
                                        memory_format=LAYOUTS[layout]), head).load()
@@ -276,7 +287,8 @@ def run_compare_precision(args: argparse.Namespace) -> int:
         print('depthclip-ros bench: no precision of --compare-precision can run here',
               file=sys.stderr)
         return 2
-    engines = build_variants(args, plan)
+    stages = Stages('bench', len(plan) + 1 + bool(images))
+    engines = build_variants(args, plan, stages)
     labels, reference, checks, differ, device = start_comparison(engines)
     bf16 = 'yes' if reference.device.type != 'cpu' or cpu_bf16_native() else 'no'
     print(f'device: {device}; torch {torch.__version__}; {reference.config.model} '
@@ -293,8 +305,13 @@ def run_compare_precision(args: argparse.Namespace) -> int:
     print(f'weights: trunk {same}; text features: largest difference {text:.3g}')
     if differ:
         return 1
+    stages.start(f'timing {len(engines)} engines: {args.warmup} warm-up + {args.repeat} '
+                 f'rounds each')
     figures = time_precisions(engines, height, width, args.batch, args.warmup, args.repeat)
+    if images:
+        stages.start(f'the depth deviation on {len(images)} images')
     deviation = precision_deviation(engines, images) if images else None
+    stages.finish()
     print_precisions(figures, deviation, missing, len(images))
     if args.json:
         write_text_whole(args.json, json.dumps({

@@ -55,7 +55,7 @@ from depthclip_ros.tools.bench.options import (
     image_size_problem,
     precision_variant,
 )
-from depthclip_ros.tools.common import add_model_arguments, load_engine, ToolExit
+from depthclip_ros.tools.common import add_model_arguments, announce, load_engine, ToolExit
 from depthclip_ros.tools.progress import Stages
 
 
@@ -135,6 +135,9 @@ def run(args: argparse.Namespace) -> int:
     problem = options_problem(args)
     if problem:  # said before torch is imported
         raise ToolExit(f'depthclip-ros bench: {problem}', 2)
+    if args.compare_precision or args.compare_backends:  # the model's line comes later
+        announce('depthclip-ros bench', 'starting torch (a few seconds), then one engine '
+                 'per ' + ('precision' if args.compare_precision else 'backend'))
     # Imported here, not with the module: `depthclip-ros bench --help` needs no torch.
     import torch
 

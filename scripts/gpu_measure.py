@@ -11,7 +11,10 @@ pass does not depend on them; nothing here is an accuracy result.
 
     python scripts/gpu_measure.py --json PART.json --what trunk,multi_camera
         [--device cuda] [--input-size 416 544] [--batches 1 8] [--cameras 8]
-        [--warmup 10] [--repeat 50] [--compile-mode reduce-overhead]
+        [--warmup 10] [--repeat 50] [--compile-mode reduce-overhead] [--overwrite]
+
+An existing ``--json`` file is replaced only with ``--overwrite`` (exit status 2 otherwise,
+before anything runs); ``gpu_check.py`` gives it new files of its own.
 """
 
 from __future__ import annotations
@@ -34,7 +37,11 @@ CAMERA_SIZE = (480, 640)  # the camera images of the multi-camera batch (height,
 
 def parse(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--json', type=Path, required=True)
+    parser.add_argument('--json', type=Path, required=True,
+                        help='where the results go (an existing file is refused unless '
+                             '--overwrite, before anything runs)')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='replace an existing --json file')
     parser.add_argument('--what', default='trunk,multi_camera',
                         help=f'comma-separated, of {", ".join(WHAT)}')
     parser.add_argument('--device', default='cuda')
@@ -227,6 +234,14 @@ def measure_multi_camera(args, device, results: Results) -> None:
 
 def main(argv=None) -> int:
     args = parse(argv)
+    if os.path.lexists(args.json) and not args.overwrite:  # never replace a file unasked
+        print(f'gpu_measure: {args.json} exists already (pass --overwrite to replace it, or '
+              f'choose another --json)', file=sys.stderr)
+        return 2
+    if not args.json.parent.is_dir() or args.json.is_dir():
+        print(f'gpu_measure: --json {args.json}: its folder does not exist or it is a folder',
+              file=sys.stderr)
+        return 2
     import torch
     device = torch.device(args.device)
     results = Results(args.json, args)

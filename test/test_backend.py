@@ -10,6 +10,7 @@ the user's cache.
 from dataclasses import replace
 import logging
 import os
+import re
 import shutil
 import types
 
@@ -532,3 +533,192 @@ def test_engines_released_in_any_order_leave_signals_working(tmp_path):
                           env={**os.environ, 'DEPTHCLIP_CACHE_DIR': str(tmp_path)})
     assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
     assert done.stdout.strip().endswith('handled') and 'not handled' not in done.stdout
+
+
+# -------------------------------------------- damaged calibration frames: exit 1, counted
+def _calibration_with_damage(folder, good: int, bad: int):
+    import cv2
+    folder.mkdir()
+    for i in range(good):
+        cv2.imwrite(str(folder / f'{i:02d}.png'),
+                    np.random.default_rng(i).integers(0, 256, (40, 56, 3), np.uint8))
+    for i in range(bad):
+        (folder / f'{good + i:02d}.png').write_bytes(b'\x89PNG\r\n\x1a\n broken')
+    return folder
+
+
+@pytest.mark.parametrize('good, bad', [(2, 1), (1, 2), (3, 3)])
+def test_damaged_calibration_images_are_counted_not_dropped(tmp_path, good, bad):
+    from depthclip_ros.io.calibration import calibration_frames, CalibrationUnreadable
+    folder = _calibration_with_damage(tmp_path / 'cal', good, bad)
+    with pytest.raises(CalibrationUnreadable) as caught:
+        calibration_frames(folder)
+    assert (caught.value.count, caught.value.total) == (bad, good + bad)
+    assert f'{bad} of {good + bad} images' in str(caught.value)
+    assert f'{good:02d}.png' in str(caught.value)  # the first damaged one named
+
+
+@needs_openvino
+@pytest.mark.parametrize('tool', ['infer', 'evaluate', 'bench-compare'])
+def test_a_tool_ends_with_status_1_and_the_count_on_damaged_calibration(tmp_path, capsys,
+                                                                        tiny_model, tool):
+    import cv2
+
+    from depthclip_ros.tools.cli import main
+    calibration = _calibration_with_damage(tmp_path / 'cal', 2, 1)
+    image = tmp_path / 'a.png'
+    cv2.imwrite(str(image), np.zeros((40, 56, 3), np.uint8))
+    common = ['--pretrained', 'none', '--device', 'cpu', '--input-size', *map(str, SMALL),
+              '--model', tiny_model, '--calibration', str(calibration)]
+    int8 = ['--backend', 'openvino', '--precision', 'int8']
+    argv = {'infer': ['infer', str(image), '--hfov-deg', '60', '-o', str(tmp_path / 'out'),
+                      *int8],
+            'evaluate': ['evaluate', str(shared_data('nyu_v2_eigen_test_sg10')), *int8],
+            'bench-compare': ['bench', '--compare-backends', 'openvino-int8', '--warmup',
+                              '0', '--repeat', '1', '--image-size', '40', '56']}[tool]
+    with random_models_shared():
+        assert main([*argv, *common]) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f'depthclip-ros {argv[0]}: ') and '1 of 3 images' in last
+    assert not (tmp_path / 'out').exists()
+
+
+# --------------------------------- the cache removes only what it wrote (wherever it points)
+def _small_ov_model():
+    import openvino as ov
+    import openvino.opset13 as ops
+    x = ops.parameter([1, 4], np.float32, name='x')
+    return ov.Model([ops.relu(x)], [x], 'small')
+
+
+def _old(path, days: float = 2) -> None:
+    stamp = os.stat(path).st_mtime - days * 86400
+    os.utime(path, (stamp, stamp), follow_symlinks=False)
+
+
+@needs_openvino
+@pytest.mark.parametrize('foreign', ['a user folder named like a temporary one',
+                                     'a link named like a temporary one',
+                                     'an aside folder holding user files'])
+def test_the_cache_never_removes_what_it_did_not_write(tmp_path, foreign):
+    from depthclip_ros.engine.model_cache import ModelCache
+    root = tmp_path / 'openvino'
+    root.mkdir()
+    mine = tmp_path / 'mine'
+    mine.mkdir()
+    (mine / 'thesis.tex').write_text('years of work')
+    if foreign == 'a user folder named like a temporary one':
+        kept = root / '.tmp-notes'
+        kept.mkdir()
+        (kept / 'model.xml').write_text('my own model')
+        (kept / 'todo.txt').write_text('mine')
+    elif foreign == 'a link named like a temporary one':
+        kept = root / '.tmp-link'
+        kept.symlink_to(mine, target_is_directory=True)
+    else:
+        kept = root / '.old-backup'
+        (kept / 'entry').mkdir(parents=True)
+        (kept / 'entry' / 'diary.txt').write_text('mine')
+    _old(kept)
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob('*'))
+    cache = ModelCache(root)
+    cache.load_or_build({'network': 'trunk', 'model': 'm', 'shape': [1, 4],
+                         'precision': 'fp32'}, _small_ov_model, 'a small network')
+    after = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob('*'))
+    assert set(before) <= set(after)  # nothing of theirs is gone
+    assert (mine / 'thesis.tex').read_text() == 'years of work'
+
+
+@needs_openvino
+def test_the_cache_removes_its_own_stale_temporary_folders(tmp_path):
+    from depthclip_ros.engine.model_cache import MARKER, ModelCache
+    root = tmp_path / 'openvino'
+    stale = root / '.tmp-killed'
+    stale.mkdir(parents=True)
+    (stale / MARKER).write_text('written by depthclip_ros')
+    (stale / 'model.xml').write_text('half')
+    _old(stale)
+    fresh = root / '.tmp-running'  # another process's build in progress: kept
+    fresh.mkdir()
+    (fresh / MARKER).write_text('written by depthclip_ros')
+    ModelCache(root).load_or_build({'network': 'trunk', 'model': 'm', 'shape': [1, 4],
+                                    'precision': 'fp32'}, _small_ov_model, 'small')
+    assert not stale.exists() and fresh.exists()
+
+
+@needs_openvino
+def test_an_entry_holding_foreign_files_is_used_uncached_and_left_alone(tmp_path, caplog):
+    from depthclip_ros.engine.model_cache import entry_name, ModelCache
+    root = tmp_path / 'openvino'
+    key = {'network': 'trunk', 'model': 'm', 'shape': [1, 4], 'precision': 'fp32'}
+    from depthclip_ros.engine.model_cache import CACHE_FORMAT
+    squatted = root / entry_name({**key, 'cache_format': CACHE_FORMAT})
+    squatted.mkdir(parents=True)
+    (squatted / 'photo.jpg').write_bytes(b'mine')
+    with caplog.at_level(logging.WARNING, logger='depthclip_ros.engine.model_cache'):
+        model = ModelCache(root).load_or_build(key, _small_ov_model, 'small')
+    assert model is not None and (squatted / 'photo.jpg').read_bytes() == b'mine'
+    assert 'not cached' in caplog.text and 'did not write' in caplog.text
+
+
+# ------------------------------------- no silent conversion: said, counted, once (class 8)
+@needs_openvino
+def test_a_first_conversion_and_int8_calibration_are_said_and_counted(tmp_path, capsys,
+                                                                       tiny_model,
+                                                                       monkeypatch):
+    import cv2
+
+    from depthclip_ros.tools.cli import main
+    monkeypatch.setenv('DEPTHCLIP_CACHE_DIR', str(tmp_path / 'cache'))
+    calibration = _calibration_with_damage(tmp_path / 'cal', 5, 0)
+    cv2.imwrite(str(tmp_path / 'a.png'), np.zeros((40, 56, 3), np.uint8))
+    argv = ['infer', str(tmp_path / 'a.png'), '--hfov-deg', '60', '--pretrained', 'none',
+            '--device', 'cpu', '--input-size', *map(str, SMALL), '--model', tiny_model,
+            '--calibration', str(calibration)]
+    with random_models_shared():
+        for run, precision in enumerate(('int8', 'int8', 'fp32')):
+            assert main([*argv, '-o', str(tmp_path / f'out{run}'), '--backend', 'openvino',
+                         '--precision', precision]) == 0
+            lines = capsys.readouterr().err.splitlines()
+            said = [i for i, line in enumerate(lines) if line.startswith(
+                f'infer: converting the OpenVINO {precision} trunk')]
+            ready = next(i for i, line in enumerate(lines)
+                         if line.startswith('infer: model ready'))
+            if run == 1:  # read from the cache: nothing to say
+                assert said == [] and not any('calibration' in line for line in lines)
+                continue
+            assert len(said) == 1 and 'once' in lines[said[0]] and \
+                str(tmp_path / 'cache') in lines[said[0]]
+            counts = [i for i, line in enumerate(lines)
+                      if line.startswith('infer: INT8 calibration: frame ')]
+            converted = next(i for i, line in enumerate(lines) if 'converted in' in line)
+            if precision == 'int8':
+                assert lines[counts[0]].startswith('infer: INT8 calibration: frame 0/5')
+                assert lines[counts[-1]].startswith('infer: INT8 calibration: frame 5/5')
+                assert said[0] < counts[0] < counts[-1] < converted < ready
+            else:
+                assert counts == [] and said[0] < converted < ready
+
+
+@needs_openvino
+@pytest.mark.parametrize('comparison', [['--compare-backends', 'openvino'],
+                                        ['--compare-precision', 'fp32']])
+def test_a_comparison_says_each_engine_as_it_loads(tmp_path, capsys, tiny_model, monkeypatch,
+                                                   comparison):
+    from depthclip_ros.tools.cli import main
+    monkeypatch.setenv('DEPTHCLIP_CACHE_DIR', str(tmp_path / 'cache'))
+    with random_models_shared():
+        assert main(['bench', *comparison, '--pretrained', 'none', '--device', 'cpu',
+                     '--input-size', *map(str, SMALL), '--model', tiny_model, '--warmup',
+                     '0', '--repeat', '1', '--image-size', '40', '56']) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith('bench: starting torch')  # before torch is imported
+    stages = [line for line in lines if re.match(r'bench: \[\d/\d\] ', line)]
+    assert [s.split('] ')[1].split('...')[0] for s in stages] == [
+        *(f'loading the {label} engine' for label in (
+            ('torch', 'openvino') if comparison[0] == '--compare-backends'
+            else [line.split('loading the ')[1].split(' engine')[0] for line in stages[:-1]])),
+        f'timing {len(stages) - 1} engines: 0 warm-up + 1 rounds each']
+    if comparison[0] == '--compare-backends':
+        loading = lines.index(stages[1])
+        assert lines[loading + 2].startswith('bench: converting the OpenVINO fp32 trunk')

@@ -50,4 +50,4 @@ def test_two_cameras_answered_table_and_json(tmp_path, capsys):
 
 def test_refuses_too_many_cameras(capsys):
     assert main(['bench-cameras', '--cameras', '17', '--device', 'cpu']) == 2
-    assert '--cameras must be in 1..16' in capsys.readouterr().out
+    assert '--cameras must be in 1..16' in capsys.readouterr().err

@@ -236,14 +236,18 @@ def test_bad_options_are_refused(tmp_path, capsys):
     assert stop.value.code == 2
     assert "'fp8': a precision" in capsys.readouterr().err
     assert main(['bench', *TINY, '--images', str(tmp_path / '*.png')]) == 2
-    assert 'go with --compare-precision' in capsys.readouterr().out
+    assert 'go with --compare-precision' in capsys.readouterr().err
     assert main(['bench', *TINY, '--compare-precision', 'fp32', '--images',
                  str(tmp_path / 'none*.png')]) == 2
-    assert 'no file matches' in capsys.readouterr().out
-    assert main(['bench', *TINY, '--batch', '0']) == 2
+    assert 'no file matches' in capsys.readouterr().err
+    for bad in (['--batch', '0'], ['--repeat', '0'], ['--warmup', '-1'], ['--queries', '-1'],
+                ['--max-masks', '0']):
+        assert main(['bench', *TINY, *bad]) == 2
+        out, err = capsys.readouterr()  # the problem on stderr, as every tool says one
+        assert out == '' and err.startswith('depthclip-ros bench: ' + bad[0])
     assert main(['bench', *TINY, '--compare-precision', 'fp32', '--compare-backends',
                  'openvino']) == 2
-    assert 'runs of their own' in capsys.readouterr().out
+    assert 'runs of their own' in capsys.readouterr().err
 
 
 def bench_args(*argv: str):

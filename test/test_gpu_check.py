@@ -255,3 +255,25 @@ def test_a_quick_cpu_run_writes_the_markdown_and_the_json(tmp_path):
                            capture_output=True, text=True, timeout=60)
     assert again.returncode == 2 and '--overwrite' in again.stderr
     assert (out / 'gpu-check.md').read_bytes() == before
+
+
+# ------------------------------------------------ gpu_measure never replaces a file unasked
+@pytest.mark.parametrize('existing', ['file', 'link', 'dangling link'])
+def test_gpu_measure_refuses_an_existing_json_before_it_runs(tmp_path, existing):
+    mine = tmp_path / 'mine.json'
+    mine.write_text('{"my": "figures"}')
+    report = tmp_path / 'part.json'
+    if existing == 'file':
+        report.write_text('{"my": "figures"}')
+    elif existing == 'link':
+        report.symlink_to(mine)
+    else:
+        report.symlink_to(tmp_path / 'gone.json')
+    done = subprocess.run([sys.executable, str(REPO / 'scripts' / 'gpu_measure.py'),
+                           '--json', str(report), '--device', 'cpu'],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and '--overwrite' in done.stderr
+    assert mine.read_text() == '{"my": "figures"}'
+    assert os.path.lexists(report) and (existing != 'file' or
+                                        report.read_text() == '{"my": "figures"}')
+    assert 'torch' not in done.stderr  # refused before anything ran

@@ -22,14 +22,15 @@ from depthclip_ros.engine.config import (
 from depthclip_ros.objects.proposals import MAX_MASKS
 from depthclip_ros.objects.queries import MAX_QUERIES, MAX_QUERY_CHARS
 from depthclip_ros.ros.parameters import PARAMETERS
-from depthclip_ros.tools.cli import build_parser, main
+from depthclip_ros.tools.cli import build_parser, main, SUMMARIES
 
 REPO = Path(__file__).resolve().parents[1]
-HEAVY = ('torch', 'rclpy', 'cv2', 'rosbags', 'open_clip')
-# Tools whose --help is light (bench, bench-bag and bench-node are not yet: their modules
-# import torch at the top; see BENCH below).
-LIGHT_TOOLS = ['infer', 'locate', 'bag', 'evaluate', 'soak', 'demo', 'bench-cameras']
-BENCH = ['bench', 'bench-bag', 'bench-node']
+# What no --help may import: the frameworks, and the converters of the OpenVINO backend and
+# of export (imported only inside the functions that need them).
+HEAVY = ('torch', 'rclpy', 'cv2', 'rosbags', 'open_clip', 'openvino', 'nncf', 'onnx',
+         'onnxruntime', 'tensorrt')
+# Every tool of the command line, from its own table: a tool added later is checked too.
+TOOLS = list(SUMMARIES)
 
 
 def imported_modules(*args: str) -> tuple[int, set[str], str]:
@@ -55,24 +56,19 @@ def heavy_in(modules: set[str]) -> list[str]:
 
 def test_the_top_level_help_imports_no_tool_and_nothing_heavy():
     code, modules, out = imported_modules('--help')
-    assert code == 0 and 'infer' in out and 'bench-cameras' in out
+    assert code == 0 and all(tool in out for tool in TOOLS)
     assert 'depthclip_ros.allocator' in modules  # the measurement sees our imports
     assert heavy_in(modules) == []
     assert not {m for m in modules if m.startswith('depthclip_ros.tools.')}
 
 
-@pytest.mark.parametrize('tool', LIGHT_TOOLS)
+@pytest.mark.parametrize('tool', TOOLS)
 def test_a_tool_s_help_imports_nothing_heavy(tool):
     code, modules, out = imported_modules(tool, '--help')
     assert code == 0 and f'usage: depthclip-ros {tool}' in out
-    assert 'depthclip_ros.tools.common' in modules  # the measurement sees the tool's imports
+    # its options are in the usage: the tool's module was imported, and its imports seen
+    assert 'depthclip_ros.tools.common' in modules
     assert heavy_in(modules) == [], f'{tool} --help imports {heavy_in(modules)}'
-
-
-@pytest.mark.parametrize('tool', BENCH)
-def test_a_bench_tool_s_help_imports_nothing_heavy(tool):
-    code, modules, _ = imported_modules(tool, '--help')
-    assert code == 0 and heavy_in(modules) == []
 
 
 def test_the_measurement_sees_a_heavy_import(tmp_path):
@@ -181,7 +177,7 @@ def test_infer_and_demo_state_their_limits():
 
 
 def test_every_tool_option_has_help():
-    for tool in LIGHT_TOOLS:
+    for tool in TOOLS:
         helps = option_help(tool)
         bare = [o for o, text in helps.items() if not text and o.startswith('--')
                 and o not in ('--feature-mode', '--help')]
@@ -259,3 +255,91 @@ def test_an_absent_cuda_device_is_exit_status_2_in_every_tool(tmp_path, capsys, 
     assert main([*args, '--device', 'cuda', '--pretrained', 'none']) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith(f'depthclip-ros {args[0]}: ') and 'CUDA is not available' in last
+
+
+# ---------------------------------------------------------------------------------------
+# the same mistake, the same exit status: a --calibration that is not there is an option
+# error (2), said before the model loads, in every tool that takes it
+
+
+def _shared_bag() -> Path:
+    from conftest import shared_data
+    return shared_data('bags', 'realsense_d435_single_frame_ros2')
+
+
+@pytest.mark.parametrize('args', [
+    ['infer', '{image}', '--hfov-deg', '60', '-o', '{tmp}/out'],
+    ['locate', '{image}', '-q', 'a box', '--intrinsics', '50', '50', '26', '18', '-o',
+     '{tmp}/out'],
+    ['evaluate', '{dataset}'],
+    ['bag', '{bag}', '{tmp}/out'],
+    ['demo', '--output', '{tmp}/out'],
+    ['bench', '--warmup', '0', '--repeat', '1'],
+    ['bench', '--compare-backends', 'openvino-int8', '--warmup', '0', '--repeat', '1'],
+    ['bench-bag', '--frames', '2'],
+    ['bench-node', '--frames', '1'],
+    ['bench-cameras', '--cameras', '1'],
+])
+@pytest.mark.parametrize('where', ['nowhere', 'an empty folder', 'a text file'])
+def test_a_calibration_that_is_not_there_is_exit_status_2_in_every_tool(
+        tmp_path, capsys, monkeypatch, args, where):
+    from depthclip_ros.engine.depthclip import DepthCLIP
+    monkeypatch.setattr(DepthCLIP, 'load', lambda self: pytest.fail('the model was built'))
+    import cv2
+    import numpy as np
+    image = tmp_path / 'a.png'
+    cv2.imwrite(str(image), np.zeros((36, 52, 3), np.uint8))
+    dataset = tmp_path / 'ds'
+    (dataset / 'rgb').mkdir(parents=True)
+    (dataset / 'depth').mkdir()
+    cv2.imwrite(str(dataset / 'rgb' / '0.png'), np.zeros((36, 52, 3), np.uint8))
+    cv2.imwrite(str(dataset / 'depth' / '0.png'), np.ones((36, 52), np.uint16))
+    (dataset / 'intrinsics.json').write_text(
+        '{"fx": 50, "fy": 50, "cx": 26, "cy": 18, "width": 52, "height": 36}')
+    calibration = {'nowhere': tmp_path / 'no' / 'frames',
+                   'an empty folder': tmp_path / 'empty',
+                   'a text file': tmp_path / 'notes.txt'}[where]
+    (tmp_path / 'empty').mkdir()
+    (tmp_path / 'notes.txt').write_text('not frames')
+    args = [a.format(image=image, tmp=tmp_path, dataset=dataset, bag=_shared_bag())
+            for a in args]
+    int8 = [] if '--compare-backends' in args else ['--backend', 'openvino', '--precision',
+                                                    'int8']
+    assert main([*args, *int8, '--calibration', str(calibration), '--device', 'cpu',
+                 '--pretrained', 'none']) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f'depthclip-ros {args[0]}: ') and str(calibration) in err[-1]
+    assert '--calibration' in err[-1]
+    assert not (tmp_path / 'out').exists()
+
+
+# ---------------------------------------------------------------------------------------
+# the benchmarks' own options: every limit in --help, every value outside it refused in one
+# line (status 2) before anything loads, never a traceback
+
+
+@pytest.mark.parametrize('tool, option, value', [
+    ('bench', '--image-size', ['0', '0']),
+    ('bench', '--image-size', ['480', '9000']),
+    ('bench-bag', '--frames', ['0']),
+    ('bench-bag', '--frames', ['-3']),
+    ('bench-bag', '--frames', ['1001']),
+    ('bench-bag', '--image-size', ['0', '0']),
+    ('bench-node', '--frames', ['0']),
+    ('bench-node', '--image-size', ['-1', '640']),
+    ('bench-node', '--stream-hz', ['0']),
+    ('bench-node', '--stream-hz', ['nan']),
+    ('bench-node', '--stream-seconds', ['-1']),
+    ('bench-node', '--timeout', ['0']),
+])
+def test_a_benchmark_option_out_of_range_is_one_line_and_status_2(capsys, monkeypatch, tool,
+                                                                   option, value):
+    from depthclip_ros.engine.depthclip import DepthCLIP
+    monkeypatch.setattr(DepthCLIP, 'load', lambda self: pytest.fail('the model was built'))
+    assert main([tool, option, *value, '--device', 'cpu']) == 2
+    out, err = capsys.readouterr()
+    assert err.strip().splitlines() == [err.strip()]  # one line, no traceback
+    assert err.startswith(f'depthclip-ros {tool}: {option} must be')
+    limits = {'--frames': '1..', '--image-size': '1..8192', '--stream-hz': '(0, 1000]',
+              '--stream-seconds': '(0, 3600]', '--timeout': '> 0'}
+    assert limits[option] in option_help(tool)[option]  # the limit is in --help too

@@ -381,4 +381,76 @@ def test_a_benchmark_refuses_to_replace_its_json_before_it_starts(tmp_path, caps
     assert main([tool, '--json', str(report)]) == 2
     assert report.read_text() == '{"kept": true}\n'
     out, err = capsys.readouterr()
-    assert 'figures.json' in out + err and '--overwrite' in out + err
+    assert 'figures.json' in err and '--overwrite' in err
+
+
+@pytest.mark.parametrize('variant', [[], ['--compare-backends', 'openvino'],
+                                     ['--compare-precision', 'fp32']])
+@pytest.mark.parametrize('where', ['missing folder', 'a folder', 'under a file'])
+def test_bench_refuses_a_json_it_could_not_write_before_the_model(tmp_path, capsys,
+                                                                  monkeypatch, variant,
+                                                                  where):
+    """A ``--json`` that cannot be written is said up front (exit 2), not after the whole
+    benchmark as a traceback."""
+    from depthclip_ros.engine.depthclip import DepthCLIP
+    monkeypatch.setattr(DepthCLIP, 'load', lambda self: pytest.fail('the model was built'))
+    report = {'missing folder': tmp_path / 'nowhere' / 'figures.json',
+              'a folder': tmp_path,
+              'under a file': tmp_path / 'notes.txt' / 'figures.json'}[where]
+    (tmp_path / 'notes.txt').write_text('mine')
+    assert main(['bench', *variant, '--device', 'cpu', '--json', str(report)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith('depthclip-ros bench: output ') and str(report) in err[-1]
+
+
+# ---------------------------------------------------------------------------------------
+# a started node's params file: nothing is left in the temporary folder
+
+
+@pytest.fixture
+def fake_node(tmp_path, monkeypatch):
+    """``start_node`` starts this script (it ignores its arguments and sleeps) instead of
+    Python with depth_node, and makes its params folders under ``tmp_path/tmp``."""
+    script = tmp_path / 'node.sh'
+    script.write_text('#!/bin/sh\nexec sleep 30\n')
+    script.chmod(0o755)
+    temp = tmp_path / 'tmp'
+    temp.mkdir()
+    import sys
+    import tempfile
+    monkeypatch.setattr(sys, 'executable', str(script))
+    monkeypatch.setattr(tempfile, 'tempdir', str(temp))
+    return temp
+
+
+@pytest.mark.parametrize('ending', ['stop_node', 'kill_wait', 'kill_poll', 'communicate',
+                                    'dropped'])
+def test_a_started_node_leaves_no_params_folder(fake_node, ending):
+    import gc
+    import time
+
+    from depthclip_ros.tools import node_process
+    process = node_process.start_node({'pretrained': 'none', 'input_size': [64, 96]})
+    folders = list(fake_node.iterdir())
+    assert [f.name.startswith('depthclip_node_') for f in folders] == [True]
+    assert (folders[0] / 'params.yaml').is_file()  # there while the node runs
+    if ending == 'stop_node':
+        node_process.stop_node(process)
+    elif ending == 'kill_wait':
+        process.kill()
+        process.wait()
+    elif ending == 'kill_poll':
+        process.kill()
+        deadline = time.monotonic() + 10
+        while process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+    elif ending == 'communicate':
+        process.kill()
+        process.communicate()
+    else:  # never waited for: removed when the object goes
+        process.kill()
+        os.waitpid(process.pid, 0)
+        process.returncode = -9
+        del process
+        gc.collect()
+    assert list(fake_node.iterdir()) == []

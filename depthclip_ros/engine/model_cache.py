@@ -11,6 +11,13 @@ SHA-256. An entry is written in a temporary folder and renamed into place, so it
 or absent; an entry whose files do not match its manifest, whose key differs or that
 OpenVINO cannot read is rebuilt, with one warning. openvino is imported by the functions
 that need it.
+
+The cache removes only what it wrote, wherever ``$DEPTHCLIP_CACHE_DIR`` points: every
+folder it writes holds a marker file (:data:`MARKER`); a left-over temporary folder is
+removed only when it holds the marker and nothing but the cache's own file names, and an
+unusable entry is replaced only when it holds nothing else either (a link, or a folder of
+that name holding anything else, is left alone: the network is then used without being
+cached, with one warning).
 """
 
 from __future__ import annotations
@@ -33,6 +40,24 @@ CACHE_FORMAT = 1
 MANIFEST = 'manifest.json'
 FILES = ('model.xml', 'model.bin')
 STALE_TEMP_S = 24 * 3600  # a temporary folder this old is a killed build's: removed
+MARKER = '.depthclip-cache'  # in every folder the cache writes: what it may remove
+OWN_NAMES = frozenset((*FILES, MANIFEST, MARKER))
+
+
+def written_by_cache(folder: Path, marker_needed: bool = True) -> bool:
+    """Whether ``folder`` is one the cache wrote: a real folder (not a link) holding
+    nothing but the cache's own file names (:data:`OWN_NAMES`), the marker among them when
+    ``marker_needed``. Only such folders are ever removed."""
+    try:
+        if folder.is_symlink() or not folder.is_dir():
+            return False
+        names = set(os.listdir(folder))
+    except OSError:
+        return False
+    if not names <= OWN_NAMES or (marker_needed and MARKER not in names):
+        return False
+    return all((folder / name).is_file() and not (folder / name).is_symlink()
+               for name in names)
 
 
 def cache_dir() -> Path:
@@ -83,6 +108,23 @@ def _file_facts(path: Path) -> dict:
     return {'size': path.stat().st_size, 'sha256': digest.hexdigest()}
 
 
+# What a program shows while a network is converted (seconds to a minute, once): the tools
+# set this to a function that prints; ``None`` (the node): the log only. Called with an
+# event and its facts: ('build', what, root) before a conversion, ('built', what, seconds)
+# after it, ('calibrate', what, done, total) as INT8 calibration reads its frames.
+build_listener: Callable[..., None] | None = None
+
+
+def tell(event: str, *facts) -> None:
+    """Pass an event to :data:`build_listener`, if one is set (never raises)."""
+    listener = build_listener
+    if listener is not None:
+        try:
+            listener(event, *facts)
+        except Exception:  # noqa: BLE001 - showing progress must never fail a build
+            LOG.debug('build listener failed', exc_info=True)
+
+
 class ModelCache:
     """OpenVINO models on disk under ``root`` (default :func:`cache_dir` ``/ 'openvino'``).
     ``built`` counts the networks this cache converted (tests, logs)."""
@@ -105,9 +147,11 @@ class ModelCache:
             LOG.warning('the cached %s in %s is unusable (%s): rebuilding it', what, folder,
                         problem)
         started = time.monotonic()
+        tell('build', what, self.root)
         model = build()
         self.built += 1
         seconds = time.monotonic() - started
+        tell('built', what, seconds)
         try:
             self._write(folder, key, model)
             LOG.info('%s built in %.1f s and cached in %s (a one-off start-up cost)', what,
@@ -142,8 +186,12 @@ class ModelCache:
         import openvino as ov
         self.root.mkdir(parents=True, exist_ok=True)
         self._remove_stale_temps()
+        if os.path.lexists(folder) and not written_by_cache(folder, marker_needed=False):
+            raise OSError(f'{folder} holds files the cache did not write; left alone')
         temp = Path(tempfile.mkdtemp(prefix='.tmp-', dir=self.root))
         try:
+            (temp / MARKER).write_text('written by depthclip_ros (engine/model_cache.py)\n',
+                                       encoding='utf-8')
             # compress_to_fp16=False: the weights stay exactly as converted
             ov.save_model(model, str(temp / 'model.xml'), compress_to_fp16=False)
             manifest = {'key': key, 'files': {n: _file_facts(temp / n) for n in FILES}}
@@ -166,10 +214,31 @@ class ModelCache:
             shutil.rmtree(temp, ignore_errors=True)
 
     def _remove_stale_temps(self) -> None:
+        """Temporary folders of builds killed over a day ago: only those the cache wrote
+        (:func:`written_by_cache`); an aside folder holds one such entry."""
         now = time.time()
         for path in [*self.root.glob('.tmp-*'), *self.root.glob('.old-*')]:
             try:
-                if now - path.stat().st_mtime > STALE_TEMP_S:
-                    shutil.rmtree(path, ignore_errors=True)
+                if now - path.lstat().st_mtime <= STALE_TEMP_S:
+                    continue
             except OSError:
-                pass
+                continue
+            if path.name.startswith('.old-'):
+                inner = [path / name for name in os.listdir(path)] if path.is_dir() and \
+                    not path.is_symlink() else None
+                if inner is None or not all(p.name == 'entry' and
+                                            written_by_cache(p, marker_needed=False)
+                                            for p in inner):
+                    continue
+                for entry in inner:
+                    shutil.rmtree(entry, ignore_errors=True)
+                _remove_empty(path)
+            elif written_by_cache(path):
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _remove_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from depthclip_ros.engine.export import NETWORKS, to_openvino, without_cuda_home_notice
-from depthclip_ros.engine.model_cache import arrays_hash, ModelCache, tensors_hash
+from depthclip_ros.engine.model_cache import arrays_hash, ModelCache, tell, tensors_hash
 from depthclip_ros.engine.openvino_core import core
 
 LOG = logging.getLogger(__name__)
@@ -123,23 +123,41 @@ class OpenVINONetworks:
             module = NETWORKS[network](self.engine.clip.visual)
             model = to_openvino(module, shape)
             if self.precision == 'int8':
-                model = self._quantize(model, shape)
+                model = self._quantize(model, network, shape)
         return model
 
-    def _quantize(self, model, shape: tuple[int, ...]):
+    def _quantize(self, model, network: str, shape: tuple[int, ...]):
         """NNCF's post-training quantization of ``model`` on the calibration frames, each
         prepared as the engine prepares a frame for this input size."""
         nncf = import_nncf()
         frames, _ = self.calibration()
         size = tuple(shape[-2:])
-        samples = [self.engine.preprocess(frame[None], size).float().contiguous().numpy()
-                   for frame in frames]
+        samples = CountedSamples(
+            [self.engine.preprocess(frame[None], size).float().contiguous().numpy()
+             for frame in frames], self._describe(network, shape))
         # NNCF logs each step and draws progress bars on stdout: not for a node's log or a
         # tool's output (the build's time is logged once by the cache)
         sink = io.StringIO()
         with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
             return nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples),
                                  preset=nncf.QuantizationPreset.PERFORMANCE)
+
+
+class CountedSamples:
+    """The calibration samples as NNCF iterates them, each pass counted to the cache's
+    build listener (``('calibrate', what, done, total)``): NNCF's own progress bars are
+    silenced, the tools show these counts instead."""
+
+    def __init__(self, samples: list, what: str):
+        self.samples, self.what = samples, what
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __iter__(self):
+        for index, sample in enumerate(self.samples):
+            tell('calibrate', self.what, index + 1, len(self.samples))  # being fed now
+            yield sample
 
 
 def import_nncf():

@@ -135,6 +135,29 @@ def check_output_file(path: str | Path) -> None:
         raise ValueError(f'output {path} is not writable')
 
 
+def check_report_file(path: str | Path, overwrite: bool = False) -> list[Path]:
+    """A single report file (a tool's ``--json``) checked before the run: its folder exists
+    and is writable, it is not a folder, and an existing file is replaced only with
+    ``overwrite`` (:func:`check_outputs`). Returns the existing file replaced, if any."""
+    check_output_file(path)
+    return check_outputs([path], overwrite)
+
+
+def write_text_whole(path: str | Path, text: str) -> None:
+    """``text`` into ``path`` whole or not at all: written beside it and renamed into
+    place (an interrupted run leaves the old file, or none, never half of one)."""
+    path = Path(path)
+    temporary = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+    try:
+        temporary.write_text(text, encoding='utf-8')
+        os.replace(temporary, path)
+    finally:
+        try:
+            temporary.unlink()
+        except FileNotFoundError:
+            pass
+
+
 def replacing_note(existing: list[Path]) -> str | None:
     """A line for a run that replaces files with ``--overwrite``, or ``None``."""
     if not existing:
@@ -144,4 +167,5 @@ def replacing_note(existing: list[Path]) -> str | None:
 
 
 __all__ = ['OVERWRITE_HELP', 'OutputsExist', 'Series', 'check_output_dir', 'check_output_file',
-           'check_outputs', 'existing_outputs', 'replacing_note']
+           'check_outputs', 'check_report_file', 'existing_outputs', 'replacing_note',
+           'write_text_whole']

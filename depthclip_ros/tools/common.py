@@ -173,7 +173,22 @@ def configs_from_args(args: argparse.Namespace) -> tuple[ModelConfig, HeadConfig
               if getattr(args, name, None) is not None}
     model = model_from_parameters(values)
     head = head_from_parameters({**values, **scene_settings(args)})
+    check_calibration(model)
     return model, head
+
+
+def check_calibration(model: ModelConfig) -> None:
+    """With ``precision int8``, ``--calibration`` must name something that exists: a
+    folder of images or a recording (checked without decoding anything, before the model
+    loads: exit status 2 in every tool, like any refused option). Frames that exist but
+    cannot be decoded are found at load: exit status 1 (:func:`build_engine`)."""
+    if model.precision != 'int8':
+        return
+    from depthclip_ros.io.calibration import check_calibration_source
+    try:
+        check_calibration_source(model.calibration)
+    except ValueError as error:
+        raise ValueError(f'--{error}') from None
 
 SCENE_OPTIONS = ('bins_mode', 'scene_names', 'scene_bins_m', 'scene_prompt_template')
 
@@ -257,6 +272,40 @@ def announce(prog: str, text: str) -> None:
     print(f'{label}: {text}', file=sys.stderr, flush=True)
 
 
+CONVERSION_HINT = 'about 15 s for a network, INT8 calibration about 30 s more'
+
+
+def show_conversions(prog: str) -> None:
+    """Have the OpenVINO model cache say, on this tool's stderr, when it converts a network
+    (the first use of a model, input size and precision; seconds to a minute), how long
+    that took, and the INT8 calibration's progress with counts (engine/model_cache.py
+    ``build_listener``; the node leaves it unset and logs instead)."""
+    from depthclip_ros.engine import model_cache
+    from depthclip_ros.tools.progress import Progress
+    stream = sys.stderr  # now: NNCF's run redirects sys.stderr while it calibrates
+    label = prog.removeprefix('depthclip-ros ')
+    passes: dict[str, Progress] = {}
+
+    def listener(event: str, what: str, *facts) -> None:
+        if event == 'build':
+            print(f'{label}: converting the {what} with OpenVINO, once ({CONVERSION_HINT}; '
+                  f'kept in {facts[0]} for later runs)', file=stream, flush=True)
+        elif event == 'built':
+            passes.pop(what, None)
+            print(f'{label}: {what} converted in {facts[0]:.1f} s', file=stream, flush=True)
+        elif event == 'calibrate':
+            done, total = facts
+            progress = passes.get(what)
+            if progress is None or done <= progress.done:  # NNCF's next pass over them
+                progress = passes[what] = Progress(f'{label}: INT8 calibration', 'frame',
+                                                   total, stream=stream)
+                progress.update(0)  # said at once; the rate counts from here
+            progress.update(done)
+            if done == total:
+                progress.close()
+    model_cache.build_listener = listener
+
+
 def build_engine(model: ModelConfig, head: HeadConfig, prog: str):
     """Say what is loading, check the device (``ToolExit`` 2 when it is refused), build
     and load the engine, and say how long it took. ``WeightsError`` propagates."""
@@ -271,8 +320,12 @@ def build_engine(model: ModelConfig, head: HeadConfig, prog: str):
         resolve_runtime(model)
     except ValueError as error:
         raise ToolExit(f'{prog}: {error}', 2) from None
+    from depthclip_ros.io.calibration import CalibrationUnreadable
+    show_conversions(prog)
     try:
         engine = DepthCLIP(model, head).load()
+    except CalibrationUnreadable as error:  # damaged input: exit 1, with the count
+        raise ToolExit(f'{prog}: {error}', 1) from None
     except ValueError as error:  # a prompt set the tokenizer refuses
         raise ToolExit(f'{prog}: {error}', 2) from None
     announce(prog, f'model ready in {time.monotonic() - started:.1f} s '

@@ -12,11 +12,13 @@ import json
 import os
 from pathlib import Path
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
 from typing import Sequence
 import uuid
+import weakref
 
 from depthclip_ros.io.resources import share_file
 
@@ -61,23 +63,58 @@ def private_namespace(name: str) -> str:
     return f'/{name}_{uuid.uuid4().hex[:12]}'
 
 
+class NodeProcess(subprocess.Popen):
+    """A started ``depth_node`` and the folder of its params file (``params_folder``),
+    removed as soon as the process is seen to have ended (``wait``, ``poll``,
+    ``communicate``, :func:`stop_node`) and, for a process never waited for, when this
+    object is garbage-collected or this process exits: no ``depthclip_node_*`` folder is
+    left in the temporary folder."""
+
+    def __init__(self, args, params_folder: Path, **kwargs):
+        self.params_folder = params_folder
+        # also at interpreter exit (weakref.finalize's atexit), whatever happened before
+        self._remove_params = weakref.finalize(self, shutil.rmtree, str(params_folder),
+                                               ignore_errors=True)
+        try:
+            super().__init__(args, **kwargs)
+        except BaseException:
+            self._remove_params()
+            raise
+
+    def poll(self):
+        code = super().poll()
+        if code is not None:
+            self._remove_params()
+        return code
+
+    def wait(self, timeout=None):
+        code = super().wait(timeout)
+        self._remove_params()
+        return code
+
+
 def start_node(parameters: dict, namespace: str | None = None, ros_args: Sequence[str] = (),
                env: dict[str, str] | None = None, stdout=subprocess.DEVNULL,
-               cwd: str | Path | None = None) -> subprocess.Popen:
+               cwd: str | Path | None = None) -> NodeProcess:
     """``python -m depthclip_ros.ros.entry`` (``depth_node``) with ``parameters`` (written
-    to a params file), in ``namespace`` if given, then ``ros_args`` (remaps, ``-p``
+    to a params file in a temporary folder of its own, removed when the process ends:
+    :class:`NodeProcess`), in ``namespace`` if given, then ``ros_args`` (remaps, ``-p``
     overrides: they win over the file). ``env`` is added to this process's environment;
     stdout goes to ``stdout`` (discarded unless given), stderr is piped (text)."""
     folder = Path(tempfile.mkdtemp(prefix='depthclip_node_'))
     params = folder / 'params.yaml'
-    params.write_text('/**:\n  ros__parameters:\n' + ''.join(
-        f'    {name}: {json.dumps(value)}\n' for name, value in parameters.items()))
+    try:
+        params.write_text('/**:\n  ros__parameters:\n' + ''.join(
+            f'    {name}: {json.dumps(value)}\n' for name, value in parameters.items()))
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
     args = ['--params-file', str(params)]
     if namespace:
         args += ['-r', f'__ns:={namespace}']
-    return subprocess.Popen([sys.executable, '-m', 'depthclip_ros.ros.entry', '--ros-args',
-                             *args, *ros_args], env=dict(os.environ, **(env or {})),
-                            stdout=stdout, stderr=subprocess.PIPE, text=True, cwd=cwd)
+    return NodeProcess([sys.executable, '-m', 'depthclip_ros.ros.entry', '--ros-args',
+                        *args, *ros_args], folder, env=dict(os.environ, **(env or {})),
+                       stdout=stdout, stderr=subprocess.PIPE, text=True, cwd=cwd)
 
 
 def node_statuses(msg, namespace: str) -> dict[str, dict[str, str]]:

@@ -16,11 +16,14 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 import json
+import sys
 
 import torch
 
 from depthclip_ros.engine.depthclip import DepthCLIP
 from depthclip_ros.engine.weights import WeightsError
+from depthclip_ros.io.calibration import CalibrationUnreadable
+from depthclip_ros.io.outputs import write_text_whole
 from depthclip_ros.tools.bench.options import BACKEND_VARIANTS
 from depthclip_ros.tools.bench.precision import (
     images_or_report,
@@ -29,7 +32,18 @@ from depthclip_ros.tools.bench.precision import (
     start_comparison,
     time_precisions,
 )
-from depthclip_ros.tools.common import configs_from_args
+from depthclip_ros.tools.common import (
+    announce,
+    check_calibration,
+    configs_from_args,
+    describe_model,
+    LOAD_TIME_HINT,
+    show_conversions,
+    ToolExit,
+)
+from depthclip_ros.tools.progress import Stages
+
+PROG = 'depthclip-ros bench'
 
 
 def plan_backends(asked: list[str], args: argparse.Namespace
@@ -46,6 +60,7 @@ def plan_backends(asked: list[str], args: argparse.Namespace
         except ValueError as error:  # int8 without --calibration, say
             missing.append((label, str(error)))
             continue
+        check_calibration(config)  # a --calibration that is not there: refused (exit 2)
         if backend == 'openvino':
             try:
                 import openvino  # noqa: F401 - only whether it is there
@@ -57,15 +72,23 @@ def plan_backends(asked: list[str], args: argparse.Namespace
     return plan, missing
 
 
-def build_backends(plan: list[tuple[str, object]], args: argparse.Namespace
-                   ) -> dict[str, DepthCLIP]:
+def build_backends(plan: list[tuple[str, object]], args: argparse.Namespace,
+                   stages: Stages) -> dict[str, DepthCLIP]:
     _, head = configs_from_args(args)
     engines = {}
+    show_conversions(PROG)
     for label, config in plan:
+        stages.start(f'loading the {label} engine')
+        announce(PROG, f'{describe_model(config)}, {LOAD_TIME_HINT}'
+                       + (', converted with OpenVINO on first use'
+                          if config.openvino_required else ''))
         try:
             engines[label] = DepthCLIP(config, head).load()
-        except (ValueError, WeightsError, RuntimeError) as error:
-            raise SystemExit(f'depthclip-ros bench: {label}: {error}') from None
+        except (CalibrationUnreadable, WeightsError, RuntimeError) as error:
+            # what the run needs could not be had (damaged calibration frames, weights)
+            raise ToolExit(f'depthclip-ros bench: {label}: {error}', 1) from None
+        except ValueError as error:  # an option this engine refuses
+            raise ToolExit(f'depthclip-ros bench: {label}: {error}', 2) from None
     return engines
 
 
@@ -85,9 +108,10 @@ def run_compare_backends(args: argparse.Namespace) -> int:
     try:
         plan, missing = plan_backends(args.compare_backends, args)
     except ValueError as error:
-        print(f'depthclip-ros bench: {error}')
+        print(f'depthclip-ros bench: {error}', file=sys.stderr)
         return 2
-    engines = build_backends(plan, args)
+    stages = Stages('bench', len(plan) + 1 + bool(images))
+    engines = build_backends(plan, args, stages)
     labels, reference, _, differ, device = start_comparison(engines)
     versions = f'torch {torch.__version__}'
     if any(engine.config.backend != 'torch' for engine in engines.values()):
@@ -103,13 +127,18 @@ def run_compare_backends(args: argparse.Namespace) -> int:
     if differ:
         print('weights: DIFFERENT in ' + ', '.join(differ))
         return 1
+    stages.start(f'timing {len(engines)} engines: {args.warmup} warm-up + {args.repeat} '
+                 f'rounds each')
     figures = time_precisions(engines, height, width, args.batch, args.warmup, args.repeat)
     network = network_speedups(figures)
+    if images:
+        stages.start(f'the depth deviation on {len(images)} images')
     deviation = precision_deviation(engines, images) if images else None
+    stages.finish()
     print_precisions(figures, deviation, missing, len(images),
                      ('network', network, f'{labels[0]} network median / its own'))
     if args.json:
-        args.json.write_text(json.dumps({
+        write_text_whole(args.json, json.dumps({
             'device': device, 'versions': versions, 'image_size': [height, width],
             'batch': args.batch, 'input_size': list(reference.config.input_size),
             'reference': labels[0], 'backend_ms': figures, 'network_speedup': network,

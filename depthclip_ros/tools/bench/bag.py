@@ -15,17 +15,20 @@ import statistics
 import tempfile
 import time
 
-from depthclip_ros.tools.common import add_model_arguments, announce, load_engine
+from depthclip_ros.tools.bench.options import IMAGE_SIZE_HELP, image_size_problem, range_problem
+from depthclip_ros.tools.common import add_model_arguments, announce, load_engine, ToolExit
 from depthclip_ros.tools.demo import CORRIDOR_IMAGE_TOPIC, CORRIDOR_INFO_TOPIC
 
 IMAGE_TOPIC, INFO_TOPIC = CORRIDOR_IMAGE_TOPIC, CORRIDOR_INFO_TOPIC
+MAX_FRAMES = 1000  # the recording written in the temporary folder (480x640: 0.9 GB)
 INFERENCE_STAGES = ('preprocess', 'network', 'head', 'upsample')  # engine.predict
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('--frames', type=int, default=20, help='frames in the recording')
+    parser.add_argument('--frames', type=int, default=20,
+                        help=f'frames in the recording written, 1..{MAX_FRAMES} (default 20)')
     parser.add_argument('--image-size', type=int, nargs=2, default=(480, 640),
-                        metavar=('H', 'W'))
+                        metavar=('H', 'W'), help=IMAGE_SIZE_HELP)
     parser.add_argument('--input', type=Path, help='time this bag instead (needs the '
                         f'topics {IMAGE_TOPIC} and {INFO_TOPIC})')
     add_model_arguments(parser)
@@ -42,6 +45,12 @@ def time_bare(engine, images, camera) -> list[float]:
 
 
 def run(args: argparse.Namespace) -> int:
+    problem = range_problem('frames', args.frames, 1, MAX_FRAMES) or \
+        image_size_problem(args.image_size)
+    if problem is None and args.input is not None and not args.input.exists():
+        problem = f'--input {args.input}: no such file or folder'
+    if problem:  # before anything is loaded
+        raise ToolExit(f'depthclip-ros bench-bag: {problem}', 2)
     announce('depthclip-ros bench-bag', 'starting: torch, rosbags and ROS 2 load first (a '
              'few seconds), then the model')
     # Imported here, not with the module: `depthclip-ros bench-bag --help` needs none of them.

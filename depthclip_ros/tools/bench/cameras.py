@@ -24,12 +24,13 @@ import json
 import math
 from pathlib import Path
 import struct
+import sys
 import threading
 import time
 
 import numpy as np
 
-from depthclip_ros.io.outputs import check_outputs
+from depthclip_ros.io.outputs import check_report_file, write_text_whole
 from depthclip_ros.ros.streams import MAX_CAMERAS
 from depthclip_ros.tools.common import (
     add_model_arguments,
@@ -163,12 +164,12 @@ def node_counts(diagnostics: dict[str, dict[str, str]], camera: str) -> dict[str
 def run(args: argparse.Namespace) -> int:
     problem = _problem(args)
     if not problem and args.json is not None:
-        try:  # before anything starts: never replace a file unasked
-            check_outputs([args.json], args.overwrite)
+        try:  # before anything starts: never replace a file unasked, never fail at the end
+            check_report_file(args.json, args.overwrite)
         except ValueError as error:
             problem = str(error)
     if problem:
-        print(f'depthclip-ros bench-cameras: {problem}')
+        print(f'depthclip-ros bench-cameras: {problem}', file=sys.stderr)
         return 2
     isolate_ros_traffic()
     announce('depthclip-ros bench-cameras', f'starting depth_node with {args.cameras} '
@@ -401,4 +402,4 @@ def report(args: argparse.Namespace, result: dict) -> None:
         print(f'depth_node stderr: {len(problems)} warning/error lines, e.g.: '
               + ' | '.join(problems[:5]))
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + '\n')
+        write_text_whole(args.json, json.dumps(result, indent=2) + '\n')

@@ -17,6 +17,7 @@ cannot answer this run's frames.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import threading
@@ -24,27 +25,45 @@ import time
 
 import numpy as np
 
+from depthclip_ros.tools.bench.options import IMAGE_SIZE_HELP, image_size_problem, range_problem
 from depthclip_ros.tools.common import (
     add_model_arguments,
     announce,
     load_engine,
     model_parameters,
+    ToolExit,
 )
+
+MAX_FRAMES = 10000
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--image-size', type=int, nargs=2, default=(480, 640),
-                        metavar=('H', 'W'))
-    parser.add_argument('--frames', type=int, default=10, help='timed frames (closed loop)')
+                        metavar=('H', 'W'), help=IMAGE_SIZE_HELP)
+    parser.add_argument('--frames', type=int, default=10,
+                        help=f'timed frames (closed loop), 1..{MAX_FRAMES} (default 10)')
     parser.add_argument('--stream-hz', type=float, default=30.0,
-                        help='camera rate of the streaming phase')
-    parser.add_argument('--stream-seconds', type=float, default=5.0)
-    parser.add_argument('--timeout', type=float, default=300.0, help='give up after (s)')
+                        help='camera rate of the streaming phase, (0, 1000] (default 30)')
+    parser.add_argument('--stream-seconds', type=float, default=5.0,
+                        help='length of the streaming phase, (0, 3600] s (default 5)')
+    parser.add_argument('--timeout', type=float, default=300.0,
+                        help='give up after this many seconds, > 0 (default 300)')
     add_model_arguments(parser)
     parser.set_defaults(pretrained='none')
 
 
+def options_problem(args: argparse.Namespace) -> str | None:
+    return (image_size_problem(args.image_size)
+            or range_problem('frames', args.frames, 1, MAX_FRAMES)
+            or range_problem('stream-hz', args.stream_hz, 0, 1000, low_open=True)
+            or range_problem('stream-seconds', args.stream_seconds, 0, 3600, low_open=True)
+            or range_problem('timeout', args.timeout, 0, math.inf, low_open=True))
+
+
 def run(args: argparse.Namespace) -> int:
+    problem = options_problem(args)
+    if problem:  # before anything is loaded or started
+        raise ToolExit(f'depthclip-ros bench-node: {problem}', 2)
     announce('depthclip-ros bench-node', 'starting: torch and ROS 2 load first (a few '
              'seconds), then the model, then the node as its own process')
     # Imported here, not with the module: `depthclip-ros bench-node --help` needs no torch.

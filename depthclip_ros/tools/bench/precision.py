@@ -15,6 +15,7 @@ import functools
 import glob
 import json
 import statistics
+import sys
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ from depthclip_ros.engine.runtime import cpu_bf16_native, resolve_runtime
 from depthclip_ros.engine.weights import WeightsError
 from depthclip_ros.geometry import Intrinsics
 from depthclip_ros.io.dataset import DatasetError, read_rgb
+from depthclip_ros.io.outputs import write_text_whole
 from depthclip_ros.timing import StageTimer
 from depthclip_ros.tools.bench.batch import BATCH_STAGES, bench_frames
 from depthclip_ros.tools.bench.common import (
@@ -34,7 +36,15 @@ from depthclip_ros.tools.bench.common import (
     timed,
 )
 from depthclip_ros.tools.bench.options import LAYOUTS
-from depthclip_ros.tools.common import configs_from_args, warn_random_weights
+from depthclip_ros.tools.common import (
+    announce,
+    configs_from_args,
+    describe_model,
+    LOAD_TIME_HINT,
+    ToolExit,
+    warn_random_weights,
+)
+from depthclip_ros.tools.progress import Stages
 
 DTYPE_NAMES = {torch.float32: 'fp32', torch.bfloat16: 'bf16', torch.float16: 'fp16'}
 
@@ -90,18 +100,23 @@ def same_weights(reference: DepthCLIP, engine: DepthCLIP) -> tuple[bool, float]:
     return equal, text
 
 
-def build_variants(args: argparse.Namespace, plan: list[tuple[str, str, str]]
-                   ) -> dict[str, DepthCLIP]:
+def build_variants(args: argparse.Namespace, plan: list[tuple[str, str, str]],
+                   stages: Stages | None = None) -> dict[str, DepthCLIP]:
     """One loaded engine per planned variant, from the tool's options with the variant's
     precision and layout; exits with the reason when weights cannot be loaded."""
     model, head = configs_from_args(args)
     engines = {}
     for label, precision, layout in plan:
+        if stages is not None:
+            stages.start(f'loading the {label} engine')
+            announce('depthclip-ros bench', f'{describe_model(model)}, {LOAD_TIME_HINT}')
         try:
             engine = DepthCLIP(replace(model, precision=precision,
                                        memory_format=LAYOUTS[layout]), head).load()
-        except (ValueError, WeightsError) as error:
-            raise SystemExit(f'depthclip-ros bench: {label}: {error}') from None
+        except WeightsError as error:  # what the run needs could not be had
+            raise ToolExit(f'depthclip-ros bench: {label}: {error}', 1) from None
+        except ValueError as error:  # an option this engine refuses
+            raise ToolExit(f'depthclip-ros bench: {label}: {error}', 2) from None
         engines[label] = engine
     return engines
 
@@ -256,7 +271,7 @@ def images_or_report(args: argparse.Namespace) -> list | None:
     try:
         return deviation_images(args)
     except ValueError as error:  # DatasetError, ImageFormatError
-        print(f'depthclip-ros bench: {error}')
+        print(f'depthclip-ros bench: {error}', file=sys.stderr)
         return None
 
 
@@ -269,9 +284,11 @@ def run_compare_precision(args: argparse.Namespace) -> int:
     if not plan:
         for label, reason in missing:
             print(f'{label}: not available: {reason}')
-        print('depthclip-ros bench: no precision of --compare-precision can run here')
+        print('depthclip-ros bench: no precision of --compare-precision can run here',
+              file=sys.stderr)
         return 2
-    engines = build_variants(args, plan)
+    stages = Stages('bench', len(plan) + 1 + bool(images))
+    engines = build_variants(args, plan, stages)
     labels, reference, checks, differ, device = start_comparison(engines)
     bf16 = 'yes' if reference.device.type != 'cpu' or cpu_bf16_native() else 'no'
     print(f'device: {device}; torch {torch.__version__}; {reference.config.model} '
@@ -288,11 +305,16 @@ def run_compare_precision(args: argparse.Namespace) -> int:
     print(f'weights: trunk {same}; text features: largest difference {text:.3g}')
     if differ:
         return 1
+    stages.start(f'timing {len(engines)} engines: {args.warmup} warm-up + {args.repeat} '
+                 f'rounds each')
     figures = time_precisions(engines, height, width, args.batch, args.warmup, args.repeat)
+    if images:
+        stages.start(f'the depth deviation on {len(images)} images')
     deviation = precision_deviation(engines, images) if images else None
+    stages.finish()
     print_precisions(figures, deviation, missing, len(images))
     if args.json:
-        args.json.write_text(json.dumps({
+        write_text_whole(args.json, json.dumps({
             'device': device, 'image_size': [height, width], 'batch': args.batch,
             'input_size': list(reference.config.input_size), 'reference': labels[0],
             'precision_ms': figures, 'deviation': deviation, 'images': len(images),

@@ -45,24 +45,30 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-import sys
 
-from depthclip_ros.io.outputs import check_outputs
+from depthclip_ros.io.outputs import check_report_file, write_text_whole
 from depthclip_ros.objects.proposals import MAX_MASKS
 from depthclip_ros.objects.queries import MAX_QUERIES
-from depthclip_ros.tools.bench.options import BACKEND_VARIANTS, precision_variant
-from depthclip_ros.tools.common import add_model_arguments, load_engine
+from depthclip_ros.tools.bench.options import (
+    BACKEND_VARIANTS,
+    IMAGE_SIZE_HELP,
+    image_size_problem,
+    precision_variant,
+)
+from depthclip_ros.tools.common import add_model_arguments, announce, load_engine, ToolExit
 from depthclip_ros.tools.progress import Stages
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--image-size', type=int, nargs=2, default=(480, 640),
-                        metavar=('H', 'W'), help='camera image size (default 480 640)')
+                        metavar=('H', 'W'), help=IMAGE_SIZE_HELP)
     parser.add_argument('--batch', type=int, default=1,
                         help='frames per forward pass; above 1 also compares N frames one by '
                              'one against one batched call (infer_frames)')
-    parser.add_argument('--warmup', type=int, default=3)
-    parser.add_argument('--repeat', type=int, default=10)
+    parser.add_argument('--warmup', type=int, default=3,
+                        help='untimed rounds first, >= 0 (default 3)')
+    parser.add_argument('--repeat', type=int, default=10,
+                        help='timed rounds (the medians are over them), >= 1 (default 10)')
     parser.add_argument('--queries', type=int, default=0, metavar='N',
                         help='also time the object step with 1 and N queries (0: off)')
     parser.add_argument('--max-masks', type=int, default=MAX_MASKS,
@@ -87,15 +93,51 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='with --compare-precision or --compare-backends: dataset folders '
                              '(rgb/, intrinsics.json), or folders holding them, for the '
                              'deviation')
-    parser.add_argument('--json', type=Path, help='also write the figures as JSON (an '
-                        'existing file is refused unless --overwrite)')
+    parser.add_argument('--json', type=Path, help='also write the figures as JSON (its '
+                        'folder must exist; an existing file is refused unless --overwrite; '
+                        'both checked before anything runs)')
     parser.add_argument('--overwrite', action='store_true',
                         help='replace an existing --json file')
     add_model_arguments(parser)
     parser.set_defaults(pretrained='none')
 
 
+def options_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the options (``--json`` included: its folder, and an existing
+    file without ``--overwrite``), found before anything is loaded; ``None`` when nothing
+    is."""
+    size = image_size_problem(args.image_size)
+    if size:
+        return size
+    if not 0 <= args.queries <= MAX_QUERIES:
+        return f'--queries must be in 0..{MAX_QUERIES}, got {args.queries}'
+    if not 1 <= args.max_masks <= 64:
+        return f'--max-masks must be in 1..64, got {args.max_masks}'
+    if args.batch < 1:
+        return f'--batch must be >= 1, got {args.batch}'
+    if args.warmup < 0:
+        return f'--warmup must be >= 0, got {args.warmup}'
+    if args.repeat < 1:
+        return f'--repeat must be >= 1, got {args.repeat}'
+    if args.compare_precision and args.compare_backends:
+        return '--compare-precision and --compare-backends are runs of their own: give one'
+    if (args.images or args.dataset) and not (args.compare_precision or args.compare_backends):
+        return '--images and --dataset go with --compare-precision or --compare-backends'
+    if args.json is not None:
+        try:  # before the model loads: never replace a file unasked, never fail at the end
+            check_report_file(args.json, args.overwrite)
+        except ValueError as error:
+            return str(error)
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
+    problem = options_problem(args)
+    if problem:  # said before torch is imported
+        raise ToolExit(f'depthclip-ros bench: {problem}', 2)
+    if args.compare_precision or args.compare_backends:  # the model's line comes later
+        announce('depthclip-ros bench', 'starting torch (a few seconds), then one engine '
+                 'per ' + ('precision' if args.compare_precision else 'backend'))
     # Imported here, not with the module: `depthclip-ros bench --help` needs no torch.
     import torch
 
@@ -113,34 +155,11 @@ def run(args: argparse.Namespace) -> int:
     from depthclip_ros.tools.bench.stages import print_stages, time_engine
     from depthclip_ros.tools.bench.uncertainty import print_uncertainty, time_uncertainty
 
-    if not 0 <= args.queries <= MAX_QUERIES:
-        print(f'depthclip-ros bench: --queries must be in 0..{MAX_QUERIES}, got {args.queries}')
-        return 2
-    if not 1 <= args.max_masks <= 64:
-        print(f'depthclip-ros bench: --max-masks must be in 1..64, got {args.max_masks}')
-        return 2
-    if args.batch < 1:
-        print(f'depthclip-ros bench: --batch must be >= 1, got {args.batch}')
-        return 2
-    if args.json is not None:
-        try:  # before the model loads: never replace a file unasked
-            check_outputs([args.json], args.overwrite)
-        except ValueError as error:
-            print(f'depthclip-ros bench: {error}', file=sys.stderr)
-            return 2
-    if args.compare_precision and args.compare_backends:
-        print('depthclip-ros bench: --compare-precision and --compare-backends are runs of '
-              'their own: give one')
-        return 2
     if args.compare_precision:
         return run_compare_precision(args)
     if args.compare_backends:
         from depthclip_ros.tools.bench.backends import run_compare_backends
         return run_compare_backends(args)
-    if args.images or args.dataset:
-        print('depthclip-ros bench: --images and --dataset go with --compare-precision or '
-              '--compare-backends')
-        return 2
     engine = load_engine(args)
     height, width = args.image_size
     stages = Stages('bench', 3 + (args.batch > 1) + bool(args.queries))
@@ -178,14 +197,10 @@ def run(args: argparse.Namespace) -> int:
             referring = {**flops, 'peak_GFLOP/s': peak}
     stages.finish()
     if args.json:
-        args.json.write_text(json.dumps({'device': device, 'batch': args.batch,
-                                         'image_size': [height, width],
-                                         'input_size': list(engine.config.input_size),
-                                         'median_ms': medians,
-                                         'uncertainty_ms': uncertainty,
-                                         'scene_ms': scene,
-                                         'batching': batching,
-                                         'objects_median_ms': objects,
-                                         'referring_flops': referring}, indent=2))
+        write_text_whole(args.json, json.dumps({
+            'device': device, 'batch': args.batch, 'image_size': [height, width],
+            'input_size': list(engine.config.input_size), 'median_ms': medians,
+            'uncertainty_ms': uncertainty, 'scene_ms': scene, 'batching': batching,
+            'objects_median_ms': objects, 'referring_flops': referring}, indent=2))
     return 0
 

@@ -115,6 +115,9 @@ TIERS = {
         'test_a_signal_while_starting_exits_zero_quickly_without_traceback',
         'test_a_signal_while_the_worker_encodes_prompts_does_not_wait_for_it'}),
     'test_node_objects.py': ('ros', set()),
+    'test_node_start.py': ('ros', {  # node processes
+        'test_the_node_process_refuses_in_one_line_without_traceback',
+        'test_the_node_process_warns_of_a_misspelt_parameter'}),
     'test_node_process.py': ('ros', True),
     'test_node_uncertainty.py': ('ros', set()),
     'test_object_messages.py': ('unit', set()),

@@ -473,3 +473,44 @@ def test_a_bad_argument_ends_the_launch_naming_it(installed, launched):
     assert code == 1 and "managed:='ture' must be true or false" in launch.output(), \
         launch.output()
     assert not launch.node_pids()
+
+
+@pytest.mark.parametrize('launch_file', list(FILE_ARGUMENTS))
+def test_an_argument_the_file_does_not_declare_ends_the_launch_naming_it(
+        installed, launched, launch_file):
+    """``ros2 launch`` accepts any ``name:=value``: a misspelt pretrained, or an argument
+    of another file (``cameras_file`` to depth.launch.py), was ignored without a word."""
+    other = next(name for name in LAUNCH_ARGUMENTS if name not in FILE_ARGUMENTS[launch_file])
+    launch = launched(launch_file, 'pretrianed:=none', f'{other}:=x', 'device:=cpu')
+    code = launch.process.wait(timeout=120)
+    text = launch.output()
+    assert code == 1, text
+    assert f'{launch_file} has no argument pretrianed (did you mean pretrained?), {other}' \
+        in text, text
+    assert '--show-args' in text and 'Traceback' not in text
+    assert not launch.node_pids()
+
+
+def test_a_file_that_includes_ours_keeps_its_own_arguments(installed, tmp_path):
+    """The refusal is for the command line of the file ros2 launch started: a file that
+    includes depth.launch.py has arguments of its own."""
+    parent = tmp_path / 'robot.launch.py'
+    parent.write_text(
+        'from launch import LaunchDescription\n'
+        'from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription\n'
+        'from launch.launch_description_sources import PythonLaunchDescriptionSource\n'
+        'import os\n\n\n'
+        'def generate_launch_description():\n'
+        '    path = os.path.join(os.environ["DEPTHCLIP_PREFIX"], "share", "depthclip_ros",\n'
+        '                        "launch", "depth.launch.py")\n'
+        '    return LaunchDescription([\n'
+        '        DeclareLaunchArgument("robot", default_value="r1"),\n'
+        '        IncludeLaunchDescription(PythonLaunchDescriptionSource(path),\n'
+        '                                 launch_arguments={"managed": "ture"}.items())])\n')
+    ros2 = shutil.which('ros2', path=installed['PATH'])
+    result = subprocess.run([ros2, 'launch', str(parent), 'robot:=r2'], env=installed,
+                            capture_output=True, text=True, timeout=120)
+    text = result.stdout + result.stderr
+    assert result.returncode == 1, text
+    # depth.launch.py read its arguments (and refused the flag), not the parent's robot
+    assert "managed:='ture' must be true or false" in text and 'no argument' not in text, text

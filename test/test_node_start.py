@@ -11,10 +11,8 @@ import pytest
 from rclpy.parameter import Parameter
 
 from depthclip_ros.ros.node import DepthNode
-unknown_parameters = None  # XX
-#from depthclip_ros.ros.parameters import unknown_parameters
-check_resolved_topics = None  # XX
-#from depthclip_ros.ros.streams import check_resolved_topics
+from depthclip_ros.ros.parameters import unknown_parameters
+from depthclip_ros.ros.streams import check_resolved_topics
 from depthclip_ros.tools import node_process
 
 from rosutil import unique_namespace

@@ -96,6 +96,7 @@ TIERS = {
         'test_show_args_lists_exactly_the_table',
         'test_an_argument_the_file_does_not_declare_ends_the_launch_naming_it',
         'test_a_file_that_includes_ours_keeps_its_own_arguments',
+        'test_a_missing_params_file_ends_the_launch_naming_it',
         'test_depth_launch_remaps_namespace_params_file_arguments_and_sim_time',
         'test_depth_launch_managed_waits_for_a_lifecycle_manager',
         'test_depth_lifecycle_launch_brings_the_node_up_with_every_argument',

@@ -85,11 +85,25 @@ def test_every_file_declares_the_shared_arguments_and_uses_each():
     for launch_file, names in FILE_ARGUMENTS.items():
         assert every <= set(names), launch_file
         assert all(LAUNCH_ARGUMENTS[name][1] for name in names)
-        given = {name: default_of(name, '/share') for name in names}
+        given = {name: default_of(name, str(REPO)) for name in names}  # the source's share
         options = node_options(launch_file, given)  # reads every argument but managed/rviz
-        assert options['parameters'][0] == '/share/config/depthclip.yaml'
+        assert options['parameters'][0] == str(REPO / 'config' / 'depthclip.yaml')
         assert ('remappings' in options) == ('image' in names)
     assert 'managed' not in FILE_ARGUMENTS['depth_lifecycle.launch.py']  # always managed
+
+
+@pytest.mark.parametrize('launch_file, name', [
+    (launch_file, name) for launch_file, names in FILE_ARGUMENTS.items()
+    for name in ('params_file', 'cameras_file') if name in names])
+def test_a_params_file_that_is_not_a_file_is_refused_naming_the_argument(tmp_path,
+                                                                         launch_file, name):
+    """launch_ros only warns of it, then starts the node on its defaults (one camera,
+    where cameras_file would have named three)."""
+    given = {n: default_of(n, str(REPO)) for n in FILE_ARGUMENTS[launch_file]}
+    for path in (tmp_path / 'missing.yaml', tmp_path):  # none there; a folder
+        with pytest.raises(ValueError, match=f"^launch argument {name}:='{path}' is not a "
+                                             f'file$'):
+            node_options(launch_file, {**given, name: str(path)})
 
 
 @pytest.mark.parametrize('text, value', [('true', True), ('False', False), ('1', True),
@@ -514,3 +528,15 @@ def test_a_file_that_includes_ours_keeps_its_own_arguments(installed, tmp_path):
     assert result.returncode == 1, text
     # depth.launch.py read its arguments (and refused the flag), not the parent's robot
     assert "managed:='ture' must be true or false" in text and 'no argument' not in text, text
+
+
+@pytest.mark.parametrize('launch_file, name', [('depth.launch.py', 'params_file'),
+                                               ('cameras.launch.py', 'cameras_file')])
+def test_a_missing_params_file_ends_the_launch_naming_it(installed, launched, tmp_path,
+                                                        launch_file, name):
+    missing = tmp_path / 'nowhere.yaml'
+    launch = launched(launch_file, f'{name}:={missing}', *SMALL)
+    code = launch.process.wait(timeout=120)
+    assert code == 1 and f"{name}:='{missing}' is not a file" in launch.output(), \
+        launch.output()
+    assert not launch.node_pids()

@@ -129,6 +129,10 @@ def node_options(launch_file: str, given: dict[str, str]) -> dict:
     names = FILE_ARGUMENTS[launch_file]
     files = [given['params_file']] + ([given['cameras_file']] if 'cameras_file' in names
                                       else [])
+    for name, path in zip(('params_file', 'cameras_file'), files):
+        # launch_ros only warns of a missing file and starts the node without it
+        if not os.path.isfile(path):
+            raise ValueError(f'launch argument {name}:={path!r} is not a file')
     options = {
         'name': 'depth_node',
         'namespace': given['namespace'],

@@ -71,6 +71,20 @@ def test_an_empty_list_where_empty_is_the_default_is_fine(ros, name):
         node.destroy_node()
 
 
+@pytest.mark.parametrize('overrides, words', [
+    ({'depth_bins_m': [3.0, 2.0]}, 'strictly increasing'),
+    ({'depth_bins_m': [1.0, math.inf]}, 'finite'),
+    ({'distance_prompts': ['near', '']}, 'non-empty'),
+    ({'distance_prompts': ['near', 'x' * 400]}, 'more than 300'),
+    ({'prompt_template': 'This {} is', 'distance_prompts': ['near', 'far']}, 'two plain'),
+])
+def test_at_start_a_wrong_value_is_named_before_counts_that_disagree(ros, overrides, words):
+    """A value its own rules refuse is named as such whatever the counts (as while running);
+    at start the counts were named instead, and the value's fault only once they agreed."""
+    with pytest.raises(ValueError, match=words):
+        start(ros, [Parameter(name, value=value) for name, value in overrides.items()])
+
+
 # ----------------------------------------------- topics after namespace and remapping
 @pytest.mark.parametrize('cameras, remaps, words', [
     (None, ['image:=depth/image'], 'image and depth/image are both the topic'),

@@ -99,9 +99,9 @@ def node_configs(values: dict, check_head: Callable[[HeadConfig], None] | None =
     model = model_from_parameters(values)
     output = OutputSettings.from_parameters(values)
     objects = ObjectSettings.from_parameters(values)
-    if not allow_mismatch:
-        head_from_parameters(values)  # the counts agree (raises naming them)
-    head, mismatch = head_or_mismatch(values, check_head)
+    head, mismatch = head_or_mismatch(values, check_head)  # each value's rules first
+    if mismatch and not allow_mismatch:
+        head_from_parameters(values)  # the counts must agree (raises naming them)
     return NodeConfigs(model, head, mismatch, output, objects)
 
 

@@ -12,7 +12,7 @@ from launch import LaunchDescription
 from launch.actions import OpaqueFunction
 from launch_ros.actions import Node
 
-from depthclip_ros.ros.launch_arguments import declare, flag, node_options
+from depthclip_ros.ros.launch_arguments import check_given, declare, flag, node_options
 
 FILE = 'cameras.launch.py'
 
@@ -23,6 +23,7 @@ def generate_launch_description():
 
 def depth_node(context):
     """The node over every camera (the lifecycle node with managed:=true)."""
+    check_given(FILE, context)
     given = context.launch_configurations
     managed = flag('managed', given['managed'])
     return [Node(package='depthclip_ros',

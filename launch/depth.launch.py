@@ -13,7 +13,13 @@ from launch import LaunchDescription
 from launch.actions import OpaqueFunction
 from launch_ros.actions import Node
 
-from depthclip_ros.ros.launch_arguments import declare, flag, node_options, rviz_options
+from depthclip_ros.ros.launch_arguments import (
+    check_given,
+    declare,
+    flag,
+    node_options,
+    rviz_options,
+)
 
 FILE = 'depth.launch.py'
 
@@ -24,6 +30,7 @@ def generate_launch_description():
 
 def depth_node(context):
     """The node (the lifecycle node with managed:=true) and, with rviz:=true, rviz2."""
+    check_given(FILE, context)
     given = context.launch_configurations
     managed = flag('managed', given['managed'])
     rviz = rviz_options(given)

@@ -27,7 +27,7 @@ from launch_ros.ros_adapters import get_ros_node
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState
 
-from depthclip_ros.ros.launch_arguments import declare, node_options, rviz_options
+from depthclip_ros.ros.launch_arguments import check_given, declare, node_options, rviz_options
 
 FILE = 'depth_lifecycle.launch.py'
 
@@ -38,6 +38,7 @@ def generate_launch_description():
 
 def depth_node(context):
     """The lifecycle node, what brings it up and, with rviz:=true, rviz2."""
+    check_given(FILE, context)
     given = context.launch_configurations
     node = LifecycleNode(package='depthclip_ros', executable='depth_lifecycle_node',
                          **node_options(FILE, given))

@@ -94,6 +94,9 @@ TIERS = {
     'test_install.py': ('unit', {'test_the_plain_python_tools_run_without_any_ros_package'}),
     'test_launch.py': ('ros', {  # each runs ros2 launch against a colcon-built install
         'test_show_args_lists_exactly_the_table',
+        'test_an_argument_the_file_does_not_declare_ends_the_launch_naming_it',
+        'test_a_file_that_includes_ours_keeps_its_own_arguments',
+        'test_a_missing_params_file_ends_the_launch_naming_it',
         'test_depth_launch_remaps_namespace_params_file_arguments_and_sim_time',
         'test_depth_launch_managed_waits_for_a_lifecycle_manager',
         'test_depth_lifecycle_launch_brings_the_node_up_with_every_argument',
@@ -115,6 +118,9 @@ TIERS = {
         'test_a_signal_while_starting_exits_zero_quickly_without_traceback',
         'test_a_signal_while_the_worker_encodes_prompts_does_not_wait_for_it'}),
     'test_node_objects.py': ('ros', set()),
+    'test_node_start.py': ('ros', {  # node processes
+        'test_the_node_process_refuses_in_one_line_without_traceback',
+        'test_the_node_process_warns_of_a_misspelt_parameter'}),
     'test_node_process.py': ('ros', True),
     'test_node_uncertainty.py': ('ros', set()),
     'test_object_messages.py': ('unit', set()),

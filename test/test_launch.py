@@ -85,11 +85,25 @@ def test_every_file_declares_the_shared_arguments_and_uses_each():
     for launch_file, names in FILE_ARGUMENTS.items():
         assert every <= set(names), launch_file
         assert all(LAUNCH_ARGUMENTS[name][1] for name in names)
-        given = {name: default_of(name, '/share') for name in names}
+        given = {name: default_of(name, str(REPO)) for name in names}  # the source's share
         options = node_options(launch_file, given)  # reads every argument but managed/rviz
-        assert options['parameters'][0] == '/share/config/depthclip.yaml'
+        assert options['parameters'][0] == str(REPO / 'config' / 'depthclip.yaml')
         assert ('remappings' in options) == ('image' in names)
     assert 'managed' not in FILE_ARGUMENTS['depth_lifecycle.launch.py']  # always managed
+
+
+@pytest.mark.parametrize('launch_file, name', [
+    (launch_file, name) for launch_file, names in FILE_ARGUMENTS.items()
+    for name in ('params_file', 'cameras_file') if name in names])
+def test_a_params_file_that_is_not_a_file_is_refused_naming_the_argument(tmp_path,
+                                                                         launch_file, name):
+    """launch_ros only warns of it, then starts the node on its defaults (one camera,
+    where cameras_file would have named three)."""
+    given = {n: default_of(n, str(REPO)) for n in FILE_ARGUMENTS[launch_file]}
+    for path in (tmp_path / 'missing.yaml', tmp_path):  # none there; a folder
+        with pytest.raises(ValueError, match=f"^launch argument {name}:='{path}' is not a "
+                                             f'file$'):
+            node_options(launch_file, {**given, name: str(path)})
 
 
 @pytest.mark.parametrize('text, value', [('true', True), ('False', False), ('1', True),
@@ -471,5 +485,58 @@ def test_a_bad_argument_ends_the_launch_naming_it(installed, launched):
     launch = launched('depth.launch.py', 'managed:=ture', *SMALL)
     code = launch.process.wait(timeout=120)
     assert code == 1 and "managed:='ture' must be true or false" in launch.output(), \
+        launch.output()
+    assert not launch.node_pids()
+
+
+@pytest.mark.parametrize('launch_file', list(FILE_ARGUMENTS))
+def test_an_argument_the_file_does_not_declare_ends_the_launch_naming_it(
+        installed, launched, launch_file):
+    """``ros2 launch`` accepts any ``name:=value``: a misspelt pretrained, or an argument
+    of another file (``cameras_file`` to depth.launch.py), was ignored without a word."""
+    other = next(name for name in LAUNCH_ARGUMENTS if name not in FILE_ARGUMENTS[launch_file])
+    launch = launched(launch_file, 'pretrianed:=none', f'{other}:=x', 'device:=cpu')
+    code = launch.process.wait(timeout=120)
+    text = launch.output()
+    assert code == 1, text
+    assert f'{launch_file} has no argument pretrianed (did you mean pretrained?), {other}' \
+        in text, text
+    assert '--show-args' in text and 'Traceback' not in text
+    assert not launch.node_pids()
+
+
+def test_a_file_that_includes_ours_keeps_its_own_arguments(installed, tmp_path):
+    """The refusal is for the command line of the file ros2 launch started: a file that
+    includes depth.launch.py has arguments of its own."""
+    parent = tmp_path / 'robot.launch.py'
+    parent.write_text(
+        'from launch import LaunchDescription\n'
+        'from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription\n'
+        'from launch.launch_description_sources import PythonLaunchDescriptionSource\n'
+        'import os\n\n\n'
+        'def generate_launch_description():\n'
+        '    path = os.path.join(os.environ["DEPTHCLIP_PREFIX"], "share", "depthclip_ros",\n'
+        '                        "launch", "depth.launch.py")\n'
+        '    return LaunchDescription([\n'
+        '        DeclareLaunchArgument("robot", default_value="r1"),\n'
+        '        IncludeLaunchDescription(PythonLaunchDescriptionSource(path),\n'
+        '                                 launch_arguments={"managed": "ture"}.items())])\n')
+    ros2 = shutil.which('ros2', path=installed['PATH'])
+    result = subprocess.run([ros2, 'launch', str(parent), 'robot:=r2'], env=installed,
+                            capture_output=True, text=True, timeout=120)
+    text = result.stdout + result.stderr
+    assert result.returncode == 1, text
+    # depth.launch.py read its arguments (and refused the flag), not the parent's robot
+    assert "managed:='ture' must be true or false" in text and 'no argument' not in text, text
+
+
+@pytest.mark.parametrize('launch_file, name', [('depth.launch.py', 'params_file'),
+                                               ('cameras.launch.py', 'cameras_file')])
+def test_a_missing_params_file_ends_the_launch_naming_it(installed, launched, tmp_path,
+                                                        launch_file, name):
+    missing = tmp_path / 'nowhere.yaml'
+    launch = launched(launch_file, f'{name}:={missing}', *SMALL)
+    code = launch.process.wait(timeout=120)
+    assert code == 1 and f"{name}:='{missing}' is not a file" in launch.output(), \
         launch.output()
     assert not launch.node_pids()

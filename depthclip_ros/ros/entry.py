@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import threading
 
@@ -95,7 +96,7 @@ def run(args=None, managed: bool = False) -> int:
     node = None
     code = 0
     try:
-        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+        _init_rclpy(rclpy, args, SignalHandlerOptions.NO)
         if managed:
             node = DepthLifecycleNode()
         else:
@@ -122,6 +123,17 @@ def run(args=None, managed: bool = False) -> int:
         except StopRequested:  # raised just before the phase changed
             pass
     return code
+
+
+def _init_rclpy(rclpy, args, signal_options) -> None:
+    """``rclpy.init``; ROS arguments that rcl cannot parse (``-p 'cameras:=[{x}]'``, a
+    params file that is no YAML) raise ``ValueError`` in one line, not rcl's traceback."""
+    from rclpy._rclpy_pybind11 import RCLError
+    try:
+        rclpy.init(args=args, signal_handler_options=signal_options)
+    except RCLError as error:  # rcl's text, less its C source locations
+        text = re.sub(r', at [^,]+:\d+', '', ' '.join(str(error).split()))
+        raise ValueError(f'the ROS arguments are refused: {text}') from None
 
 
 def _spin_until_stopped(node) -> None:

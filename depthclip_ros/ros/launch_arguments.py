@@ -80,6 +80,39 @@ def declare(launch_file: str) -> list:
             for name in FILE_ARGUMENTS[launch_file]]
 
 
+# what ros2 launch itself adds to the arguments (its --launch-prefix options)
+_LAUNCH_OWN = ('launch-prefix', 'launch-prefix-filter')
+
+
+def check_given(launch_file: str, context) -> None:
+    """Refuse (``ValueError``, one line) arguments given on the ``ros2 launch`` command line
+    that ``launch_file`` does not declare: launch itself accepts and ignores them, so a
+    misspelt ``pretrianed:=none`` would be lost silently. Only where ``launch_file`` is the
+    file ``ros2 launch`` was started with: a file that includes it passes arguments of its
+    own (``context``: the launch context; its ``argv`` holds the command line's
+    arguments)."""
+    import sys
+    here = getattr(context.locals, 'current_launch_file_path', None)
+    command = sys.argv[1:]
+    started = any(
+        (word == launch_file and command[i - 1:i] == ['depthclip_ros']) or
+        (here is not None and os.path.isfile(word) and os.path.samefile(word, here))
+        for i, word in enumerate(command))
+    if not started:
+        return
+    unknown = [word.split(':=', 1)[0] for word in context.argv if ':=' in word]
+    unknown = [name for name in unknown
+               if name not in FILE_ARGUMENTS[launch_file] and name not in _LAUNCH_OWN]
+    if unknown:
+        import difflib
+        named = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, FILE_ARGUMENTS[launch_file], n=1)
+            named.append(f'{name} (did you mean {close[0]}?)' if close else name)
+        raise ValueError(f'{launch_file} has no argument {", ".join(named)}; '
+                         f'ros2 launch depthclip_ros {launch_file} --show-args lists them')
+
+
 def flag(name: str, text: str) -> bool:
     """A true/false argument's value; raises ``ValueError`` naming it for other text."""
     try:
@@ -96,6 +129,10 @@ def node_options(launch_file: str, given: dict[str, str]) -> dict:
     names = FILE_ARGUMENTS[launch_file]
     files = [given['params_file']] + ([given['cameras_file']] if 'cameras_file' in names
                                       else [])
+    for name, path in zip(('params_file', 'cameras_file'), files):
+        # launch_ros only warns of a missing file and starts the node without it
+        if not os.path.isfile(path):
+            raise ValueError(f'launch argument {name}:={path!r} is not a file')
     options = {
         'name': 'depth_node',
         'namespace': given['namespace'],

@@ -60,10 +60,17 @@ from depthclip_ros.ros.parameters import (
     declare_parameters,
     HEAD_PARAMETERS,
     PARAMETER_NAMES,
+    unknown_parameters,
     validate,
 )
 from depthclip_ros.ros.pipeline import DepthPipeline, ObjectSettings, OutputSettings
-from depthclip_ros.ros.streams import CameraStream, check_camera_names, OUTPUT_PUBLISHERS
+from depthclip_ros.ros.streams import (
+    CAMERA_TOPICS,
+    CameraStream,
+    check_camera_names,
+    check_resolved_topics,
+    OUTPUT_PUBLISHERS,
+)
 from depthclip_ros.ros.worker import FrameWorker
 from depthclip_ros.timing import Throttle
 
@@ -92,9 +99,9 @@ def node_configs(values: dict, check_head: Callable[[HeadConfig], None] | None =
     model = model_from_parameters(values)
     output = OutputSettings.from_parameters(values)
     objects = ObjectSettings.from_parameters(values)
-    if not allow_mismatch:
-        head_from_parameters(values)  # the counts agree (raises naming them)
-    head, mismatch = head_or_mismatch(values, check_head)
+    head, mismatch = head_or_mismatch(values, check_head)  # each value's rules first
+    if mismatch and not allow_mismatch:
+        head_from_parameters(values)  # the counts must agree (raises naming them)
     return NodeConfigs(model, head, mismatch, output, objects)
 
 
@@ -120,9 +127,14 @@ class DepthNodeCore(FrameWorker):
         declare_parameters(self)
         p = self._params = {name: self.get_parameter(name).value for name in PARAMETER_NAMES}
         validate(p)
+        unknown = unknown_parameters(getattr(self, '_parameter_overrides', {}))
+        if unknown:  # ROS drops them; a misspelt name must not be lost silently
+            self.get_logger().warning(unknown)
         # with the node's namespace: every camera topic within ROS's length limit
         check_camera_names(p['cameras'], self.get_namespace())
         self.streams = [CameraStream(name) for name in p['cameras']] or [CameraStream()]
+        check_resolved_topics({stream.name: self._resolved_topics(stream)
+                               for stream in self.streams})
         self.engine: DepthCLIP | None = None
         self._next_head: HeadConfig | None = None  # accepted, applied by the worker
         self._head_mismatch: str | None = None  # prompts and bins waiting to agree
@@ -133,6 +145,14 @@ class DepthNodeCore(FrameWorker):
         self._throttle = Throttle(THROTTLE_S)
         self.pub_diagnostics = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self.create_timer(1.0, functools.partial(publish_diagnostics, self))
+
+    def _resolved_topics(self, stream: CameraStream) -> dict[str, str]:
+        """Every topic of ``stream`` (CAMERA_TOPICS) as the node resolves it: namespace and
+        remapping applied (the compressed input follows the image topic's remapping)."""
+        out = {name: self.resolve_topic_name(stream.topic(name)) for name in CAMERA_TOPICS
+               if name != 'image/compressed'}
+        out['image/compressed'] = f'{out["image"]}/compressed'
+        return out
 
     def _configure(self, create_publisher) -> None:
         """The engine (not loaded), one pipeline and the output publishers per camera."""

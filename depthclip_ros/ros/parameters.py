@@ -187,27 +187,99 @@ def descriptor(param: Param):
 
 
 def declare_parameters(node) -> None:
-    """Declare every parameter on ``node`` (overrides come from --ros-args).
+    """Declare every parameter on ``node`` (overrides come from --ros-args and params files).
 
     rclpy cannot infer a type from an empty list (it would declare a byte array), so an
     empty list is declared with its element type and then set to ``[]`` unless overridden.
     rclpy cannot set a read-only parameter after declaring it, so such a list is declared
     writable and the node refuses every change to it (:func:`check_read_only`).
+
+    A value rclpy itself refuses at start (the wrong type, out of the descriptor's range)
+    raises ``ValueError`` in one line naming the parameter and the rule, as the same value
+    set at run time is refused with a reason; an empty list given for a list parameter
+    (which ROS passes untyped) is refused where the default holds values.
     """
+    from rclpy.exceptions import ParameterException, ParameterUninitializedException
     from rclpy.parameter import Parameter
     for param in PARAMETERS:
-        if param.items is None or param.default:
-            node.declare_parameter(param.name, param.default, descriptor(param))
-            continue
-        kind = {str: Parameter.Type.STRING_ARRAY, float: Parameter.Type.DOUBLE_ARRAY,
-                int: Parameter.Type.INTEGER_ARRAY}[param.items]
-        described = descriptor(param)
-        described.read_only = False
-        node.declare_parameter(param.name, kind, described)
+        kind = _array_type(param) if isinstance(param.default, list) else None
+        try:
+            if param.items is None or param.default:
+                node.declare_parameter(param.name, param.default, descriptor(param))
+            else:
+                described = descriptor(param)
+                described.read_only = False
+                node.declare_parameter(param.name, kind, described)
+        except ParameterException as error:
+            raise ValueError(_refused_at_start(param, node, error)) from None
         try:
             node.get_parameter(param.name)
-        except Exception:  # noqa: BLE001 - rclpy's ParameterUninitializedException
-            node.set_parameters([Parameter(param.name, kind, list(param.default))])
+        except ParameterUninitializedException:  # [] given (untyped), or no default
+            if param.default:
+                raise ValueError(f'{param.name}: an empty list is refused, it needs values '
+                                 f'(default {param.default})') from None
+            node.set_parameters([Parameter(param.name, kind, [])])
+
+
+def _array_type(param: Param):
+    from rclpy.parameter import Parameter
+    items = param.items or type(param.default[0])
+    return {str: Parameter.Type.STRING_ARRAY, float: Parameter.Type.DOUBLE_ARRAY,
+            int: Parameter.Type.INTEGER_ARRAY}[items]
+
+
+_TYPE_WORDS = {bool: 'true or false', int: 'an integer', float: 'a double (e.g. 2.0)',
+               str: 'a string'}
+_LIST_WORDS = {int: 'a list of integers', float: 'a list of doubles (e.g. [1.0, 2.5])',
+               str: 'a list of strings'}
+
+
+def _refused_at_start(param: Param, node, error: Exception) -> str:
+    """One line for a value rclpy refused while the parameter was declared: the value as
+    given, and the type or range it must have."""
+    given = getattr(node, '_parameter_overrides', {}).get(param.name)
+    value = given.value if given is not None else None
+    expected = type(param.default)
+    if expected is list:
+        rule = _LIST_WORDS[param.items or type(param.default[0])]
+    else:
+        rule = _TYPE_WORDS[expected]
+    if param.float_range:
+        rule += f' in [{param.float_range[0]:g}, {param.float_range[1]:g}]'
+    if param.int_range:
+        rule += f' in [{param.int_range[0]}, {param.int_range[1]}]'
+    whole = isinstance(value, int) and not isinstance(value, bool)
+    whole_items = isinstance(value, list) and value and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value)
+    hint = ''
+    if expected is float and whole:
+        hint = f' (ROS reads {value} as an integer: write {value}.0)'
+    elif expected is list and whole_items and (param.items or type(param.default[0])) is float:
+        hint = ' (ROS reads whole numbers as integers: write 2.0, not 2)'
+    shown = repr(value) if len(repr(value)) <= 80 else f'{repr(value)[:60]}...'
+    return f'{param.name}: {shown} is refused, it must be {rule}{hint}'
+
+
+# Parameters every rclpy node has (declared by rclpy, or read by it from the overrides).
+ROS_PARAMETERS = ('use_sim_time', 'start_type_description_service')
+
+
+def unknown_parameters(given) -> str | None:
+    """One line naming the parameters among ``given`` (names from -p and params files)
+    that depth_node does not have, each with the nearest name it has, or ``None``. ROS
+    ignores them: the node warns, so that a misspelt name is not lost silently (a params
+    file under ``/**`` may hold other nodes' parameters, so they are not refused)."""
+    import difflib
+    unknown = sorted(name for name in given if name not in _BY_NAME and
+                     name not in ROS_PARAMETERS and not name.startswith('qos_overrides.'))
+    if not unknown:
+        return None
+    named = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, PARAMETER_NAMES, n=1)
+        named.append(f'{name} (did you mean {close[0]}?)' if close else name)
+    return (f'ignoring parameters depth_node does not have: {", ".join(named)}; '
+            f'depth_node --help lists its parameters')
 
 
 def check_read_only(current: dict, changes: dict) -> None:

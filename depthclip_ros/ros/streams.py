@@ -58,6 +58,29 @@ def check_camera_names(names, namespace: str = '/') -> tuple[str, ...]:
     return names
 
 
+def check_resolved_topics(resolved: dict[str, dict[str, str]]) -> None:
+    """The topics of every camera as the node resolves them (namespace and remapping
+    applied): ``{camera name: {topic (CAMERA_TOPICS): full name}}``. No two of them may
+    be one topic, so that no camera consumes its own or another camera's outputs or
+    inputs, and no two outputs mix; only one output of several cameras may share a topic
+    (e.g. every camera's ``objects/markers`` remapped to one). Raises ``ValueError``, one
+    line naming both and the topic."""
+    users: dict[str, tuple[str, str]] = {}
+    for camera, topics in resolved.items():
+        for topic, full in topics.items():
+            other = users.setdefault(full, (camera, topic))
+            if other == (camera, topic) or (other[1] == topic and topic in OUTPUT_TOPICS):
+                continue
+            raise ValueError(f'{_topic_of(*other)} and {_topic_of(camera, topic)} are both '
+                             f'the topic {full!r} (namespace and remapping applied): no camera '
+                             f"may read its own or another camera's outputs, share an input or "
+                             f'mix two outputs; remap them apart')
+
+
+def _topic_of(camera: str, topic: str) -> str:
+    return f'{topic} of camera {camera!r}' if camera else topic
+
+
 def _shared_topic(one: str, two: str) -> str | None:
     """How the topics of cameras ``one`` and ``two`` meet (one topic of both, or one a
     namespace holding the other's), or ``None``."""

@@ -112,12 +112,13 @@ done
 "$py" -c 'import numpy as np; d = np.load("infer_out/frame_depth.npy"); assert d.shape == (48, 64) and np.isfinite(d).all() and (d > 0).all(), d.shape'
 say "the ROS-facing tests against the install (run from $ws, so the"
 echo "    installed depthclip_ros is the one imported): messages, the managed node over DDS,"
-echo "    ros2 launch of the three launch files, bags"
+echo "    the node's start-time refusals, ros2 launch of the three launch files, bags"
 set +e
 "$py" -m pytest -q -p no:cacheprovider --rootdir "$repo" \
   "$repo/test/test_messages.py" \
   "$repo/test/test_object_messages.py" \
   "$repo/test/test_lifecycle.py" \
+  "$repo/test/test_node_start.py" \
   "$repo/test/test_launch.py" \
   "$repo/test/test_bag.py" \
   "$@"

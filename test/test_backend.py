@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from depthclip_ros.engine import backend as backend_module
+from depthclip_ros.engine import config as config_module
 from depthclip_ros.engine import openvino_trunk, runtime
 from depthclip_ros.engine.config import head_with, ModelConfig
 from depthclip_ros.engine.depthclip import DepthCLIP
@@ -31,7 +32,7 @@ from conftest import random_models_shared, shared_data
 
 SMALL = (64, 96)
 TOLERANCE = 1e-5  # relative, on depth: the issue's bound for openvino fp32 against torch
-needs_openvino = pytest.mark.skipif(not runtime.openvino_installed(True),
+needs_openvino = pytest.mark.skipif(not config_module.openvino_installed(True),
                                     reason='openvino and nncf are not installed '
                                            '(pip install .[openvino])')
 
@@ -130,31 +131,39 @@ def test_the_parameter_table_and_the_tools_carry_the_rules():
 def test_device_auto_means_the_cpu_with_openvino_and_a_missing_package_names_the_extra(
         monkeypatch):
     monkeypatch.setattr(runtime.torch.cuda, 'is_available', lambda: True)
-    monkeypatch.setattr(runtime, 'openvino_installed', lambda calibrating=False: True)
+    monkeypatch.setattr(config_module, 'openvino_installed', lambda calibrating=False: True)
     assert runtime.resolve_runtime(config(device='auto', backend='openvino')) == \
         (torch.device('cpu'), torch.float32)
     assert runtime.resolve_runtime(config(device='auto', backend='auto', precision='int8',
                                           calibration='x'))[0] == torch.device('cpu')
-    monkeypatch.setattr(runtime, 'openvino_installed', lambda calibrating=False: False)
+    monkeypatch.setattr(config_module, 'openvino_installed', lambda calibrating=False: False)
     with pytest.raises(ValueError, match=r'pip install \.\[openvino\]'):
         runtime.resolve_runtime(config(backend='openvino'))
     # auto without openvino is torch, not a refusal
     assert runtime.resolve_runtime(config(backend='auto'))[0] == torch.device('cpu')
 
 
-def test_a_missing_openvino_ends_a_tool_in_one_line_with_status_2(monkeypatch):
-    import argparse
+@pytest.mark.parametrize('options', [['--backend', 'openvino'],
+                                     ['--backend', 'auto', '--precision', 'int8']])
+def test_a_missing_openvino_ends_a_tool_in_one_line_with_status_2_before_loading(
+        monkeypatch, tmp_path, capsys, options):
+    import cv2
 
-    from depthclip_ros.tools import common
-    monkeypatch.setattr(runtime, 'openvino_installed', lambda calibrating=False: False)
-    parser = argparse.ArgumentParser()
-    common.add_model_arguments(parser)
-    args = parser.parse_args(['--pretrained', 'none', '--device', 'cpu', '--backend',
-                              'openvino'])
-    with pytest.raises(common.ToolExit) as stop:
-        common.load_engine(args, 'depthclip-ros infer')
-    assert stop.value.status == 2 and '\n' not in stop.value.message
-    assert 'pip install .[openvino]' in stop.value.message
+    from depthclip_ros.tools.cli import main
+    monkeypatch.setattr(config_module, 'openvino_installed', lambda calibrating=False: False)
+    monkeypatch.setattr(DepthCLIP, 'load', lambda self: pytest.fail('the model was built'))
+    image = tmp_path / 'a.png'
+    cv2.imwrite(str(image), np.zeros((36, 52, 3), np.uint8))
+    frames = tmp_path / 'frames'
+    frames.mkdir()
+    cv2.imwrite(str(frames / 'f.png'), np.zeros((36, 52, 3), np.uint8))
+    calibration = ['--calibration', str(frames)] if 'int8' in options else []
+    assert main(['infer', str(image), '--hfov-deg', '60', '-o', str(tmp_path / 'out'),
+                 '--pretrained', 'none', '--device', 'cpu', *options, *calibration]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err  # no 'loading' line before it: refused before anything loads
+    assert err[0].startswith('depthclip-ros infer: ') and 'pip install .[openvino]' in err[0]
+    assert not (tmp_path / 'out').exists()
 
 
 def test_the_cache_folder_follows_the_environment(monkeypatch, tmp_path):

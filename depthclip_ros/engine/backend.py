@@ -21,8 +21,7 @@ import time
 
 import torch
 
-from depthclip_ros.engine.config import OPENVINO_INSTALL
-from depthclip_ros.engine.runtime import openvino_installed
+from depthclip_ros.engine.config import OPENVINO_INSTALL, openvino_installed
 
 LOG = logging.getLogger(__name__)
 

@@ -6,6 +6,7 @@ importing torch."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+import importlib.util
 import math
 from typing import Sequence
 
@@ -50,6 +51,23 @@ MEMORY_FORMATS = ('auto', 'channels_last', 'contiguous')
 
 RANDOM_WEIGHTS_BANNER = ('RANDOM WEIGHTS (pretrained=none): these depths are NOT an accuracy '
                          'result; load real CLIP weights for meaningful output.')
+
+
+def openvino_installed(calibrating: bool = False) -> bool:
+    """Whether ``openvino`` (and with ``calibrating`` ``nncf``) can be imported, without
+    importing them."""
+    names = ('openvino', 'nncf') if calibrating else ('openvino',)
+    return all(importlib.util.find_spec(name) is not None for name in names)
+
+
+def check_openvino_installed(calibrating: bool = False) -> None:
+    """One-line ``ValueError`` naming the optional extra when OpenVINO (or NNCF, for
+    int8) is not installed."""
+    if not openvino_installed(calibrating):
+        what = 'backend openvino and precision int8 need the openvino and nncf packages' \
+            if calibrating else 'backend openvino needs the openvino package'
+        raise ValueError(f'{what}: install them with `{OPENVINO_INSTALL}` (from the '
+                         f'depthclip_ros checkout)')
 
 
 CUDA_GRAPHS_NEED_CUDA = ('cuda_graphs needs a CUDA device (device cuda, cuda:N, or auto '

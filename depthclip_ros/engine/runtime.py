@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from depthclip_ros.engine.config import (
+    check_openvino_installed,
     CUDA_GRAPHS_NEED_CUDA,
     ModelConfig,
-    OPENVINO_INSTALL,
     parse_device,
 )
 
@@ -95,24 +95,6 @@ def resolve_runtime(config: ModelConfig) -> tuple[torch.device, torch.dtype]:
     if openvino:
         check_openvino_installed(config.precision == 'int8')
     return device, dtype
-
-
-def openvino_installed(calibrating: bool = False) -> bool:
-    """Whether ``openvino`` (and with ``calibrating`` ``nncf``) can be imported, without
-    importing them."""
-    import importlib.util
-    names = ('openvino', 'nncf') if calibrating else ('openvino',)
-    return all(importlib.util.find_spec(name) is not None for name in names)
-
-
-def check_openvino_installed(calibrating: bool = False) -> None:
-    """One-line ``ValueError`` naming the optional extra when OpenVINO (or NNCF, for
-    int8) is not installed."""
-    if not openvino_installed(calibrating):
-        what = 'backend openvino and precision int8 need the openvino and nncf packages' \
-            if calibrating else 'backend openvino needs the openvino package'
-        raise ValueError(f'{what}: install them with `{OPENVINO_INSTALL}` (from the '
-                         f'depthclip_ros checkout)')
 
 
 def trunk_memory_format(device: torch.device, dtype: torch.dtype,

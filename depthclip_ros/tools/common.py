@@ -19,6 +19,7 @@ from depthclip_ros.engine.config import (
     BACKENDS,
     BINS_MODES,
     CANONICAL_FOCAL_RANGE_PX,
+    check_openvino_installed,
     FEATURE_MODES,
     HeadConfig,
     MAX_BINS,
@@ -173,6 +174,8 @@ def configs_from_args(args: argparse.Namespace) -> tuple[ModelConfig, HeadConfig
               if getattr(args, name, None) is not None}
     model = model_from_parameters(values)
     head = head_from_parameters({**values, **scene_settings(args)})
+    if model.openvino_required:  # said before anything loads, like any refused option
+        check_openvino_installed(model.precision == 'int8')
     check_calibration(model)
     return model, head
 

@@ -123,6 +123,18 @@ def test_the_docs_name_every_launch_argument():
     assert not missing, f'docs/node.md does not name the launch arguments {missing}'
 
 
+def test_the_docs_table_lists_exactly_depth_launch_s_arguments():
+    """The table under 'Arguments of `depth.launch.py`' names what the file declares, no
+    more and no fewer (the first column's `names`)."""
+    docs = (REPO / 'docs' / 'node.md').read_text(encoding='utf-8')
+    after = docs.split('Arguments of `depth.launch.py`', 1)[1]
+    rows = [line for line in after.split('\n\n')[1].splitlines()
+            if line.startswith('| `')]
+    named = {name for row in rows for name in re.findall(r'`([a-z_]+)`', row.split('|')[1])}
+    assert named == set(FILE_ARGUMENTS['depth.launch.py']), \
+        sorted(named ^ set(FILE_ARGUMENTS['depth.launch.py']))
+
+
 # ---- the installed package, launched for real ---------------------------------------
 
 @pytest.fixture(scope='module')

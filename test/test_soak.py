@@ -22,3 +22,19 @@ def test_soak_memory_threads_fds_counts_and_shutdown(capsys):
     assert counts['received'] >= 750 and counts['processed'] >= 20, counts
     assert counts['rejected'] >= 1 and counts['failed'] == 0
     assert counts['received'] == sum(v for k, v in counts.items() if k != 'received')
+
+
+def test_the_node_s_stderr_fails_the_soak_for_tracebacks_unseen_exceptions_and_exit_errors():
+    from depthclip_ros.tools.soak import stderr_failures
+    clean = ['[INFO] [depth_node]: model ready\n', '[WARN] [depth_node]: frame dropped\n']
+    assert stderr_failures(clean, before_signal=0) == []
+    assert stderr_failures(['[ERROR] [depth_node]: bad frame\n'], before_signal=1) == []
+    cases = {
+        'traceback': ['Traceback (most recent call last):\n', 'ValueError: x\n'],
+        'never retrieved': ['The following exception was never retrieved: cannot use '
+                            'Destroyable because destruction was requested\n'],
+        'errors logged while stopping': ['[ERROR] [depth_node]: publish failed\n'],
+    }
+    for words, lines in cases.items():
+        [failure] = stderr_failures(clean + lines, before_signal=len(clean))
+        assert words in failure and lines[-1].strip() in failure

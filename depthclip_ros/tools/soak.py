@@ -234,12 +234,24 @@ def run(args: argparse.Namespace) -> int:
     print(f'SIG{args.stop_signal} while streaming: exit code {code} after {exit_s:.2f} s')
     if code != 0 or exit_s > 2.0:
         failures.append(f'exit code {code} after {exit_s:.2f} s (want 0 within 2 s)')
-    if any('Traceback' in line for line in stderr_lines):
-        failures.append('traceback on stderr: ' + ''.join(stderr_lines)[-2000:])
-    errors_at_exit = [line for line in stderr_lines[before_signal:] if '[ERROR]' in line]
-    if errors_at_exit:
-        failures.append('errors logged while stopping: ' + ''.join(errors_at_exit)[-2000:])
+    failures += stderr_failures(stderr_lines, before_signal)
     for failure in failures:
         print(f'FAILED: {failure}')
     print('soak: ' + ('FAILED' if failures else 'all checks passed'))
     return 1 if failures else 0
+
+
+def stderr_failures(lines: list[str], before_signal: int) -> list[str]:
+    """What the node's stderr ``lines`` show went wrong: a traceback anywhere, an exception
+    rclpy dropped unseen (a callback's task that failed with nobody to see it), an
+    ``[ERROR]`` logged after the signal (``lines[before_signal:]``)."""
+    failures = []
+    if any('Traceback' in line for line in lines):
+        failures.append('traceback on stderr: ' + ''.join(lines)[-2000:])
+    unseen = [line for line in lines if 'was never retrieved' in line]  # rclpy's words
+    if unseen:
+        failures.append('exceptions never retrieved: ' + ''.join(unseen)[-2000:])
+    errors_at_exit = [line for line in lines[before_signal:] if '[ERROR]' in line]
+    if errors_at_exit:
+        failures.append('errors logged while stopping: ' + ''.join(errors_at_exit)[-2000:])
+    return failures

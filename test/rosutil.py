@@ -90,3 +90,19 @@ def camera_info(height, width, fx, fy, cx, cy, frame_id='camera_optical') -> Cam
     msg.distortion_model = 'plumb_bob'
     msg.d = [0.0] * 5
     return msg
+
+
+def start_refusal(parameters: dict, ros_args=(), namespace: str = 'start') -> tuple[str, str]:
+    """Start a depth_node process (CPU) that must refuse to start: its one ``cannot
+    start`` line and its whole stderr, after checking it exited 1 without a traceback."""
+    from depthclip_ros.tools import node_process
+    process = node_process.start_node({'device': 'cpu', **parameters},
+                                      unique_namespace(namespace), ros_args=ros_args)
+    try:
+        _, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 1, err
+    assert 'Traceback' not in err and 'Exception' not in err, err
+    [line] = [line for line in err.splitlines() if 'cannot start' in line]
+    return line, err

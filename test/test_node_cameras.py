@@ -25,10 +25,17 @@ from depthclip_ros.ros.node import DepthNode
 from depthclip_ros.ros.object_messages import labels_image
 from depthclip_ros.ros.parameters import validate
 from depthclip_ros.ros.streams import CAMERA_TOPICS, check_camera_names
-from depthclip_ros.tools import node_process
 
 from conftest import random_models_shared
-from rosutil import camera_info, repeat_until, rgb8_image, Spinner, unique_namespace, wait_for
+from rosutil import (
+    camera_info,
+    repeat_until,
+    rgb8_image,
+    Spinner,
+    start_refusal,
+    unique_namespace,
+    wait_for,
+)
 from test_node import RELIABLE, SMALL
 
 # three cameras, each its own size and lens
@@ -421,15 +428,7 @@ def test_a_node_refuses_a_bad_camera_name_at_start_in_one_line(ros):
                                             (['c' * 300], 'ROS refuses'),
                                             (['x', 'x/depth'], 'overlap')])
 def test_the_node_process_refuses_a_bad_camera_name_in_one_line(names, problem):
-    process = node_process.start_node({'pretrained': 'none', 'device': 'cpu',
-                                       'cameras': names}, unique_namespace('names'))
-    try:
-        _, err = process.communicate(timeout=120)
-    finally:
-        process.kill()
-    assert process.returncode == 1, err
-    assert 'Traceback' not in err and 'Exception' not in err, err
-    [line] = [line for line in err.splitlines() if 'cannot start' in line]
+    line, err = start_refusal({'pretrained': 'none', 'cameras': names}, namespace='names')
     assert 'cameras' in line and problem in line, err
 
 

@@ -184,6 +184,23 @@ def test_every_tool_option_has_help():
         assert not bare, f'{tool}: {bare} say nothing'
 
 
+def tool_inputs(tmp_path: Path) -> tuple[Path, Path]:
+    """A 52x36 image and a one-frame dataset folder (rgb/, depth/, intrinsics.json) for the
+    tools' refusals, which must come before either is read."""
+    import cv2
+    import numpy as np
+    image = tmp_path / 'a.png'
+    cv2.imwrite(str(image), np.zeros((36, 52, 3), np.uint8))
+    dataset = tmp_path / 'ds'
+    (dataset / 'rgb').mkdir(parents=True)
+    (dataset / 'depth').mkdir()
+    cv2.imwrite(str(dataset / 'rgb' / '0.png'), np.zeros((36, 52, 3), np.uint8))
+    cv2.imwrite(str(dataset / 'depth' / '0.png'), np.ones((36, 52), np.uint16))
+    (dataset / 'intrinsics.json').write_text(
+        '{"fx": 50, "fy": 50, "cx": 26, "cy": 18, "width": 52, "height": 36}')
+    return image, dataset
+
+
 # ---------------------------------------------------------------------------------------
 # a mistake on the command line: one line first
 
@@ -240,17 +257,7 @@ def test_an_absent_cuda_device_is_exit_status_2_in_every_tool(tmp_path, capsys, 
                                                                args):
     from depthclip_ros.engine.depthclip import DepthCLIP
     monkeypatch.setattr(DepthCLIP, 'load', lambda self: pytest.fail('the model was built'))
-    import cv2
-    import numpy as np
-    image = tmp_path / 'a.png'
-    cv2.imwrite(str(image), np.zeros((36, 52, 3), np.uint8))
-    dataset = tmp_path / 'ds'
-    (dataset / 'rgb').mkdir(parents=True)
-    (dataset / 'depth').mkdir()
-    cv2.imwrite(str(dataset / 'rgb' / '0.png'), np.zeros((36, 52, 3), np.uint8))
-    cv2.imwrite(str(dataset / 'depth' / '0.png'), np.ones((36, 52), np.uint16))
-    (dataset / 'intrinsics.json').write_text(
-        '{"fx": 50, "fy": 50, "cx": 26, "cy": 18, "width": 52, "height": 36}')
+    image, dataset = tool_inputs(tmp_path)
     args = [a.format(image=image, tmp=tmp_path, dataset=dataset) for a in args]
     assert main([*args, '--device', 'cuda', '--pretrained', 'none']) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
@@ -285,17 +292,7 @@ def test_a_calibration_that_is_not_there_is_exit_status_2_in_every_tool(
         tmp_path, capsys, monkeypatch, args, where):
     from depthclip_ros.engine.depthclip import DepthCLIP
     monkeypatch.setattr(DepthCLIP, 'load', lambda self: pytest.fail('the model was built'))
-    import cv2
-    import numpy as np
-    image = tmp_path / 'a.png'
-    cv2.imwrite(str(image), np.zeros((36, 52, 3), np.uint8))
-    dataset = tmp_path / 'ds'
-    (dataset / 'rgb').mkdir(parents=True)
-    (dataset / 'depth').mkdir()
-    cv2.imwrite(str(dataset / 'rgb' / '0.png'), np.zeros((36, 52, 3), np.uint8))
-    cv2.imwrite(str(dataset / 'depth' / '0.png'), np.ones((36, 52), np.uint16))
-    (dataset / 'intrinsics.json').write_text(
-        '{"fx": 50, "fy": 50, "cx": 26, "cy": 18, "width": 52, "height": 36}')
+    image, dataset = tool_inputs(tmp_path)
     calibration = {'nowhere': tmp_path / 'no' / 'frames',
                    'an empty folder': tmp_path / 'empty',
                    'a text file': tmp_path / 'notes.txt'}[where]

@@ -12,11 +12,12 @@ Standard library only: the tools' option checks import it before torch or OpenCV
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 import os
 from pathlib import Path
 import re
-from typing import Iterable
+from typing import Iterable, Iterator
 import unicodedata
 
 OVERWRITE_HELP = ('replace existing files (or earlier output folders) that this run would '
@@ -143,19 +144,27 @@ def check_report_file(path: str | Path, overwrite: bool = False) -> list[Path]:
     return check_outputs([path], overwrite)
 
 
-def write_text_whole(path: str | Path, text: str) -> None:
-    """``text`` into ``path`` whole or not at all: written beside it and renamed into
-    place (an interrupted run leaves the old file, or none, never half of one)."""
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` (same suffix, so writers pick the same format);
+    renamed to ``path`` when the block succeeds, removed when it fails."""
     path = Path(path)
-    temporary = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+    temporary = path.with_name(f'.{path.stem}.{os.getpid()}.tmp{path.suffix}')
     try:
-        temporary.write_text(text, encoding='utf-8')
+        yield temporary
         os.replace(temporary, path)
     finally:
         try:
             temporary.unlink()
         except FileNotFoundError:
             pass
+
+
+def write_text_whole(path: str | Path, text: str) -> None:
+    """``text`` into ``path`` whole or not at all (:func:`atomic_path`): an interrupted run
+    leaves the old file, or none, never half of one."""
+    with atomic_path(path) as temporary:
+        temporary.write_text(text, encoding='utf-8')
 
 
 def replacing_note(existing: list[Path]) -> str | None:
@@ -166,6 +175,6 @@ def replacing_note(existing: list[Path]) -> str | None:
             f'{"file" if len(existing) == 1 else "files"} (first: {existing[0]})')
 
 
-__all__ = ['OVERWRITE_HELP', 'OutputsExist', 'Series', 'check_output_dir', 'check_output_file',
-           'check_outputs', 'check_report_file', 'existing_outputs', 'replacing_note',
-           'write_text_whole']
+__all__ = ['OVERWRITE_HELP', 'OutputsExist', 'Series', 'atomic_path', 'check_output_dir',
+           'check_output_file', 'check_outputs', 'check_report_file', 'existing_outputs',
+           'replacing_note', 'write_text_whole']

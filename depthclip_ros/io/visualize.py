@@ -11,30 +11,13 @@ the file. Which files a run may write at all is :mod:`depthclip_ros.io.outputs`'
 from __future__ import annotations
 
 import colorsys
-from contextlib import contextmanager
 import json
-import os
 from pathlib import Path
 import re
-from typing import Iterator
 
 import numpy as np
 
-
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """A temporary path beside ``path`` (same suffix, so writers pick the same format);
-    renamed to ``path`` when the block succeeds, removed when it fails."""
-    path = Path(path)
-    temporary = path.with_name(f'.{path.stem}.{os.getpid()}.tmp{path.suffix}')
-    try:
-        yield temporary
-        os.replace(temporary, path)
-    finally:
-        try:
-            temporary.unlink()
-        except FileNotFoundError:
-            pass
+from depthclip_ros.io.outputs import atomic_path
 
 
 def save_npy(path: str | Path, array: np.ndarray) -> None:

@@ -62,12 +62,12 @@ from depthclip_ros.engine.metrics import (
 from depthclip_ros.geometry import Intrinsics, metric_scale
 from depthclip_ros.io.dataset import DatasetError, one_line, RGBDFolder
 from depthclip_ros.io.outputs import (
+    atomic_path,
     check_output_file,
     check_outputs,
     OVERWRITE_HELP,
     replacing_note,
 )
-from depthclip_ros.io.visualize import atomic_path
 from depthclip_ros.tools.common import (
     add_model_arguments,
     check_max_depth,

@@ -15,8 +15,8 @@ import numpy as np
 from depthclip_ros.engine.config import RANDOM_WEIGHTS_BANNER
 from depthclip_ros.geometry import Intrinsics
 from depthclip_ros.io.dataset import one_line
+from depthclip_ros.io.outputs import atomic_path
 from depthclip_ros.io.visualize import (
-    atomic_path,
     colorize_labels,
     query_rgb,
     write_ply,

@@ -12,8 +12,8 @@ bash scripts/setup.sh
 export HF_HUB_OFFLINE=1  # tests never download weights
 ruff check .
 if [ $# -eq 0 ]; then
-  echo 'test: the whole suite, about 1,150 tests: about 8 minutes on 2 free cores (longer on'
-  echo '  a busy machine), under 4 GB of memory. Quick tier, about 3 minutes:'
+  echo 'test: the whole suite, about 1,280 tests: about 8-9 minutes on 2 free cores (longer on'
+  echo '  a busy machine), under 4 GB of memory. Quick tier, about 3.5 minutes:'
   echo '  ./scripts/test.sh -m "not slow"'
 fi
 status=0

@@ -112,7 +112,8 @@ TIERS = {
     'test_model.py': ('unit', {  # RN50 at its full input size
         'test_paper_mode_equals_the_authors_computation'}),
     'test_node.py': ('ros', {'test_backend_openvino_gives_the_depth_of_the_torch_backend'}),
-    'test_node_cameras.py': ('ros', set()),
+    'test_node_cameras.py': ('ros', {  # node processes
+        'test_the_node_process_refuses_a_bad_camera_name_in_one_line'}),
     'test_node_configs.py': ('unit', set()),
     'test_node_hardening.py': ('ros', {  # node processes
         'test_a_signal_while_starting_exits_zero_quickly_without_traceback',

@@ -12,7 +12,7 @@ bash scripts/setup.sh
 export HF_HUB_OFFLINE=1  # tests never download weights
 ruff check .
 if [ $# -eq 0 ]; then
-  echo 'test: the whole suite, about 1,280 tests: about 8-9 minutes on 2 free cores (longer on'
+  echo 'test: the whole suite, about 1,280 tests: 8-10 minutes on 2 free cores (longer on'
   echo '  a busy machine), under 4 GB of memory. Quick tier, about 3.5 minutes:'
   echo '  ./scripts/test.sh -m "not slow"'
 fi

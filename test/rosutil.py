@@ -9,6 +9,7 @@ holds (:func:`repeat_until`), never a fixed number of times.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 import threading
 import time
 import uuid
@@ -67,6 +68,32 @@ class Spinner:
     def stop(self):
         self.executor.shutdown(timeout_sec=2.0)
         self.thread.join(timeout=5.0)
+
+
+@contextmanager
+def serving(context, rig):
+    """``rig`` (a node under test and its peer: ``.node``, ``.peer``, ``.connected()``,
+    ``.close()``) spun on a background executor of ``context`` for the block, its topics
+    connected first; afterwards the executor stops and the rig is closed."""
+    spinner = Spinner(context, rig.node, rig.peer)
+    try:
+        assert rig.connected()
+        yield rig
+    finally:
+        spinner.stop()
+        rig.close()
+
+
+@contextmanager
+def own_context():
+    """An rclpy context of its own (a module-scoped fixture's), shut down afterwards."""
+    import rclpy
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    try:
+        yield context
+    finally:
+        rclpy.try_shutdown(context=context)
 
 
 def rgb8_image(rgb: np.ndarray, frame_id='camera_optical', sec=100, nanosec=0) -> Image:

@@ -24,7 +24,16 @@ from depthclip_ros.ros.messages import cloud_array, depth_from_image
 from depthclip_ros.ros.node import DepthNode
 
 from conftest import random_models_shared, TINY_MODEL
-from rosutil import camera_info, repeat_until, rgb8_image, Spinner, unique_namespace, wait_for
+from rosutil import (
+    camera_info,
+    own_context,
+    repeat_until,
+    rgb8_image,
+    serving,
+    Spinner,
+    unique_namespace,
+    wait_for,
+)
 
 H, W = 96, 128
 FX, FY, CX, CY = 110.0, 112.0, 63.5, 47.5
@@ -118,28 +127,19 @@ class Harness:
 @pytest.fixture
 def harness(ros):
     """A fresh node (camera and consumer around it) for one test."""
-    h = Harness(ros)
-    spinner = Spinner(ros, h.node, h.peer)
-    assert h.connected()
-    yield h
-    spinner.stop()
-    h.close()
+    with serving(ros, Harness(ros)) as h:
+        yield h
 
 
 @pytest.fixture(scope='module')
 def module_harness():
     """One node, with its camera and consumer, for this module's tests that need no fresh
     node (``shared``)."""
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    with random_models_shared():  # module fixtures start before the autouse one
-        h = Harness(context, 'shared')
-    spinner = Spinner(context, h.node, h.peer)
-    assert h.connected()
-    yield h
-    spinner.stop()
-    h.close()
-    rclpy.try_shutdown(context=context)
+    with own_context() as context:
+        with random_models_shared():  # module fixtures start before the autouse one
+            h = Harness(context, 'shared')
+        with serving(context, h):
+            yield h
 
 
 @pytest.fixture

@@ -29,8 +29,10 @@ from depthclip_ros.ros.streams import CAMERA_TOPICS, check_camera_names
 from conftest import random_models_shared
 from rosutil import (
     camera_info,
+    own_context,
     repeat_until,
     rgb8_image,
+    serving,
     Spinner,
     start_refusal,
     unique_namespace,
@@ -102,27 +104,18 @@ class Cameras:
 def rig():
     """One three-camera node for this module's tests that leave it as they found it (no
     parameter changed, every monkeypatch undone, frame stamps of their own)."""
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    with random_models_shared():  # module fixtures start before the autouse one
-        r = Cameras(context)
-    spinner = Spinner(context, r.node, r.peer)
-    assert r.connected()
-    yield r
-    spinner.stop()
-    r.close()
-    rclpy.try_shutdown(context=context)
+    with own_context() as context:
+        with random_models_shared():  # module fixtures start before the autouse one
+            r = Cameras(context)
+        with serving(context, r):
+            yield r
 
 
 @pytest.fixture
 def fresh_rig(ros):
     """A three-camera node of its own for a test that leaves it changed."""
-    r = Cameras(ros)
-    spinner = Spinner(ros, r.node, r.peer)
-    assert r.connected()
-    yield r
-    spinner.stop()
-    r.close()
+    with serving(ros, Cameras(ros)) as r:
+        yield r
 
 
 def hold_inference(monkeypatch, engine):

@@ -9,7 +9,7 @@ from sensor_msgs.msg import Image
 
 from depthclip_ros.ros.messages import cloud_array, depth_from_image
 
-from rosutil import Spinner, wait_for
+from rosutil import serving, Spinner, wait_for
 from test_node import FX, FY, H, Harness, W
 
 BATHROOM = [1.00, 1.25, 1.50, 1.75, 2.00, 2.25, 2.50]
@@ -133,9 +133,5 @@ def test_scene_settings_apply_live_once_their_counts_agree(harness):
 
 @pytest.fixture
 def harness(ros):
-    h = Harness(ros, 'scenes')
-    spinner = Spinner(ros, h.node, h.peer)
-    assert h.connected()
-    yield h
-    spinner.stop()
-    h.close()
+    with serving(ros, Harness(ros, 'scenes')) as h:
+        yield h

@@ -731,3 +731,17 @@ def test_a_comparison_says_each_engine_as_it_loads(tmp_path, capsys, tiny_model,
     if comparison[0] == '--compare-backends':
         loading = lines.index(stages[1])
         assert lines[loading + 2].startswith('bench: converting the OpenVINO fp32 trunk')
+
+
+def test_compare_backends_lists_openvino_as_not_available_without_it(monkeypatch):
+    import argparse
+
+    from depthclip_ros.tools.bench import backends, speed
+    parser = argparse.ArgumentParser()
+    speed.add_arguments(parser)
+    args = parser.parse_args(['--compare-backends', 'openvino'])
+    monkeypatch.setattr(backends, 'openvino_installed', lambda calibrating=False: False)
+    plan, missing = backends.plan_backends(['openvino'], args)
+    assert [label for label, _ in plan] == ['torch']
+    assert missing == [('openvino', 'the openvino package is not installed '
+                                    '(pip install .[openvino])')]

@@ -20,6 +20,7 @@ import sys
 
 import torch
 
+from depthclip_ros.engine.config import openvino_installed
 from depthclip_ros.engine.depthclip import DepthCLIP
 from depthclip_ros.engine.weights import WeightsError
 from depthclip_ros.io.calibration import CalibrationUnreadable
@@ -61,13 +62,10 @@ def plan_backends(asked: list[str], args: argparse.Namespace
             missing.append((label, str(error)))
             continue
         check_calibration(config)  # a --calibration that is not there: refused (exit 2)
-        if backend == 'openvino':
-            try:
-                import openvino  # noqa: F401 - only whether it is there
-            except ImportError:
-                missing.append((label, 'the openvino package is not installed '
-                                       '(pip install .[openvino])'))
-                continue
+        if backend == 'openvino' and not openvino_installed():
+            missing.append((label, 'the openvino package is not installed '
+                                   '(pip install .[openvino])'))
+            continue
         plan.append((label, config))
     return plan, missing
 
